@@ -1,0 +1,46 @@
+//! `ddpm-cli`: the ddpm-rs command line.
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+mod data;
+mod forward;
+mod info;
+mod schedule;
+
+/// Denoising diffusion probabilistic models on libtorch.
+#[derive(Parser)]
+#[command(name = "ddpm-cli", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Versions, the device libtorch would use, and which datasets and weights are present.
+    Info(info::InfoArgs),
+    /// Import, check and look at the HDF5 datasets.
+    #[command(subcommand)]
+    Data(data::DataCommand),
+    /// Print or plot a noise schedule and its derived tables.
+    Schedule(schedule::ScheduleArgs),
+    /// Run a UNet on tensors from a safetensors file (checks conversions and parity).
+    Forward(forward::ForwardArgs),
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Info(args) => info::run(args),
+        Command::Data(cmd) => data::run(cmd),
+        Command::Schedule(args) => schedule::run(args),
+        Command::Forward(args) => forward::run(args),
+    }
+}

@@ -1,0 +1,1 @@
+//! Evaluation for ddpm-rs: FID / IS through a TorchScript Inception, domain metrics, bits/dim.

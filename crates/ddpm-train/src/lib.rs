@@ -1,0 +1,2 @@
+//! Training, data loading and sampling for ddpm-rs.
+pub mod data;
