@@ -1,0 +1,66 @@
+//! The error type of `ddpm-math` and its `Result` alias.
+
+/// Everything that can go wrong when building or using a diffusion process.
+///
+/// Messages name the offending value and carry no trailing period.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    /// A schedule or a diffusion was asked for zero timesteps or given no betas.
+    #[error("betas must not be empty (got 0 timesteps)")]
+    EmptyBetas,
+    /// A beta is NaN or infinite.
+    #[error("beta[{index}] = {value} is not finite")]
+    NonFiniteBeta { index: usize, value: f64 },
+    /// A beta lies outside `(0, 1]`.
+    #[error("beta[{index}] = {value} is outside (0, 1]")]
+    BetaOutOfRange { index: usize, value: f64 },
+    /// `1 - beta[0]` rounds to 1 in f64, so `1 - alpha_bar_0` is zero and the posterior is undefined.
+    #[error("beta[0] = {value} is too small: 1 - beta[0] rounds to 1 in f64")]
+    BetaTooSmall { value: f64 },
+    /// A [`GaussianDiffusion`](crate::GaussianDiffusion) needs at least two timesteps.
+    #[error("a diffusion needs at least 2 timesteps, got {0}")]
+    TooFewTimesteps(usize),
+    /// The schedule name is not one of the known names.
+    #[error("unknown beta schedule `{0}` (expected one of linear, cosine, quad, sigmoid, const, jsd)")]
+    UnknownSchedule(String),
+    /// A timestep index is not in `0..num_timesteps`.
+    #[error("timestep {t} is out of range for a diffusion with {num_timesteps} timesteps")]
+    TimestepOutOfRange { t: usize, num_timesteps: usize },
+    /// The number of timesteps does not match the batch size (the leading axis).
+    #[error("got {timesteps} timesteps for a batch of {batch}")]
+    BatchMismatch { timesteps: usize, batch: usize },
+    /// Two arrays that must have the same shape do not.
+    #[error("shape mismatch: `{name}` has shape {got:?}, expected {expected:?}")]
+    ShapeMismatch {
+        name: &'static str,
+        got: Vec<usize>,
+        expected: Vec<usize>,
+    },
+    /// An array has too few axes (ops need a leading batch axis; learned variances need a channel axis).
+    #[error("`{name}` needs at least {min} axes, got {got}")]
+    TooFewAxes {
+        name: &'static str,
+        min: usize,
+        got: usize,
+    },
+    /// A respacing specification could not be parsed or cannot be satisfied.
+    #[error("invalid respacing `{spec}` for {num_timesteps} timesteps: {reason}")]
+    InvalidSpacing {
+        spec: String,
+        num_timesteps: usize,
+        reason: String,
+    },
+    /// The modelling choices do not fit together (e.g. a learned variance trained with the simple loss).
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    /// An argument is outside its domain (e.g. a negative DDIM eta).
+    #[error("invalid argument `{name}` = {value}: {reason}")]
+    InvalidArgument {
+        name: &'static str,
+        value: f64,
+        reason: &'static str,
+    },
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
