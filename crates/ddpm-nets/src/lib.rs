@@ -1,2 +1,15 @@
 //! Networks for ddpm-rs on tch, and the device they run on.
+//!
+//! The DDPM ε-network ([`unet::UNet2DModel`], diffusers' `UNet2DModel` layout and names, loaded from diffusers
+//! folders by [`diffusers`]), and the baselines of the lecture's comparison: a DCGAN ([`gan`]), a convolutional
+//! VAE with the DDPM decoder's discretised likelihood ([`vae`]) and a digit classifier ([`classifier`]).
+pub mod blocks;
+pub mod checkpoint;
 pub mod device;
+pub mod diffusers;
+pub mod embeddings;
+pub mod error;
+pub mod unet;
+
+pub use error::{Error, Result};
+pub use unet::{UNet2DModel, UNetConfig};
