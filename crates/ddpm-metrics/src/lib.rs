@@ -1,1 +1,24 @@
 //! Evaluation for ddpm-rs: FID / IS through a TorchScript Inception, domain metrics, bits/dim.
+//!
+//! The metric functions take matrices, not networks: [`fid::frechet_distance`] takes feature
+//! statistics ([`stats::FeatureStats`], from any `[N, D]` feature matrix) and
+//! [`inception_score::inception_score`] takes an `[N, K]` probability matrix, so the same code
+//! gives FID / IS with the Inception network ([`inception::Inception`]) and FID_cls / IS_cls with
+//! a digit classifier. [`inputs::ImageSource`] loads the images; [`refstats::RefStats`] caches
+//! reference statistics.
+pub mod error;
+pub mod fid;
+pub mod inception;
+pub mod inception_score;
+pub mod inputs;
+pub mod linalg;
+pub mod refstats;
+pub mod stats;
+
+pub use error::{MetricsError, Result};
+pub use fid::{frechet_distance, frechet_distance_from_features, frechet_terms, FrechetTerms};
+pub use inception::{EvalOptions, Inception, InceptionOutputs, InceptionVariant};
+pub use inception_score::{inception_score, InceptionScore};
+pub use inputs::ImageSource;
+pub use refstats::RefStats;
+pub use stats::{FeatureStats, RunningStats};

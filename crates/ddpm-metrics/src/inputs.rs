@@ -1,0 +1,245 @@
+//! Image sources for evaluation: our HDF5 sample files, splits of our HDF5 datasets, and folders
+//! of PNG files, all loaded as uint8 `[N, H, W, C]` with C = 1 (grey) or 3 (RGB).
+//!
+//! Source strings:
+//! * `DIR` — every `*.png` in the folder (not recursive), sorted by file name; grey or RGB (RGBA
+//!   and 16-bit files are converted like the first file's colour type says);
+//! * `FILE.h5` — a samples file with a uint8 dataset `images`, `[N, H, W, C]` or `[N, H, W]`;
+//! * `FILE.h5:SPLIT` — a dataset file's `/SPLIT/images` (e.g. `datasets/mnist.h5:test`).
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use ndarray::{s, Array4, Axis, Ix3, Ix4};
+
+use crate::error::{MetricsError, Result};
+
+/// Where evaluation images come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageSource {
+    /// An HDF5 file with a root dataset `images` (what `ddpm-cli sample` writes).
+    Samples {
+        /// The HDF5 file.
+        path: PathBuf,
+    },
+    /// `/<split>/images` of an HDF5 dataset file.
+    Split {
+        /// The HDF5 file.
+        path: PathBuf,
+        /// The group name (`train`, `test`, ...).
+        split: String,
+    },
+    /// A folder of PNG files.
+    PngDir {
+        /// The folder.
+        path: PathBuf,
+    },
+}
+
+impl ImageSource {
+    /// Interprets a source string (see the module docs); the file or folder must exist.
+    pub fn parse(text: &str) -> Result<Self> {
+        let bad = |reason: String| MetricsError::BadSource { source_str: text.to_string(), reason };
+        let whole = Path::new(text);
+        if whole.is_dir() {
+            return Ok(Self::PngDir { path: whole.to_path_buf() });
+        }
+        if whole.is_file() {
+            return Ok(Self::Samples { path: whole.to_path_buf() });
+        }
+        if let Some((file, split)) = text.rsplit_once(':') {
+            let file_path = Path::new(file);
+            if file_path.is_file() {
+                if split.is_empty() || split.contains('/') {
+                    return Err(bad(format!("`{split}` is not a split name such as test or train")));
+                }
+                return Ok(Self::Split { path: file_path.to_path_buf(), split: split.to_string() });
+            }
+            if !file.is_empty() && !file_path.exists() {
+                return Err(bad(format!("no such file: {file}")));
+            }
+        }
+        Err(bad("no such file or folder".to_string()))
+    }
+
+    /// The file or folder the images come from.
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::Samples { path } | Self::Split { path, .. } | Self::PngDir { path } => path,
+        }
+    }
+
+    /// Loads at most `limit` images (all when `None`), in file order, as `[N, H, W, C]` uint8.
+    pub fn load(&self, limit: Option<usize>) -> Result<Array4<u8>> {
+        let images = match self {
+            Self::Samples { path } => read_h5_images(path, "images", limit)?,
+            Self::Split { path, split } => read_h5_images(path, &format!("{split}/images"), limit)?,
+            Self::PngDir { path } => read_png_dir(path, limit)?,
+        };
+        let (n, h, w, c) = images.dim();
+        if n == 0 {
+            return Err(MetricsError::BadImages(format!("{self}: no images")));
+        }
+        tracing::info!(source = %self, n, h, w, c, "loaded images");
+        Ok(images)
+    }
+}
+
+impl fmt::Display for ImageSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Samples { path } => write!(f, "{}", path.display()),
+            Self::Split { path, split } => write!(f, "{}:{split}", path.display()),
+            Self::PngDir { path } => write!(f, "{}/*.png", path.display()),
+        }
+    }
+}
+
+impl std::str::FromStr for ImageSource {
+    type Err = MetricsError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Self::parse(s)
+    }
+}
+
+/// Reads the first `limit` images of a uint8 dataset `[N, H, W]` or `[N, H, W, C]`.
+fn read_h5_images(path: &Path, name: &str, limit: Option<usize>) -> Result<Array4<u8>> {
+    let file = hdf5::File::open(path).map_err(|e| MetricsError::hdf5(path, "opening", e))?;
+    let ds = file.dataset(name).map_err(|e| {
+        let hint = if name == "images" {
+            " (a dataset file needs a split: FILE.h5:test)"
+        } else {
+            ""
+        };
+        MetricsError::hdf5(path, format!("opening dataset /{name}{hint}"), e)
+    })?;
+    let dtype = ds.dtype().map_err(|e| MetricsError::hdf5(path, format!("type of /{name}"), e))?;
+    if !dtype.is::<u8>() {
+        return Err(MetricsError::BadImages(format!(
+            "{}: /{name} is not uint8 (pixels 0..255 expected)",
+            path.display()
+        )));
+    }
+    let shape = ds.shape();
+    let n = limit.map_or(shape.first().copied().unwrap_or(0), |l| l.min(shape[0]));
+    let what = format!("reading /{name}");
+    match shape.len() {
+        3 => {
+            let a = ds
+                .read_slice::<u8, _, Ix3>(s![..n, .., ..])
+                .map_err(|e| MetricsError::hdf5(path, &what, e))?;
+            Ok(a.insert_axis(Axis(3)))
+        }
+        4 => {
+            let a = ds
+                .read_slice::<u8, _, Ix4>(s![..n, .., .., ..])
+                .map_err(|e| MetricsError::hdf5(path, &what, e))?;
+            let c = a.dim().3;
+            if c != 1 && c != 3 {
+                return Err(MetricsError::BadImages(format!(
+                    "{}: /{name} has shape {shape:?}; expected [N, H, W, C] with C = 1 or 3",
+                    path.display()
+                )));
+            }
+            Ok(a)
+        }
+        _ => Err(MetricsError::BadImages(format!(
+            "{}: /{name} has shape {shape:?}; expected [N, H, W] or [N, H, W, C]",
+            path.display()
+        ))),
+    }
+}
+
+/// Reads the PNG files of a folder, sorted by name.
+fn read_png_dir(dir: &Path, limit: Option<usize>) -> Result<Array4<u8>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| MetricsError::io(dir, e))?
+        .map(|entry| entry.map(|e| e.path()).map_err(|e| MetricsError::io(dir, e)))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .filter(|p| {
+            p.is_file()
+                && p.extension().is_some_and(|x| x.eq_ignore_ascii_case("png"))
+        })
+        .collect();
+    files.sort();
+    if let Some(l) = limit {
+        files.truncate(l);
+    }
+    let Some(first) = files.first() else {
+        return Err(MetricsError::BadImages(format!("{}: no .png files", dir.display())));
+    };
+    let decode = |p: &Path| image::open(p).map_err(|e| MetricsError::Image { path: p.to_path_buf(), source: e });
+    let img0 = decode(first)?;
+    let grey = !img0.color().has_color();
+    let (w, h) = (img0.width() as usize, img0.height() as usize);
+    let c = if grey { 1 } else { 3 };
+    let mut out = Array4::<u8>::zeros((files.len(), h, w, c));
+    for (i, p) in files.iter().enumerate() {
+        let img = if i == 0 { img0.clone() } else { decode(p)? };
+        if (img.width() as usize, img.height() as usize) != (w, h) {
+            return Err(MetricsError::BadImages(format!(
+                "{}: {}×{} but {} is {w}×{h}; all images must have one size",
+                p.display(),
+                img.width(),
+                img.height(),
+                first.display()
+            )));
+        }
+        let raw = if grey { img.to_luma8().into_raw() } else { img.to_rgb8().into_raw() };
+        out.index_axis_mut(Axis(0), i)
+            .as_slice_mut()
+            .expect("standard layout")
+            .copy_from_slice(&raw);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_folders_files_and_splits() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("d.h5");
+        std::fs::write(&file, b"x").unwrap();
+        let d = dir.path().to_str().unwrap();
+        assert_eq!(ImageSource::parse(d).unwrap(), ImageSource::PngDir { path: dir.path().into() });
+        let f = file.to_str().unwrap();
+        assert_eq!(ImageSource::parse(f).unwrap(), ImageSource::Samples { path: file.clone() });
+        assert_eq!(
+            ImageSource::parse(&format!("{f}:test")).unwrap(),
+            ImageSource::Split { path: file.clone(), split: "test".into() }
+        );
+        let err = ImageSource::parse(&format!("{d}/missing.h5:test")).unwrap_err().to_string();
+        assert!(err.contains("no such file"), "{err}");
+        assert!(ImageSource::parse(&format!("{f}:")).is_err());
+    }
+
+    #[test]
+    fn reads_pngs_sorted_with_limit_and_h5_splits() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, v) in [("b.png", 20u8), ("a.png", 10), ("c.png", 30)] {
+            image::GrayImage::from_pixel(5, 4, image::Luma([v])).save(dir.path().join(name)).unwrap();
+        }
+        let src = ImageSource::parse(dir.path().to_str().unwrap()).unwrap();
+        let imgs = src.load(Some(2)).unwrap();
+        assert_eq!(imgs.dim(), (2, 4, 5, 1));
+        assert_eq!(imgs[[0, 0, 0, 0]], 10);
+        assert_eq!(imgs[[1, 3, 4, 0]], 20);
+
+        let h5 = dir.path().join("ds.h5");
+        {
+            let f = hdf5::File::create(&h5).unwrap();
+            let g = f.create_group("test").unwrap();
+            let data = ndarray::Array3::from_shape_fn((6, 3, 2), |(n, y, x)| (n * 6 + y * 2 + x) as u8);
+            g.new_dataset_builder().with_data(&data).create("images").unwrap();
+        }
+        let imgs = ImageSource::parse(&format!("{}:test", h5.display())).unwrap().load(Some(4)).unwrap();
+        assert_eq!(imgs.dim(), (4, 3, 2, 1));
+        assert_eq!(imgs[[3, 2, 1, 0]], 23);
+        let err = ImageSource::parse(h5.to_str().unwrap()).unwrap().load(None).unwrap_err().to_string();
+        assert!(err.contains("FILE.h5:test"), "{err}");
+    }
+}

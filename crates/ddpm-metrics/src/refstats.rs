@@ -1,0 +1,149 @@
+//! Cached reference statistics (μ, Σ, n, and what they were computed from) in an HDF5 file.
+//!
+//! Layout: dataset `/mu` f64 `[D]`, dataset `/sigma` f64 `[D, D]`, root attributes `n` (u64),
+//! `source` (the images, e.g. `datasets/mnist.h5:test, first 10000 images`), `network` (the
+//! feature extractor, e.g. `fid-inception-pool3.pt (sha256 …)`) and `format`. Files are written
+//! to a temporary file in the target's folder and renamed into place, so a reader never sees a
+//! half-written cache.
+use std::path::Path;
+
+use hdf5::types::VarLenUnicode;
+use ndarray::{Array1, Array2};
+
+use crate::error::{MetricsError, Result};
+use crate::stats::FeatureStats;
+
+/// Value of the `format` attribute.
+pub const FORMAT: &str = "ddpm-rs feature statistics v1";
+
+/// Feature statistics with a record of where they came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefStats {
+    /// μ, Σ (ddof 1) and n.
+    pub stats: FeatureStats,
+    /// The images they were computed from.
+    pub source: String,
+    /// The network that computed the features.
+    pub network: String,
+}
+
+fn vlu(path: &Path, s: &str) -> Result<VarLenUnicode> {
+    s.parse::<VarLenUnicode>()
+        .map_err(|e| MetricsError::InvalidValue(format!("{}: cannot store `{s}`: {e}", path.display())))
+}
+
+impl RefStats {
+    /// Writes the statistics to `path` (temporary file + rename).
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        self.stats.validate()?;
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        std::fs::create_dir_all(dir).map_err(|e| MetricsError::io(dir, e))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".refstats-")
+            .suffix(".h5.tmp")
+            .tempfile_in(dir)
+            .map_err(|e| MetricsError::io(dir, e))?;
+        {
+            let h = |what: &str| {
+                let what = what.to_string();
+                move |e| MetricsError::hdf5(path, what, e)
+            };
+            let file = hdf5::File::create(tmp.path()).map_err(h("creating"))?;
+            file.new_dataset_builder().with_data(&self.stats.mean).create("mu").map_err(h("writing /mu"))?;
+            file.new_dataset_builder().with_data(&self.stats.cov).create("sigma").map_err(h("writing /sigma"))?;
+            file.new_attr::<u64>()
+                .shape(())
+                .create("n")
+                .and_then(|a| a.write_scalar(&(self.stats.n as u64)))
+                .map_err(h("writing attribute n"))?;
+            for (name, value) in [("source", &self.source), ("network", &self.network), ("format", &FORMAT.to_string())] {
+                let v = vlu(path, value)?;
+                file.new_attr::<VarLenUnicode>()
+                    .shape(())
+                    .create(name)
+                    .and_then(|a| a.write_scalar(&v))
+                    .map_err(h(&format!("writing attribute {name}")))?;
+            }
+            file.close().map_err(h("closing"))?;
+        }
+        tmp.persist(path).map_err(|e| MetricsError::io(path, e.error))?;
+        tracing::info!(path = %path.display(), n = self.stats.n, source = %self.source, "wrote reference statistics");
+        Ok(())
+    }
+
+    /// Reads statistics written by [`RefStats::save`].
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let h = |what: &'static str| move |e| MetricsError::hdf5(path, what, e);
+        let file = hdf5::File::open(path).map_err(h("opening"))?;
+        let format: VarLenUnicode = file.attr("format").and_then(|a| a.read_scalar()).map_err(h("reading attribute format"))?;
+        if format.as_str() != FORMAT {
+            return Err(MetricsError::InvalidValue(format!(
+                "{}: format `{}`, expected `{FORMAT}`",
+                path.display(),
+                format.as_str()
+            )));
+        }
+        let mean: Array1<f64> = file.dataset("mu").and_then(|d| d.read_1d()).map_err(h("reading /mu"))?;
+        let cov: Array2<f64> = file.dataset("sigma").and_then(|d| d.read_2d()).map_err(h("reading /sigma"))?;
+        let n: u64 = file.attr("n").and_then(|a| a.read_scalar()).map_err(h("reading attribute n"))?;
+        let source: VarLenUnicode = file.attr("source").and_then(|a| a.read_scalar()).map_err(h("reading attribute source"))?;
+        let network: VarLenUnicode = file.attr("network").and_then(|a| a.read_scalar()).map_err(h("reading attribute network"))?;
+        let stats = FeatureStats { mean, cov, n: n as usize };
+        stats.validate().map_err(|e| MetricsError::InvalidValue(format!("{}: {e}", path.display())))?;
+        Ok(Self { stats, source: source.as_str().to_string(), network: network.as_str().to_string() })
+    }
+
+    /// The cached statistics at `path` when the file exists and was computed from `source` with
+    /// `network`; `None` when it is absent or records something else (then it should be rewritten).
+    pub fn load_matching(path: impl AsRef<Path>, source: &str, network: &str) -> Result<Option<FeatureStats>> {
+        let path = path.as_ref();
+        if !path.exists() {
+            return Ok(None);
+        }
+        let cached = Self::load(path)?;
+        if cached.source == source && cached.network == network {
+            tracing::info!(path = %path.display(), n = cached.stats.n, "using cached reference statistics");
+            Ok(Some(cached.stats))
+        } else {
+            tracing::info!(path = %path.display(), cached_source = %cached.source, cached_network = %cached.network,
+                source, network, "cached reference statistics are for something else; recomputing");
+            Ok(None)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    #[test]
+    fn round_trips_and_matches_on_source_and_network() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/ref.h5");
+        let r = RefStats {
+            stats: FeatureStats { mean: array![1.0, -2.5], cov: array![[2.0, 0.1], [0.1, 3.0]], n: 17 },
+            source: "datasets/mnist.h5:test, first 17 images".into(),
+            network: "fid-inception-pool3.pt (sha256 7ff4…)".into(),
+        };
+        r.save(&path).unwrap();
+        assert_eq!(RefStats::load(&path).unwrap(), r);
+        assert_eq!(RefStats::load_matching(&path, &r.source, &r.network).unwrap(), Some(r.stats.clone()));
+        assert_eq!(RefStats::load_matching(&path, "other", &r.network).unwrap(), None);
+        assert_eq!(RefStats::load_matching(dir.path().join("absent.h5"), "x", "y").unwrap(), None);
+        // No temporary files left behind.
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("sub")).unwrap().collect();
+        assert_eq!(left.len(), 1);
+    }
+
+    #[test]
+    fn loading_a_missing_file_names_it() {
+        let err = RefStats::load("/nonexistent/ref.h5").unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/ref.h5"), "{err}");
+    }
+}
