@@ -1,1 +1,215 @@
-fn main() {}
+//! `cargo xtask`: project automation for ddpm-rs (set-up, data, weights, tests, quickstart).
+//!
+//! This crate is pure Rust with no libtorch or HDF5 dependency, so it builds on a fresh machine
+//! before anything else exists; it creates the Python environment that provides libtorch and
+//! cmake, then drives cargo and `ddpm-cli` with the right environment.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+mod catalog;
+mod fetch;
+mod venv;
+
+/// Project automation for ddpm-rs.
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    /// Build and run ddpm-cli in the release profile (the dev profile otherwise).
+    #[arg(long, global = true)]
+    release: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum DatasetChoice {
+    Mnist,
+    FashionMnist,
+    All,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create (or check) the project-local virtual environment with torch==2.11.0 and cmake.
+    Setup,
+    /// Download (or copy with --from), verify and convert datasets to datasets/<name>.h5.
+    FetchData {
+        #[arg(long, value_enum, default_value = "mnist")]
+        dataset: DatasetChoice,
+        /// Folder holding the official .gz files (or a folder with one sub-folder per dataset).
+        #[arg(long)]
+        from: Option<PathBuf>,
+        /// Rebuild even when a valid file is present.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Install the FID Inception TorchScript into datasets/weights/.
+    FetchWeights {
+        /// A local copy of inception-2015-12-05.pt or fid-inception-pool3.pt (checked by sha256).
+        #[arg(long)]
+        from: Option<PathBuf>,
+        /// Re-install even when a valid file is present.
+        #[arg(long)]
+        force: bool,
+    },
+    /// The README's test command: set-up, data, weights, fmt check, clippy -D warnings, all tests.
+    Test,
+    /// The README's main command: set-up, MNIST, a grid of real digits and a data summary.
+    Quickstart,
+    /// Run `cargo <ARGS>` with the project environment (e.g. `cargo xtask cargo build --release`).
+    Cargo {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run ddpm-cli with the project environment (e.g. `cargo xtask cli info`).
+    Cli {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// Paths and options shared by the commands.
+pub struct Ctx {
+    /// Workspace root.
+    pub root: PathBuf,
+    /// Whether ddpm-cli runs in the release profile.
+    pub release: bool,
+}
+
+impl Ctx {
+    /// The project-local virtual environment.
+    pub fn venv(&self) -> PathBuf {
+        self.root.join(".venv")
+    }
+
+    /// Where datasets land.
+    pub fn datasets(&self) -> PathBuf {
+        self.root.join("datasets")
+    }
+
+    /// `cargo` with the environment that torch-sys and hdf5's static build need.
+    pub fn cargo(&self) -> Command {
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.current_dir(&self.root);
+        venv::apply_env(&mut cmd, &self.venv());
+        cmd
+    }
+
+    /// `cargo run -p ddpm-cli -- ARGS` in the chosen profile.
+    pub fn ddpm_cli<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut cmd = self.cargo();
+        cmd.args(["run", "--quiet", "--package", "ddpm-cli"]);
+        if self.release {
+            cmd.arg("--release");
+        }
+        cmd.arg("--").args(args);
+        cmd
+    }
+}
+
+/// Runs a command, failing with its command line when it fails.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("command failed ({status}): {cmd:?}");
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("xtask lives one level below the workspace root")?
+        .to_path_buf();
+    let ctx = Ctx { root, release: cli.release };
+    match cli.command {
+        Cmd::Setup => venv::ensure(&ctx.venv()).map(|_| ()),
+        Cmd::FetchData { dataset, from, force } => {
+            venv::ensure(&ctx.venv())?;
+            for spec in datasets_of(dataset) {
+                fetch::fetch_dataset(&ctx, spec, from.as_deref(), force)?;
+            }
+            Ok(())
+        }
+        Cmd::FetchWeights { from, force } => {
+            venv::ensure(&ctx.venv())?;
+            fetch::fetch_weights(&ctx, from.as_deref(), force).map(|_| ())
+        }
+        Cmd::Test => test(&ctx),
+        Cmd::Quickstart => quickstart(&Ctx { release: true, ..ctx }),
+        Cmd::Cargo { args } => {
+            venv::ensure(&ctx.venv())?;
+            run(ctx.cargo().args(args))
+        }
+        Cmd::Cli { args } => {
+            venv::ensure(&ctx.venv())?;
+            run(&mut ctx.ddpm_cli(args))
+        }
+    }
+}
+
+fn datasets_of(choice: DatasetChoice) -> Vec<&'static catalog::DatasetSpec> {
+    match choice {
+        DatasetChoice::Mnist => vec![&catalog::MNIST],
+        DatasetChoice::FashionMnist => vec![&catalog::FASHION_MNIST],
+        DatasetChoice::All => vec![&catalog::MNIST, &catalog::FASHION_MNIST],
+    }
+}
+
+fn step(name: &str) {
+    eprintln!("\n==> {name}");
+}
+
+fn test(ctx: &Ctx) -> Result<()> {
+    let start = std::time::Instant::now();
+    step("set-up (virtual environment with torch and cmake)");
+    venv::ensure(&ctx.venv())?;
+    step("datasets");
+    for spec in datasets_of(DatasetChoice::All) {
+        fetch::fetch_dataset(ctx, spec, None, false)?;
+    }
+    step("FID Inception weights");
+    fetch::fetch_weights(ctx, None, false)?;
+    step("cargo fmt --check");
+    run(ctx.cargo().args(["fmt", "--all", "--", "--check"]))?;
+    step("cargo clippy -D warnings");
+    run(ctx.cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    step("cargo test");
+    run(ctx.cargo().args(["test", "--workspace"]))?;
+    eprintln!("\nall checks passed in {:.0} s", start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn quickstart(ctx: &Ctx) -> Result<()> {
+    step("set-up (virtual environment with torch and cmake)");
+    venv::ensure(&ctx.venv())?;
+    step("MNIST");
+    fetch::fetch_dataset(ctx, &catalog::MNIST, None, false)?;
+    step("FID Inception weights");
+    if let Err(e) = fetch::fetch_weights(ctx, None, false) {
+        eprintln!("warning: FID weights unavailable ({e:#}); evaluation will need them");
+    }
+    step("ddpm-cli info");
+    run(&mut ctx.ddpm_cli(["info"]))?;
+    step("a look at the data");
+    let out = ctx.root.join("runs/quickstart");
+    let data = ctx.datasets().join("mnist.h5");
+    run(&mut ctx.ddpm_cli([
+        "data".as_ref(),
+        "summary".as_ref(),
+        "--file".as_ref(),
+        data.as_os_str(),
+        "--grid".as_ref(),
+        out.join("real_digits.png").as_os_str(),
+    ]))?;
+    eprintln!("\nquickstart done: {} holds the outputs", out.display());
+    Ok(())
+}

@@ -1,5 +1,86 @@
-//! `ddpm-cli info`.
+//! `ddpm-cli info`: versions, the device libtorch would use, and which data and weights are present.
+use std::path::PathBuf;
+
 use anyhow::Result;
+use ddpm_nets::device::DeviceReport;
+
+/// Arguments of `ddpm-cli info`.
 #[derive(clap::Args)]
-pub struct InfoArgs {}
-pub fn run(_a: InfoArgs) -> Result<()> { Ok(()) }
+pub struct InfoArgs {
+    /// Folder where datasets and weights live.
+    #[arg(long, default_value = "datasets")]
+    datasets: PathBuf,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: InfoArgs) -> Result<()> {
+    let report = DeviceReport::collect();
+    let files = present_files(&args.datasets);
+    if args.json {
+        let v = serde_json::json!({
+            "ddpm_cli": env!("CARGO_PKG_VERSION"),
+            "tch": "0.24",
+            "device": report,
+            "files": files.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("ddpm-cli {} (tch 0.24)", env!("CARGO_PKG_VERSION"));
+    println!(
+        "libtorch {} loaded from {}",
+        report.libtorch_version.as_deref().unwrap_or("<unknown version>"),
+        report.libtorch_loaded_from.as_ref().map_or("<not found>".to_string(), |p| p.display().to_string())
+    );
+    println!("  built against {}", report.libtorch_built_against);
+    println!("  libtorch_cuda linked: {}", if report.linked_torch_cuda { "yes" } else { "no" });
+    println!("cpu: {} threads", report.cpu_threads);
+    println!(
+        "cuda: {} ({} device(s)){}",
+        if report.cuda_available { "available" } else { "not available" },
+        report.cuda_device_count,
+        if report.cuda_available { format!(", cudnn {}", report.cudnn_available) } else { String::new() }
+    );
+    for (i, name) in report.cuda_device_names.iter().enumerate() {
+        println!("  cuda:{i} {name}");
+    }
+    println!("device (--device auto): {}", report.auto_device);
+    println!("data and weights in {}:", args.datasets.display());
+    for (name, state) in &files {
+        println!("  {name:<32} {state}");
+    }
+    Ok(())
+}
+
+/// The files the project installs, and whether each is there.
+fn present_files(dir: &std::path::Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for name in ["mnist.h5", "fashion-mnist.h5"] {
+        let path = dir.join(name);
+        let state = match ddpm_train::data::check_dataset(&path) {
+            Ok(s) => format!("present ({} train, {} test)", s.n_train, s.n_test),
+            Err(_) if !path.exists() => "missing (cargo xtask fetch-data)".to_string(),
+            Err(e) => format!("invalid: {e}"),
+        };
+        out.push((name.to_string(), state));
+    }
+    let record = dir.join("weights/inception.json");
+    let state = match std::fs::read_to_string(&record) {
+        Ok(text) => match serde_json::from_str::<serde_json::Value>(&text) {
+            Ok(v) => {
+                let file = dir.join("weights").join(v["file"].as_str().unwrap_or_default());
+                if file.exists() {
+                    format!("{} variant: {}", v["variant"].as_str().unwrap_or("?"), file.display())
+                } else {
+                    format!("recorded but missing: {}", file.display())
+                }
+            }
+            Err(e) => format!("unreadable record {}: {e}", record.display()),
+        },
+        Err(_) => "missing (cargo xtask fetch-weights)".to_string(),
+    };
+    out.push(("FID Inception".to_string(), state));
+    out
+}
