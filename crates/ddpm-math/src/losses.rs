@@ -17,7 +17,9 @@ pub const HALF_BIN_WIDTH: f64 = 1.0 / 255.0;
 ///
 /// `½(−1 + lv₂ − lv₁ + e^{lv₁ − lv₂} + (μ₁ − μ₂)² e^{−lv₂})`.
 ///
-/// Variances are passed as log-variances so that tiny variances keep their precision.
+/// Variances are passed as log-variances so that tiny variances keep their precision. It is evaluated as
+/// `½(δ + expm1(−δ) + (μ₁ − μ₂)² e^{−lv₂})` with `δ = lv₂ − lv₁`, the same value without the cancellation of
+/// `−1 + e^{−δ}` for small `δ`, and exactly 0 for equal Gaussians.
 ///
 /// # Example
 /// ```
@@ -28,7 +30,8 @@ pub const HALF_BIN_WIDTH: f64 = 1.0 / 255.0;
 /// ```
 pub fn normal_kl(mean1: f64, logvar1: f64, mean2: f64, logvar2: f64) -> f64 {
     let d = mean1 - mean2;
-    0.5 * (-1.0 + logvar2 - logvar1 + (logvar1 - logvar2).exp() + d * d * (-logvar2).exp())
+    let delta = logvar2 - logvar1;
+    0.5 * (delta + (-delta).exp_m1() + d * d * (-logvar2).exp())
 }
 
 /// Elementwise [`normal_kl`] over four arrays of the same shape.

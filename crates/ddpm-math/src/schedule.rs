@@ -88,12 +88,14 @@ impl BetaSchedule {
     }
 
     /// The largest β this schedule may produce for `num_timesteps` steps: `0.999` for cosine, `1` for jsd and
-    /// `β_end = 0.02·1000/T` for the linear family.
+    /// `β_end = 0.02·1000/T` for the linear family (`(√β_end)²`, as rounded, for quad).
     pub fn max_beta(self, num_timesteps: usize) -> f64 {
+        let end = linear_end_points(num_timesteps).1;
         match self {
             BetaSchedule::Cosine => COSINE_MAX_BETA,
             BetaSchedule::Jsd => 1.0,
-            _ => linear_end_points(num_timesteps).1,
+            BetaSchedule::Quad => end.sqrt() * end.sqrt(),
+            _ => end,
         }
     }
 
