@@ -5,11 +5,14 @@
 //! VAE with the DDPM decoder's discretised likelihood ([`vae`]) and a digit classifier ([`classifier`]).
 pub mod blocks;
 pub mod checkpoint;
+pub mod classifier;
 pub mod device;
 pub mod diffusers;
 pub mod embeddings;
 pub mod error;
+pub mod gan;
 pub mod unet;
+pub mod vae;
 
 pub use error::{Error, Result};
 pub use unet::{UNet2DModel, UNetConfig};
