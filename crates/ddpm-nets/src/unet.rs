@@ -159,13 +159,13 @@ impl UNetConfig {
                 ));
             }
         }
-        if !(self.norm_eps > 0.0) {
+        if self.norm_eps.is_nan() || self.norm_eps <= 0.0 {
             return bad(format!("norm_eps = {} (must be > 0)", self.norm_eps));
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout = {} (must be in [0, 1))", self.dropout));
         }
-        if !(self.mid_block_scale_factor > 0.0) {
+        if self.mid_block_scale_factor.is_nan() || self.mid_block_scale_factor <= 0.0 {
             return bad(format!(
                 "mid_block_scale_factor = {}",
                 self.mid_block_scale_factor
@@ -406,31 +406,30 @@ impl UNet2DModel {
             cfg.freq_shift as f64,
         )
         .to_kind(xs.kind());
-        let mut emb = self.time_embedding.forward_t(&t_emb, train);
-        match (&self.class_embedding, class_labels) {
-            (Some(embedding), Some(labels)) => {
-                if labels.size() != [n] {
-                    return Err(Error::BadInput(format!(
-                        "class_labels has shape {:?}, expected [{n}]",
-                        labels.size()
-                    )));
+        let temb = self.time_embedding.forward_t(&t_emb, train);
+        let emb =
+            match (&self.class_embedding, class_labels) {
+                (Some(embedding), Some(labels)) => {
+                    if labels.size() != [n] {
+                        return Err(Error::BadInput(format!(
+                            "class_labels has shape {:?}, expected [{n}]",
+                            labels.size()
+                        )));
+                    }
+                    let labels = labels.to_device(xs.device()).to_kind(Kind::Int64);
+                    temb + embedding.forward(&labels)
                 }
-                let labels = labels.to_device(xs.device()).to_kind(Kind::Int64);
-                emb = emb + embedding.forward(&labels);
-            }
-            (Some(_), None) => {
-                return Err(Error::BadInput(
-                    "the model is class-conditional: class_labels are required".into(),
-                ))
-            }
-            (None, Some(_)) => {
-                return Err(Error::BadInput(
+                (Some(_), None) => {
+                    return Err(Error::BadInput(
+                        "the model is class-conditional: class_labels are required".into(),
+                    ))
+                }
+                (None, Some(_)) => return Err(Error::BadInput(
                     "class_labels given but the model has no class embedding (num_class_embeds)"
                         .into(),
-                ))
-            }
-            (None, None) => {}
-        }
+                )),
+                (None, None) => temb,
+            };
         let mut xs = self.conv_in.forward(&xs);
         let mut skips = vec![xs.shallow_clone()];
         for block in &self.down_blocks {
