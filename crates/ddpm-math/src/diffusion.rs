@@ -141,6 +141,9 @@ pub struct DdimCoefficients {
     pub sigma: f64,
 }
 
+/// The mean part and, for a learned variance, the variance part of a model output.
+type ModelOutputParts<'a, D> = (ArrayView<'a, f64, D>, Option<ArrayView<'a, f64, D>>);
+
 /// A diffusion process `q(x_{1:T} | x_0)` with its per-timestep tables and the modelling choices of its reverse
 /// process (Ho et al. 2020; Nichol & Dhariwal 2021).
 ///
@@ -210,7 +213,7 @@ impl GaussianDiffusion {
     /// - `μ̃_t = c₁ x_0 + c₂ x_t`, `c₁ = β_t √ᾱ_{t−1}/(1 − ᾱ_t)`, `c₂ = (1 − ᾱ_{t−1}) √α_t/(1 − ᾱ_t)`.
     ///
     /// # Errors
-    /// - the errors of [`validate_betas`](crate::validate_betas) (empty, non-finite, outside `(0, 1]`);
+    /// - the errors of [`validate_betas`] (empty, non-finite, outside `(0, 1]`);
     /// - [`Error::TooFewTimesteps`] for `T < 2` (the clipped log-variance needs `β̃_1`);
     /// - [`Error::BetaTooSmall`] if `1 − β_0` rounds to 1 (then `1 − ᾱ_0 = 0`);
     /// - [`Error::InvalidConfig`] for [`LossType::Simple`] with a learned variance (nothing would train it) and
@@ -375,9 +378,10 @@ impl GaussianDiffusion {
     /// The `(variance, log-variance)` tables of a fixed variance type, or `None` for a learned one.
     pub fn fixed_variance_tables(&self) -> Option<(&Array1<f64>, &Array1<f64>)> {
         match self.var_type {
-            ModelVarType::FixedSmall => {
-                Some((&self.posterior_variance, &self.posterior_log_variance_clipped))
-            }
+            ModelVarType::FixedSmall => Some((
+                &self.posterior_variance,
+                &self.posterior_log_variance_clipped,
+            )),
             ModelVarType::FixedLarge => {
                 Some((&self.fixed_large_variance, &self.fixed_large_log_variance))
             }
@@ -1017,7 +1021,7 @@ impl GaussianDiffusion {
         &self,
         model_output: &'a ArrayBase<S, D>,
         x_shape: &[usize],
-    ) -> Result<(ArrayView<'a, f64, D>, Option<ArrayView<'a, f64, D>>)>
+    ) -> Result<ModelOutputParts<'a, D>>
     where
         S: Data<Elem = f64>,
         D: Dimension,

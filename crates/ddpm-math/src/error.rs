@@ -21,7 +21,9 @@ pub enum Error {
     #[error("a diffusion needs at least 2 timesteps, got {0}")]
     TooFewTimesteps(usize),
     /// The schedule name is not one of the known names.
-    #[error("unknown beta schedule `{0}` (expected one of linear, cosine, quad, sigmoid, const, jsd)")]
+    #[error(
+        "unknown beta schedule `{0}` (expected one of linear, cosine, quad, sigmoid, const, jsd)"
+    )]
     UnknownSchedule(String),
     /// A timestep index is not in `0..num_timesteps`.
     #[error("timestep {t} is out of range for a diffusion with {num_timesteps} timesteps")]

@@ -41,7 +41,7 @@ pub trait ScheduleSampler {
     fn sample(&self, batch_size: usize, rng: &mut dyn RngCore) -> Result<TimestepSample> {
         let w = self.weights();
         let total = w.sum();
-        if !(total.is_finite() && total > 0.0) || w.iter().any(|&x| !(x >= 0.0)) {
+        if !(total.is_finite() && total > 0.0) || w.iter().any(|&x| x.is_nan() || x < 0.0) {
             return Err(Error::InvalidArgument {
                 name: "weights sum",
                 value: total,
@@ -62,9 +62,7 @@ pub trait ScheduleSampler {
         let mut weights = Vec::with_capacity(batch_size);
         for _ in 0..batch_size {
             let u = rng.gen::<f64>() * cumulative[cumulative.len() - 1];
-            let t = cumulative
-                .partition_point(|&c| c <= u)
-                .min(last_positive);
+            let t = cumulative.partition_point(|&c| c <= u).min(last_positive);
             timesteps.push(t);
             weights.push(1.0 / (t_len * p[t]));
         }
@@ -179,6 +177,46 @@ impl LossSecondMomentSampler {
         })
     }
 
+    /// The recorded losses of each timestep, oldest first (for checkpoints).
+    pub fn history(&self) -> Vec<Vec<f64>> {
+        self.history
+            .rows()
+            .into_iter()
+            .zip(&self.counts)
+            .map(|(row, &c)| row.iter().take(c).copied().collect())
+            .collect()
+    }
+
+    /// Restores a history written by [`LossSecondMomentSampler::history`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when the number of timesteps differs, a timestep holds more than
+    /// `history_per_term` losses, or a loss is not finite.
+    pub fn set_history(&mut self, history: Vec<Vec<f64>>) -> Result<()> {
+        let bad = |reason| Error::InvalidArgument {
+            name: "history",
+            value: history.len() as f64,
+            reason,
+        };
+        if history.len() != self.counts.len() {
+            return Err(bad("one list of losses per timestep is needed"));
+        }
+        if history
+            .iter()
+            .any(|h| h.len() > self.history_per_term || h.iter().any(|l| !l.is_finite()))
+        {
+            return Err(bad("at most history_per_term finite losses per timestep"));
+        }
+        self.history.fill(0.0);
+        for (t, h) in history.iter().enumerate() {
+            for (j, &l) in h.iter().enumerate() {
+                self.history[[t, j]] = l;
+            }
+            self.counts[t] = h.len();
+        }
+        Ok(())
+    }
+
     /// Whether every timestep has a full history, so that the weights are no longer uniform.
     pub fn is_warmed_up(&self) -> bool {
         self.counts.iter().all(|&c| c == self.history_per_term)
@@ -258,7 +296,9 @@ mod tests {
     fn warm_up_is_uniform_until_every_term_is_full() {
         let mut sampler = LossSecondMomentSampler::new(3);
         for _ in 0..9 {
-            sampler.update_with_losses(&[0, 1, 2], &[1.0, 2.0, 3.0]).unwrap();
+            sampler
+                .update_with_losses(&[0, 1, 2], &[1.0, 2.0, 3.0])
+                .unwrap();
         }
         sampler.update_with_losses(&[0, 1], &[1.0, 2.0]).unwrap();
         assert!(!sampler.is_warmed_up());
@@ -276,7 +316,9 @@ mod tests {
     #[test]
     fn history_keeps_the_last_losses() {
         let mut sampler = LossSecondMomentSampler::with_params(2, 2, 0.0).unwrap();
-        sampler.update_with_losses(&[0, 0, 0, 1, 1], &[5.0, 3.0, 4.0, 0.0, 0.0]).unwrap();
+        sampler
+            .update_with_losses(&[0, 0, 0, 1, 1], &[5.0, 3.0, 4.0, 0.0, 0.0])
+            .unwrap();
         // t = 0 keeps [3, 4] → √(25/2); t = 1 keeps [0, 0] → 0.
         let w = sampler.weights();
         assert_eq!(w[1], 0.0);
@@ -301,6 +343,8 @@ mod tests {
         assert!(sampler.update_with_losses(&[0, 1], &[1.0]).is_err());
         assert!(sampler.update_with_losses(&[3], &[1.0]).is_err());
         assert!(sampler.update_with_losses(&[0], &[f64::NAN]).is_err());
-        assert!(UniformSampler::new(0).sample(1, &mut StdRng::seed_from_u64(0)).is_err());
+        assert!(UniformSampler::new(0)
+            .sample(1, &mut StdRng::seed_from_u64(0))
+            .is_err());
     }
 }

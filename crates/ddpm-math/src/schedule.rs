@@ -265,7 +265,11 @@ mod tests {
         // With integer division i/T = 0 for every i < T, which gave 999 zero betas elsewhere.
         let betas = BetaSchedule::Cosine.betas(1000).unwrap();
         assert!(betas.iter().all(|&b| b > 0.0));
-        let distinct = betas.windows(2).into_iter().filter(|w| w[0] != w[1]).count();
+        let distinct = betas
+            .windows(2)
+            .into_iter()
+            .filter(|w| w[0] != w[1])
+            .count();
         assert!(distinct > 900, "only {distinct} distinct consecutive betas");
         // β_0 = 1 − f(1/T)/f(0): a closed form, about 4.1e-5 at T = 1000.
         let expected = 1.0 - cosine_alpha_bar(0.001) / cosine_alpha_bar(0.0);
@@ -315,11 +319,17 @@ mod tests {
         ));
         assert_eq!(
             validate_betas(&[-0.1]),
-            Err(Error::BetaOutOfRange { index: 0, value: -0.1 })
+            Err(Error::BetaOutOfRange {
+                index: 0,
+                value: -0.1
+            })
         );
         assert_eq!(
             validate_betas(&[0.5, 1.5]),
-            Err(Error::BetaOutOfRange { index: 1, value: 1.5 })
+            Err(Error::BetaOutOfRange {
+                index: 1,
+                value: 1.5
+            })
         );
         assert!(validate_betas(&[1.0]).is_ok());
         assert_eq!(BetaSchedule::Linear.betas(0), Err(Error::EmptyBetas));

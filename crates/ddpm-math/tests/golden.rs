@@ -62,10 +62,13 @@ fn array3(v: &Value) -> Array3<f64> {
 fn assert_close(what: &str, got: &[f64], expected: &[f64]) {
     assert_eq!(got.len(), expected.len(), "{what}: length");
     for (i, (&a, &b)) in got.iter().zip(expected).enumerate() {
-        let ok = a == b
-            || (a.is_nan() && b.is_nan())
-            || (a - b).abs() <= RTOL * a.abs().max(b.abs());
-        assert!(ok, "{what}[{i}]: got {a:e}, golden {b:e}, rel {:e}", ((a - b) / b).abs());
+        let ok =
+            a == b || (a.is_nan() && b.is_nan()) || (a - b).abs() <= RTOL * a.abs().max(b.abs());
+        assert!(
+            ok,
+            "{what}[{i}]: got {a:e}, golden {b:e}, rel {:e}",
+            ((a - b) / b).abs()
+        );
     }
 }
 
@@ -122,7 +125,10 @@ fn check_tables(what: &str, d: &GaussianDiffusion, golden: &Value, min_tables: u
         );
         checked += 1;
     }
-    assert!(checked >= min_tables, "{what}: only {checked} tables in the golden file");
+    assert!(
+        checked >= min_tables,
+        "{what}: only {checked} tables in the golden file"
+    );
 }
 
 #[test]
@@ -166,7 +172,11 @@ fn respaced_tables_match() {
     for (key, expected) in diffusions {
         let (schedule, spec) = key.split_once('/').unwrap();
         let spaced = SpacedDiffusion::from_spec(&diffusion(schedule, 1000), spec).unwrap();
-        assert_eq!(spaced.timestep_map(), indices(&expected["timesteps"]), "{key}");
+        assert_eq!(
+            spaced.timestep_map(),
+            indices(&expected["timesteps"]),
+            "{key}"
+        );
         check_tables(key, spaced.diffusion(), expected, 8);
     }
 }

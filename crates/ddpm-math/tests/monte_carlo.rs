@@ -68,7 +68,12 @@ fn iterated_forward_chain_matches_closed_form_marginal() {
             let (mean, var) = (q.mean[[0, 0]], q.variance[[0, 0]]);
             let (m_hat, v_hat) = mean_var(&xs);
             // SE of a mean: √(σ²/n); of a Gaussian sample variance: σ²√(2/(n − 1)).
-            assert_within(&format!("mean at t = {t}"), m_hat, mean, (var / n as f64).sqrt());
+            assert_within(
+                &format!("mean at t = {t}"),
+                m_hat,
+                mean,
+                (var / n as f64).sqrt(),
+            );
             assert_within(
                 &format!("variance at t = {t}"),
                 v_hat,
@@ -125,7 +130,12 @@ fn sampled_joint_regresses_to_the_posterior() {
         // Ordinary least squares: SE(slope) = σ/√(n s²_x), SE(intercept) = σ √(1/n + x̄²/(n s²_x)),
         // SE(σ̂²) = σ² √(2/(n − 2)).
         let sigma = post_var.sqrt();
-        assert_within(&format!("c₂ at t = {t}"), slope, c2, sigma / (nf * vx).sqrt());
+        assert_within(
+            &format!("c₂ at t = {t}"),
+            slope,
+            c2,
+            sigma / (nf * vx).sqrt(),
+        );
         assert_within(
             &format!("c₁ x_0 at t = {t}"),
             intercept,
@@ -163,15 +173,28 @@ fn normalised_bayes_product_is_the_posterior() {
         let half_width = 14.0 * prior_var.sqrt();
         let m = 200_000;
         let h = 2.0 * half_width / m as f64;
-        let ys: Vec<f64> = (0..=m).map(|i| prior_mean - half_width + i as f64 * h).collect();
+        let ys: Vec<f64> = (0..=m)
+            .map(|i| prior_mean - half_width + i as f64 * h)
+            .collect();
         let max = ys.iter().map(|&y| log_density(y)).fold(f64::MIN, f64::max);
         let w: Vec<f64> = ys.iter().map(|&y| (log_density(y) - max).exp()).collect();
         let z: f64 = w.iter().sum();
         let mean = w.iter().zip(&ys).map(|(w, y)| w * y).sum::<f64>() / z;
-        let var = w.iter().zip(&ys).map(|(w, y)| w * (y - mean).powi(2)).sum::<f64>() / z;
+        let var = w
+            .iter()
+            .zip(&ys)
+            .map(|(w, y)| w * (y - mean).powi(2))
+            .sum::<f64>()
+            / z;
         let (mu, v) = (post.mean[[b, 0]], post.variance[[b, 0]]);
-        assert!((mean - mu).abs() <= 1e-9 * (1.0 + mu.abs()), "t = {tb}: mean {mean} vs {mu}");
-        assert!((var - v).abs() <= 1e-8 * v, "t = {tb}: variance {var} vs {v}");
+        assert!(
+            (mean - mu).abs() <= 1e-9 * (1.0 + mu.abs()),
+            "t = {tb}: mean {mean} vs {mu}"
+        );
+        assert!(
+            (var - v).abs() <= 1e-8 * v,
+            "t = {tb}: variance {var} vs {v}"
+        );
     }
 }
 

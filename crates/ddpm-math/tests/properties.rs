@@ -50,7 +50,13 @@ fn check_alphas_cumprod(d: &GaussianDiffusion) -> Result<(), TestCaseError> {
 fn check_posterior_variance(d: &GaussianDiffusion) -> Result<(), TestCaseError> {
     prop_assert_eq!(d.posterior_variance()[0], 0.0);
     for (t, (&pv, &b)) in d.posterior_variance().iter().zip(d.betas()).enumerate() {
-        prop_assert!(pv >= 0.0 && pv <= b * (1.0 + 4.0 * f64::EPSILON), "β̃[{}] = {} > β = {}", t, pv, b);
+        prop_assert!(
+            pv >= 0.0 && pv <= b * (1.0 + 4.0 * f64::EPSILON),
+            "β̃[{}] = {} > β = {}",
+            t,
+            pv,
+            b
+        );
         prop_assert!(d.posterior_log_variance_clipped()[t].is_finite());
     }
     Ok(())
