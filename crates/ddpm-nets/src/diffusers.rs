@@ -247,6 +247,42 @@ mod tests {
     }
 
     #[test]
+    fn official_cifar10_config_is_the_default_model() {
+        // The keys of google/ddpm-cifar10-32's config.json (written by an early diffusers).
+        let json = json!({
+            "_class_name": "UNet2DModel",
+            "_diffusers_version": "0.0.4",
+            "act_fn": "silu",
+            "attention_head_dim": null,
+            "block_out_channels": [128, 256, 256, 256],
+            "center_input_sample": false,
+            "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
+            "downsample_padding": 0,
+            "flip_sin_to_cos": false,
+            "freq_shift": 1,
+            "in_channels": 3,
+            "layers_per_block": 2,
+            "mid_block_scale_factor": 1,
+            "norm_eps": 1e-06,
+            "norm_num_groups": 32,
+            "out_channels": 3,
+            "sample_size": 32,
+            "time_embedding_type": "positional",
+            "up_block_types": ["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"]
+        });
+        let cfg = config_from_json(&json).unwrap();
+        // Dropout is absent from the file, so it takes diffusers' default (it only matters when training).
+        assert_eq!(cfg.dropout, 0.0);
+        assert_eq!(
+            cfg,
+            UNetConfig {
+                dropout: 0.0,
+                ..UNetConfig::default()
+            }
+        );
+    }
+
+    #[test]
     fn missing_keys_take_diffusers_defaults() {
         let cfg = config_from_json(&json!({"_class_name": "UNet2DModel"})).unwrap();
         assert_eq!(cfg.block_out_channels, [224, 448, 672, 896]);
