@@ -3,9 +3,13 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod data;
+mod eval;
 mod forward;
 mod info;
+mod sample;
 mod schedule;
+mod train;
+mod visualize;
 
 /// Denoising diffusion probabilistic models on libtorch.
 #[derive(Parser)]
@@ -26,23 +30,59 @@ enum Command {
     Schedule(schedule::ScheduleArgs),
     /// Run a UNet on tensors from a safetensors file (checks conversions and parity).
     Forward(forward::ForwardArgs),
+    /// Evaluate generated images against real ones (FID, IS).
+    Eval(eval::EvalArgs),
+    /// Train a DDPM (or --model gan|vae) into a run directory, or --resume one.
+    Train(train::TrainArgs),
+    /// Sample images from a run directory or a diffusers folder.
+    Sample(sample::SampleArgs),
+    /// Pictures of the diffusion process.
+    #[command(subcommand)]
+    Visualize(visualize::VisualizeCommand),
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    init_tracing(match &cli.command {
+        Command::Train(args) => Some(args.run_dir()?),
+        _ => None,
+    })?;
     match cli.command {
         Command::Info(args) => info::run(args),
         Command::Data(cmd) => data::run(cmd),
         Command::Schedule(args) => schedule::run(args),
         Command::Forward(args) => forward::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Sample(args) => sample::run(args),
+        Command::Visualize(cmd) => visualize::run(cmd),
     }
+}
+
+/// Logs to stderr (filter from `RUST_LOG`, default `info`) and, for a training run, also to
+/// `RUN_DIR/train.log` (the run directory is created here, so an unwritable one fails first).
+fn init_tracing(run_dir: Option<std::path::PathBuf>) -> Result<()> {
+    use anyhow::Context;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{fmt, EnvFilter, Layer};
+    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let stderr = fmt::layer().with_writer(std::io::stderr).with_filter(filter());
+    let file = match run_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create the run directory {}", dir.display()))?;
+            let path = dir.join("train.log");
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            Some(fmt::layer().with_ansi(false).with_writer(std::sync::Mutex::new(f)).with_filter(filter()))
+        }
+        None => None,
+    };
+    tracing_subscriber::registry().with(stderr).with(file).init();
+    Ok(())
 }
 
 /// Writes a PNG atomically (temporary file in the same folder, then rename), creating folders.

@@ -1,2 +1,21 @@
 //! Training, data loading and sampling for ddpm-rs.
+//!
+//! [`data`] imports the official IDX files into HDF5 and loads them; [`loader`] turns a split into
+//! seeded training batches; [`tables`] is the one place where ddpm-math's f64 tables become device
+//! tensors; [`objective`] and [`sampler`] are the training losses and reverse processes on tensors;
+//! [`trainer`] runs the loop with [`optim`] (Adam/AdamW, EMA) and [`run_dir`] (checkpoints, logs).
+pub mod config;
 pub mod data;
+pub mod error;
+pub mod loader;
+pub mod model_io;
+pub mod objective;
+pub mod optim;
+pub mod run_dir;
+pub mod sampler;
+pub mod tables;
+pub mod trainer;
+pub mod viz;
+
+pub use config::TrainConfig;
+pub use error::{Result, TrainError};

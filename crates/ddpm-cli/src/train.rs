@@ -1,0 +1,110 @@
+//! `ddpm-cli train`: train a DDPM (or the GAN / VAE baselines) into a run directory, or resume one.
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use ddpm_train::config::{ModelKind, TrainConfig};
+use ddpm_train::trainer::{self, TrainOptions};
+
+/// Arguments of `ddpm-cli train`.
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    /// A built-in preset: mnist-cpu, mnist, fashion-mnist, cifar10.
+    #[arg(long, conflicts_with = "config")]
+    preset: Option<String>,
+    /// A TOML config file (sections model, diffusion, optim, data, run).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override a config value, e.g. `--set run.steps=2000 --set optim.lr=1e-4`; repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// What to train: ddpm, gan or vae (sets model.kind).
+    #[arg(long)]
+    model: Option<String>,
+    /// Device: auto, cpu, cuda, cuda:N (sets run.device).
+    #[arg(long)]
+    device: Option<String>,
+    /// Total optimisation steps (sets run.steps).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// The run directory to create.
+    #[arg(long, conflicts_with = "resume")]
+    out: Option<PathBuf>,
+    /// Continue the run in this directory from its newest checkpoint.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+impl TrainArgs {
+    /// The run directory this invocation writes to.
+    pub fn run_dir(&self) -> Result<PathBuf> {
+        match (&self.out, &self.resume) {
+            (Some(o), None) => Ok(o.clone()),
+            (None, Some(r)) => Ok(r.clone()),
+            _ => bail!("give --out RUN_DIR for a new run or --resume RUN_DIR to continue one"),
+        }
+    }
+}
+
+fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
+    let base = if let Some(dir) = &args.resume {
+        ddpm_train::run_dir::RunDir::open(dir)?.config()?
+    } else if let Some(path) = &args.config {
+        TrainConfig::from_file(path)?
+    } else {
+        TrainConfig::preset(args.preset.as_deref().unwrap_or("mnist-cpu"))?
+    };
+    let mut overrides = args.overrides.clone();
+    if let Some(m) = &args.model {
+        overrides.push(format!("model.kind=\"{m}\""));
+    }
+    if let Some(d) = &args.device {
+        overrides.push(format!("run.device=\"{d}\""));
+    }
+    if let Some(s) = args.steps {
+        overrides.push(format!("run.steps={s}"));
+    }
+    let cfg = base.with_overrides(&overrides)?;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    let dir = args.run_dir()?;
+    let cfg = resolve_config(&args)?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                eprintln!("\nsecond interrupt: exiting without saving");
+                std::process::exit(130);
+            }
+            eprintln!("\ninterrupt: saving a checkpoint after this step (Ctrl-C again to abort)");
+        })
+        .context("cannot install the Ctrl-C handler")?;
+    }
+    let opts = TrainOptions { progress: !args.no_progress, stop };
+    let resume = args.resume.is_some();
+    let summary = match cfg.model.kind {
+        ModelKind::Ddpm => trainer::train_ddpm(&dir, &cfg, resume, &opts)?,
+        ModelKind::Gan | ModelKind::Vae => bail!("model.kind {:?}: baseline training is not available yet", cfg.model.kind),
+    };
+    println!(
+        "{} {} at step {} ({:.0} s of training), last loss {:.5}",
+        if summary.interrupted { "stopped" } else { "finished" },
+        dir.display(),
+        summary.step,
+        summary.elapsed_secs,
+        summary.last_loss
+    );
+    println!("checkpoint: {}", summary.checkpoint.display());
+    if summary.interrupted {
+        println!("continue with: ddpm-cli train --resume {}", dir.display());
+    }
+    Ok(())
+}

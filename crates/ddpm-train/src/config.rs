@@ -1,0 +1,551 @@
+//! The training configuration: nested TOML (model, diffusion, optim, data, run), presets, overrides
+//! (`key.path=value`) and validation with errors that name the key.
+use std::path::{Path, PathBuf};
+
+use ddpm_math::{BetaSchedule, GaussianDiffusion, LossType, ModelMeanType, ModelVarType};
+use ddpm_nets::unet::{DownBlockType, SampleSize, UpBlockType};
+use ddpm_nets::UNetConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+
+/// Which family of generative model a run trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    /// Denoising diffusion (the UNet ε_θ).
+    #[default]
+    Ddpm,
+    /// DCGAN baseline.
+    Gan,
+    /// Convolutional VAE baseline.
+    Vae,
+}
+
+/// The networks of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// `ddpm`, `gan` or `vae`.
+    pub kind: ModelKind,
+    /// The UNet (diffusers `config.json` keys); used when `kind = "ddpm"`.
+    pub unet: UNetConfig,
+    /// Latent size of the GAN generator / VAE.
+    pub latent_dim: i64,
+    /// Base width of the GAN / VAE convolutions.
+    pub base_channels: i64,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self { kind: ModelKind::Ddpm, unet: UNetConfig::default(), latent_dim: 64, base_channels: 64 }
+    }
+}
+
+/// The diffusion process and objective.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiffusionConfig {
+    /// `linear`, `cosine`, `quad`, `sigmoid`, `const`, `jsd`.
+    pub schedule: String,
+    /// Number of diffusion steps T.
+    pub timesteps: usize,
+    /// What the network predicts: `epsilon`, `x0` or `v`.
+    pub mean_type: String,
+    /// `fixed-small`, `fixed-large`, `learned` or `learned-range`.
+    pub var_type: String,
+    /// `simple`, `hybrid` or `vlb`.
+    pub loss_type: String,
+    /// For `vlb`: draw t by the loss-second-moment importance sampler (else uniformly).
+    pub importance_sampling: bool,
+}
+
+impl Default for DiffusionConfig {
+    fn default() -> Self {
+        Self {
+            schedule: "linear".into(),
+            timesteps: 1000,
+            mean_type: "epsilon".into(),
+            var_type: "fixed-large".into(),
+            loss_type: "simple".into(),
+            importance_sampling: false,
+        }
+    }
+}
+
+impl DiffusionConfig {
+    /// Parses the names and builds the process (errors name the `diffusion.*` key).
+    pub fn build(&self) -> Result<GaussianDiffusion> {
+        let schedule: BetaSchedule = self
+            .schedule
+            .parse()
+            .map_err(|e: ddpm_math::Error| TrainError::config("diffusion.schedule", e.to_string()))?;
+        let betas = schedule
+            .betas(self.timesteps)
+            .map_err(|e| TrainError::config("diffusion.timesteps", e.to_string()))?;
+        GaussianDiffusion::new(betas, self.mean_type()?, self.var_type()?, self.loss_type()?)
+            .map_err(|e| TrainError::config("diffusion", e.to_string()))
+    }
+
+    /// The parsed mean type.
+    pub fn mean_type(&self) -> Result<ModelMeanType> {
+        match self.mean_type.as_str() {
+            "epsilon" | "eps" => Ok(ModelMeanType::Epsilon),
+            "x0" | "start_x" => Ok(ModelMeanType::StartX),
+            "v" => Ok(ModelMeanType::V),
+            other => Err(TrainError::config(
+                "diffusion.mean_type",
+                format!("`{other}` is not one of epsilon, x0, v"),
+            )),
+        }
+    }
+
+    /// The parsed variance type.
+    pub fn var_type(&self) -> Result<ModelVarType> {
+        match self.var_type.as_str() {
+            "fixed-small" => Ok(ModelVarType::FixedSmall),
+            "fixed-large" => Ok(ModelVarType::FixedLarge),
+            "learned" => Ok(ModelVarType::Learned),
+            "learned-range" => Ok(ModelVarType::LearnedRange),
+            other => Err(TrainError::config(
+                "diffusion.var_type",
+                format!("`{other}` is not one of fixed-small, fixed-large, learned, learned-range"),
+            )),
+        }
+    }
+
+    /// The parsed loss type.
+    pub fn loss_type(&self) -> Result<LossType> {
+        match self.loss_type.as_str() {
+            "simple" => Ok(LossType::Simple),
+            "hybrid" => Ok(LossType::Hybrid),
+            "vlb" => Ok(LossType::Vlb),
+            other => Err(TrainError::config(
+                "diffusion.loss_type",
+                format!("`{other}` is not one of simple, hybrid, vlb"),
+            )),
+        }
+    }
+}
+
+/// The optimiser and its schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimConfig {
+    /// `adam` or `adamw`.
+    pub optimizer: String,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Adam β₁.
+    pub beta1: f64,
+    /// Adam β₂.
+    pub beta2: f64,
+    /// Adam ε.
+    pub eps: f64,
+    /// Weight decay (decoupled for adamw, L2 for adam).
+    pub weight_decay: f64,
+    /// Linear warm-up of the learning rate over this many steps.
+    pub warmup_steps: usize,
+    /// Clip the global gradient norm to this value (0 = off).
+    pub grad_clip: f64,
+    /// EMA decay of the parameters (0 = no EMA).
+    pub ema_decay: f64,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        Self {
+            optimizer: "adam".into(),
+            lr: 2e-4,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            warmup_steps: 5000,
+            grad_clip: 1.0,
+            ema_decay: 0.9999,
+        }
+    }
+}
+
+/// Where the images come from and how they are prepared.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// HDF5 dataset file (ours: `/train/images` uint8 `[N,H,W]` or `[N,H,W,C]`, `/train/labels`).
+    pub path: PathBuf,
+    /// Split to train on.
+    pub split: String,
+    /// Images per step.
+    pub batch_size: usize,
+    /// Pad 28×28 images to 32×32 (with the background value −1).
+    pub pad_to_32: bool,
+    /// Random horizontal flips (not for digits).
+    pub random_flip: bool,
+    /// Train a class-conditional model (needs `model.unet.num_class_embeds`).
+    pub conditional: bool,
+    /// Probability of dropping the label (classifier-free guidance); the null class is `num_classes`.
+    pub label_dropout: f64,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("datasets/mnist.h5"),
+            split: "train".into(),
+            batch_size: 128,
+            pad_to_32: false,
+            random_flip: false,
+            conditional: false,
+            label_dropout: 0.1,
+        }
+    }
+}
+
+/// The run: length, device, seeding, logging, checkpoints, samples.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// Total optimisation steps.
+    pub steps: usize,
+    /// Seed of everything random (data order, t, noise, dropout).
+    pub seed: u64,
+    /// `auto`, `cpu`, `cuda`, `cuda:N`.
+    pub device: String,
+    /// bf16 autocast of the network on CUDA (ignored on CPU).
+    pub bf16: bool,
+    /// libtorch intra-op CPU threads (0 = libtorch's default).
+    pub cpu_threads: usize,
+    /// Steps between log lines / metrics records (the only host synchronisation of the loss).
+    pub log_every: usize,
+    /// Steps between sample grids (0 = only at the end).
+    pub sample_every: usize,
+    /// Steps between checkpoints (0 = only at the end).
+    pub checkpoint_every: usize,
+    /// How many checkpoints to keep.
+    pub keep_checkpoints: usize,
+    /// Images in a sample grid.
+    pub sample_num: usize,
+    /// Sampler spec of the grids: `ddimN`, or a respacing like `100` for ancestral sampling.
+    pub sample_steps: String,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            steps: 800_000,
+            seed: 0,
+            device: "auto".into(),
+            bf16: true,
+            cpu_threads: 0,
+            log_every: 100,
+            sample_every: 10_000,
+            checkpoint_every: 10_000,
+            keep_checkpoints: 3,
+            sample_num: 64,
+            sample_steps: "ddim50".into(),
+        }
+    }
+}
+
+/// Everything a training run needs; the run directory starts with this, resolved, as `config.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Networks.
+    pub model: ModelConfig,
+    /// Diffusion process and objective.
+    pub diffusion: DiffusionConfig,
+    /// Optimiser.
+    pub optim: OptimConfig,
+    /// Data.
+    pub data: DataConfig,
+    /// Run settings.
+    pub run: RunConfig,
+}
+
+/// Names of the built-in presets.
+pub const PRESETS: [&str; 4] = ["mnist-cpu", "mnist", "fashion-mnist", "cifar10"];
+
+fn small_unet(channels: Vec<i64>, layers: i64, attn_level: usize, groups: i64) -> UNetConfig {
+    let n = channels.len();
+    let down = (0..n).map(|i| if i == attn_level { DownBlockType::AttnDown } else { DownBlockType::Down }).collect();
+    let up = (0..n)
+        .map(|i| if n - 1 - i == attn_level { UpBlockType::AttnUp } else { UpBlockType::Up })
+        .collect();
+    UNetConfig {
+        sample_size: Some(SampleSize::Square(28)),
+        in_channels: 1,
+        out_channels: 1,
+        block_out_channels: channels,
+        layers_per_block: layers,
+        down_block_types: down,
+        up_block_types: up,
+        norm_num_groups: groups,
+        dropout: 0.1,
+        ..UNetConfig::default()
+    }
+}
+
+impl TrainConfig {
+    /// A built-in preset by name (see [`PRESETS`]).
+    pub fn preset(name: &str) -> Result<Self> {
+        let mut c = TrainConfig::default();
+        match name {
+            "mnist-cpu" => {
+                // Small enough for a 2-core CPU: 28 → 14 → 7, attention only at 7×7.
+                c.model.unet = small_unet(vec![32, 64, 64], 1, 2, 8);
+                c.model.unet.dropout = 0.0;
+                c.data.batch_size = 64;
+                c.optim.lr = 1e-3;
+                c.optim.warmup_steps = 200;
+                c.optim.ema_decay = 0.995;
+                c.run.steps = 4000;
+                c.run.device = "cpu".into();
+                c.run.log_every = 50;
+                c.run.sample_every = 1000;
+                c.run.checkpoint_every = 500;
+                c.run.sample_steps = "ddim50".into();
+            }
+            "mnist" | "fashion-mnist" => {
+                c.model.unet = small_unet(vec![64, 128, 128], 2, 1, 32);
+                c.data.batch_size = 128;
+                c.optim.lr = 2e-4;
+                c.optim.warmup_steps = 1000;
+                c.optim.ema_decay = 0.9995;
+                c.run.steps = 20_000;
+                c.run.sample_every = 2000;
+                c.run.checkpoint_every = 2000;
+                if name == "fashion-mnist" {
+                    c.data.path = PathBuf::from("datasets/fashion-mnist.h5");
+                }
+            }
+            "cifar10" => {
+                // Ho et al. 2020: the 35.7M UNet, Adam 2e-4, warm-up 5000, clip 1, batch 128,
+                // EMA 0.9999, random flips, T = 1000 linear, ε target, fixed-large sampling.
+                c.data.path = PathBuf::from("datasets/cifar10.h5");
+                c.data.random_flip = true;
+                c.run.steps = 800_000;
+            }
+            other => {
+                return Err(TrainError::config(
+                    "preset",
+                    format!("unknown preset `{other}`; known: {}", PRESETS.join(", ")),
+                ))
+            }
+        }
+        Ok(c)
+    }
+
+    /// Reads a TOML file (unknown keys are errors naming the key).
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| TrainError::Io { path: path.to_path_buf(), source })?;
+        Self::from_toml(&text).map_err(|e| match e {
+            TrainError::Config { key, message } => {
+                TrainError::Config { key, message: format!("{}: {message}", path.display()) }
+            }
+            other => other,
+        })
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| TrainError::config(&toml_error_key(&e), e.message().to_string()))
+    }
+
+    /// The resolved TOML text (what a run directory starts with).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a TrainConfig always serialises")
+    }
+
+    /// Applies `key.path=value` overrides (value in TOML syntax; bare words are strings) and
+    /// re-validates through serde, so a misspelt key is an error naming it.
+    pub fn with_overrides(&self, overrides: &[String]) -> Result<Self> {
+        if overrides.is_empty() {
+            return Ok(self.clone());
+        }
+        let mut root: toml::Value = toml::Value::try_from(self).expect("a TrainConfig always serialises");
+        for o in overrides {
+            let (key, raw) = o
+                .split_once('=')
+                .ok_or_else(|| TrainError::config(o, "an override is KEY=VALUE, e.g. run.steps=1000"))?;
+            let key = key.trim();
+            let value = parse_value(raw.trim());
+            let mut node = &mut root;
+            let parts: Vec<&str> = key.split('.').collect();
+            for (i, part) in parts.iter().enumerate() {
+                let table = node
+                    .as_table_mut()
+                    .ok_or_else(|| TrainError::config(key, format!("`{}` is not a table", parts[..i].join("."))))?;
+                if i + 1 == parts.len() {
+                    table.insert(part.to_string(), value.clone());
+                    break;
+                }
+                node = table.entry(part.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
+            }
+        }
+        let text = toml::to_string(&root).expect("a TOML value serialises");
+        Self::from_toml(&text)
+    }
+
+    /// Checks the values (each error names its key).
+    pub fn validate(&self) -> Result<()> {
+        let o = &self.optim;
+        let positive = |key: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(TrainError::config(key, format!("must be a positive finite number, got {v}")))
+            }
+        };
+        positive("optim.lr", o.lr)?;
+        positive("optim.eps", o.eps)?;
+        for (key, v) in [("optim.beta1", o.beta1), ("optim.beta2", o.beta2), ("optim.ema_decay", o.ema_decay)] {
+            if !(0.0..1.0).contains(&v) {
+                return Err(TrainError::config(key, format!("must be in [0, 1), got {v}")));
+            }
+        }
+        if !(o.weight_decay >= 0.0 && o.weight_decay.is_finite()) {
+            return Err(TrainError::config("optim.weight_decay", format!("must be ≥ 0, got {}", o.weight_decay)));
+        }
+        if !(o.grad_clip >= 0.0 && o.grad_clip.is_finite()) {
+            return Err(TrainError::config("optim.grad_clip", format!("must be ≥ 0 (0 = off), got {}", o.grad_clip)));
+        }
+        if !["adam", "adamw"].contains(&o.optimizer.as_str()) {
+            return Err(TrainError::config("optim.optimizer", format!("`{}` is not adam or adamw", o.optimizer)));
+        }
+        if self.data.batch_size == 0 {
+            return Err(TrainError::config("data.batch_size", "must be ≥ 1"));
+        }
+        if !(0.0..1.0).contains(&self.data.label_dropout) {
+            return Err(TrainError::config("data.label_dropout", "must be in [0, 1)"));
+        }
+        if !["train", "test"].contains(&self.data.split.as_str()) {
+            return Err(TrainError::config("data.split", format!("`{}` is not train or test", self.data.split)));
+        }
+        if self.run.steps == 0 {
+            return Err(TrainError::config("run.steps", "must be ≥ 1"));
+        }
+        if self.run.log_every == 0 {
+            return Err(TrainError::config("run.log_every", "must be ≥ 1"));
+        }
+        if self.run.keep_checkpoints == 0 {
+            return Err(TrainError::config("run.keep_checkpoints", "must be ≥ 1"));
+        }
+        self.run
+            .device
+            .parse::<ddpm_nets::device::DeviceSpec>()
+            .map_err(|e| TrainError::config("run.device", e.to_string()))?;
+        crate::sampler::SamplerSpec::parse(&self.run.sample_steps, self.diffusion.timesteps)
+            .map_err(|e| TrainError::config("run.sample_steps", e.to_string()))?;
+        if self.model.kind == ModelKind::Ddpm {
+            let d = self.diffusion.build()?;
+            let u = &self.model.unet;
+            u.validate().map_err(|e| TrainError::config("model.unet", e.to_string()))?;
+            let want_out = if d.var_type().is_learned() { 2 * u.in_channels } else { u.in_channels };
+            if u.out_channels != want_out {
+                return Err(TrainError::config(
+                    "model.unet.out_channels",
+                    format!("is {} but var_type {} needs {want_out}", u.out_channels, self.diffusion.var_type),
+                ));
+            }
+            if self.data.conditional != u.num_class_embeds.is_some() {
+                return Err(TrainError::config(
+                    "data.conditional",
+                    "a conditional run needs model.unet.num_class_embeds (classes + 1 for the null label), \
+                     and only a conditional run may set it",
+                ));
+            }
+            if self.diffusion.importance_sampling && d.loss_type() != LossType::Vlb {
+                return Err(TrainError::config("diffusion.importance_sampling", "is only for loss_type vlb"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse_value(raw: &str) -> toml::Value {
+    match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t.remove("v").expect("parsed key"),
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
+/// The dotted key a TOML error is about, from its message and span (best effort).
+fn toml_error_key(e: &toml::de::Error) -> String {
+    let msg = e.message();
+    if let Some(rest) = msg.strip_prefix("unknown field `") {
+        if let Some(end) = rest.find('`') {
+            return rest[..end].to_string();
+        }
+    }
+    if let Some(rest) = msg.strip_prefix("missing field `") {
+        if let Some(end) = rest.find('`') {
+            return rest[..end].to_string();
+        }
+    }
+    "config".to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_validate_and_round_trip_through_toml() {
+        for name in PRESETS {
+            let c = TrainConfig::preset(name).unwrap();
+            c.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(TrainConfig::from_toml(&c.to_toml()).unwrap(), c, "{name}");
+        }
+        assert!(TrainConfig::preset("imagenet").unwrap_err().to_string().contains("imagenet"));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = TrainConfig::from_toml("[optim]\nlrr = 0.1\n").unwrap_err().to_string();
+        assert!(err.contains("lrr"), "{err}");
+        let err = TrainConfig::from_toml("[optimiser]\nlr = 0.1\n").unwrap_err().to_string();
+        assert!(err.contains("optimiser"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_reported() {
+        let err = TrainConfig::from_toml("[run]\nsteps = \"many\"\n").unwrap_err().to_string();
+        assert!(err.contains("steps") || err.contains("integer"), "{err}");
+    }
+
+    #[test]
+    fn overrides_apply_and_misspelt_overrides_fail() {
+        let c = TrainConfig::preset("mnist-cpu").unwrap();
+        let c2 = c
+            .with_overrides(&["run.steps=10".into(), "diffusion.schedule=cosine".into(), "optim.lr=3e-4".into()])
+            .unwrap();
+        assert_eq!((c2.run.steps, c2.diffusion.schedule.as_str(), c2.optim.lr), (10, "cosine", 3e-4));
+        let err = c.with_overrides(&["run.stepz=10".into()]).unwrap_err().to_string();
+        assert!(err.contains("stepz"), "{err}");
+        let err = c.with_overrides(&["run.steps".into()]).unwrap_err().to_string();
+        assert!(err.contains("KEY=VALUE"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let base = TrainConfig::preset("mnist-cpu").unwrap();
+        let cases: [(&str, &str); 8] = [
+            ("optim.lr=-1.0", "optim.lr"),
+            ("optim.beta2=1.5", "optim.beta2"),
+            ("optim.optimizer=sgd", "optim.optimizer"),
+            ("data.batch_size=0", "data.batch_size"),
+            ("run.device=gpu", "run.device"),
+            ("diffusion.schedule=cubic", "diffusion.schedule"),
+            ("diffusion.var_type=learned-range", "model.unet.out_channels"),
+            ("run.sample_steps=ddim7000", "run.sample_steps"),
+        ];
+        for (o, key) in cases {
+            let c = base.with_overrides(&[o.to_string()]).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{o}: {err}");
+        }
+    }
+}

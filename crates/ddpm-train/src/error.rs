@@ -1,0 +1,72 @@
+//! The error type of ddpm-train.
+use std::path::PathBuf;
+
+/// Errors of configuration, data, training, checkpoints and sampling.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// A configuration value is missing, misspelt or out of range.
+    #[error("config `{key}`: {message}")]
+    Config {
+        /// The dotted key (e.g. `optim.lr`).
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A dataset problem.
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
+    /// A network or network-file problem.
+    #[error(transparent)]
+    Net(#[from] ddpm_nets::Error),
+    /// A diffusion-math problem.
+    #[error(transparent)]
+    Math(#[from] ddpm_math::Error),
+    /// A libtorch error.
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+    /// The loss became NaN or infinite.
+    #[error("non-finite loss {value} at step {step}; the last good checkpoint is kept{}", last_checkpoint.as_ref().map(|p| format!(" ({})", p.display())).unwrap_or_default())]
+    NonFinite {
+        /// Step at which the loss was observed.
+        step: usize,
+        /// The loss value.
+        value: f64,
+        /// The newest checkpoint on disk.
+        last_checkpoint: Option<PathBuf>,
+    },
+    /// A checkpoint or run directory does not fit what is asked of it.
+    #[error("{path}: {message}")]
+    Checkpoint {
+        /// The checkpoint or run directory.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A device that cannot be had.
+    #[error(transparent)]
+    Device(#[from] ddpm_nets::device::DeviceError),
+}
+
+impl TrainError {
+    /// A [`TrainError::Config`] for `key`.
+    pub fn config(key: &str, message: impl Into<String>) -> Self {
+        Self::Config { key: key.to_string(), message: message.into() }
+    }
+
+    /// A [`TrainError::Io`] for `path`.
+    pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| Self::Io { path, source }
+    }
+}
+
+/// Result type of ddpm-train.
+pub type Result<T> = std::result::Result<T, TrainError>;

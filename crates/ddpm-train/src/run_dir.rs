@@ -1,0 +1,205 @@
+//! Run directories: `config.toml`, `metrics.jsonl`, `samples/`, and atomic checkpoints under
+//! `checkpoints/step_NNNNNNN/` of which the newest N are kept.
+//!
+//! ```text
+//! RUN_DIR/config.toml            resolved config (written first)
+//! RUN_DIR/metrics.jsonl          one JSON object per log interval
+//! RUN_DIR/train.log              tracing output (set up by the CLI)
+//! RUN_DIR/samples/step_N.png     sample grids;  RUN_DIR/loss.png  loss curve
+//! RUN_DIR/checkpoints/step_N/    {model,ema,optim}.safetensors + state.json + config.toml
+//! ```
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::TrainConfig;
+use crate::error::{Result, TrainError};
+
+/// What a checkpoint records besides tensors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimisation steps completed.
+    pub step: usize,
+    /// The run's seed (all randomness of step s derives from (seed, s)).
+    pub seed: u64,
+    /// Wall-clock seconds of training so far (summed over resumed sessions).
+    pub elapsed_secs: f64,
+    /// Images seen.
+    pub images_seen: u64,
+    /// Extra state of the importance sampler (loss history), when used.
+    #[serde(default)]
+    pub sampler_history: Option<Vec<Vec<f64>>>,
+}
+
+/// A run directory.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    /// Its path.
+    pub path: PathBuf,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io { path: path.to_path_buf(), source }
+}
+
+/// Writes text atomically (temporary file + rename).
+pub fn write_text_atomic(path: &Path, text: &str) -> Result<()> {
+    ddpm_nets::checkpoint::write_atomically(path, |tmp| {
+        fs::write(tmp, text).map_err(|source| ddpm_nets::Error::Io { path: tmp.to_path_buf(), source })
+    })
+    .map_err(TrainError::from)
+}
+
+impl RunDir {
+    /// Creates a new run directory (it must not hold a run already) and writes `config.toml`.
+    /// An unwritable location fails here, before any training.
+    pub fn create(path: &Path, config: &TrainConfig) -> Result<Self> {
+        if path.join("config.toml").exists() {
+            return Err(TrainError::Checkpoint {
+                path: path.to_path_buf(),
+                message: "already holds a run; use --resume to continue it or choose another --out".into(),
+            });
+        }
+        fs::create_dir_all(path.join("checkpoints")).map_err(io(path))?;
+        fs::create_dir_all(path.join("samples")).map_err(io(path))?;
+        let dir = Self { path: path.to_path_buf() };
+        write_text_atomic(&dir.path.join("config.toml"), &config.to_toml())?;
+        Ok(dir)
+    }
+
+    /// Opens an existing run directory.
+    pub fn open(path: &Path) -> Result<Self> {
+        if !path.join("config.toml").is_file() {
+            return Err(TrainError::Checkpoint {
+                path: path.to_path_buf(),
+                message: "is not a run directory (no config.toml)".into(),
+            });
+        }
+        Ok(Self { path: path.to_path_buf() })
+    }
+
+    /// Rewrites `config.toml` (a resumed run may change run settings such as `run.steps`).
+    pub fn write_config(&self, config: &TrainConfig) -> Result<()> {
+        write_text_atomic(&self.path.join("config.toml"), &config.to_toml())
+    }
+
+    /// Drops `metrics.jsonl` records after `step` (written by a session that was interrupted
+    /// after its last checkpoint), so a resumed run's log has each step once.
+    pub fn truncate_metrics(&self, step: usize) -> Result<()> {
+        let records = self.read_metrics()?;
+        let kept: Vec<String> = records
+            .iter()
+            .filter(|r| r["step"].as_u64().is_some_and(|s| s as usize <= step))
+            .map(|r| r.to_string())
+            .collect();
+        if kept.len() != records.len() {
+            let mut text = kept.join("\n");
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            write_text_atomic(&self.path.join("metrics.jsonl"), &text)?;
+        }
+        Ok(())
+    }
+
+    /// The run's resolved config.
+    pub fn config(&self) -> Result<TrainConfig> {
+        TrainConfig::from_file(&self.path.join("config.toml"))
+    }
+
+    /// `checkpoints/`.
+    pub fn checkpoints_dir(&self) -> PathBuf {
+        self.path.join("checkpoints")
+    }
+
+    /// Completed checkpoints, oldest first, as (step, dir).
+    pub fn checkpoints(&self) -> Result<Vec<(usize, PathBuf)>> {
+        let dir = self.checkpoints_dir();
+        let mut out = Vec::new();
+        if !dir.exists() {
+            return Ok(out);
+        }
+        for e in fs::read_dir(&dir).map_err(io(&dir))? {
+            let p = e.map_err(io(&dir))?.path();
+            let step = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix("step_"))
+                .and_then(|s| s.parse::<usize>().ok());
+            if let (Some(step), true) = (step, p.join("state.json").is_file()) {
+                out.push((step, p));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// The newest checkpoint.
+    pub fn latest_checkpoint(&self) -> Result<Option<PathBuf>> {
+        Ok(self.checkpoints()?.pop().map(|(_, p)| p))
+    }
+
+    /// Writes a checkpoint atomically: files go to a temporary folder which is renamed to
+    /// `step_N` when complete; then all but the newest `keep` are removed.
+    pub fn save_checkpoint(
+        &self,
+        state: &TrainState,
+        config: &TrainConfig,
+        tensors: &[(&str, Vec<(String, tch::Tensor)>)],
+        keep: usize,
+    ) -> Result<PathBuf> {
+        let final_dir = self.checkpoints_dir().join(format!("step_{:07}", state.step));
+        let tmp = self.checkpoints_dir().join(format!(".tmp_step_{:07}_{}", state.step, std::process::id()));
+        let result = (|| -> Result<()> {
+            fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+            for (name, ts) in tensors {
+                ddpm_nets::checkpoint::write_tensors(&tmp.join(format!("{name}.safetensors")), ts)?;
+            }
+            let json = serde_json::to_string_pretty(state).expect("state serialises");
+            fs::write(tmp.join("state.json"), json).map_err(io(&tmp))?;
+            fs::write(tmp.join("config.toml"), config.to_toml()).map_err(io(&tmp))?;
+            if final_dir.exists() {
+                fs::remove_dir_all(&final_dir).map_err(io(&final_dir))?;
+            }
+            fs::rename(&tmp, &final_dir).map_err(io(&final_dir))
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        let all = self.checkpoints()?;
+        if all.len() > keep {
+            for (_, p) in &all[..all.len() - keep] {
+                let _ = fs::remove_dir_all(p);
+            }
+        }
+        Ok(final_dir)
+    }
+
+    /// Reads a checkpoint's state.
+    pub fn read_state(ckpt: &Path) -> Result<TrainState> {
+        let p = ckpt.join("state.json");
+        let text = fs::read_to_string(&p).map_err(io(&p))?;
+        serde_json::from_str(&text)
+            .map_err(|e| TrainError::Checkpoint { path: p.clone(), message: format!("unreadable state: {e}") })
+    }
+
+    /// Appends one JSON line to `metrics.jsonl`.
+    pub fn append_metrics(&self, record: &serde_json::Value) -> Result<()> {
+        use std::io::Write;
+        let p = self.path.join("metrics.jsonl");
+        let mut f = fs::OpenOptions::new().create(true).append(true).open(&p).map_err(io(&p))?;
+        writeln!(f, "{record}").map_err(io(&p))
+    }
+
+    /// The `metrics.jsonl` records so far.
+    pub fn read_metrics(&self) -> Result<Vec<serde_json::Value>> {
+        let p = self.path.join("metrics.jsonl");
+        if !p.exists() {
+            return Ok(Vec::new());
+        }
+        let text = fs::read_to_string(&p).map_err(io(&p))?;
+        Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+    }
+}
