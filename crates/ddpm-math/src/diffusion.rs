@@ -1137,3 +1137,182 @@ where
         .expect("[N, …] reshapes to [N, len/N]");
     rows.sum_axis(Axis(1)) / per_item as f64
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schedule::BetaSchedule;
+    use ndarray::{array, Array3};
+
+    fn linear(mean: ModelMeanType, var: ModelVarType, loss: LossType) -> GaussianDiffusion {
+        GaussianDiffusion::new(BetaSchedule::Linear.betas(1000).unwrap(), mean, var, loss).unwrap()
+    }
+
+    #[test]
+    fn construction_rejects_bad_inputs() {
+        let new = |betas: Array1<f64>, var, loss| {
+            GaussianDiffusion::new(betas, ModelMeanType::Epsilon, var, loss)
+        };
+        use LossType::*;
+        use ModelVarType::*;
+        assert_eq!(
+            new(array![0.1], FixedLarge, Simple),
+            Err(Error::TooFewTimesteps(1))
+        );
+        assert_eq!(new(array![], FixedLarge, Simple), Err(Error::EmptyBetas));
+        assert_eq!(
+            new(array![1e-17, 0.1], FixedLarge, Simple),
+            Err(Error::BetaTooSmall { value: 1e-17 })
+        );
+        assert!(matches!(
+            new(array![0.1, 0.2], LearnedRange, Simple),
+            Err(Error::InvalidConfig(_))
+        ));
+        assert!(matches!(
+            new(array![0.1, 0.2], FixedSmall, Hybrid),
+            Err(Error::InvalidConfig(_))
+        ));
+        assert!(new(array![0.1, 1.0], Learned, Vlb).is_ok());
+    }
+
+    #[test]
+    fn shapes_and_timesteps_are_checked() {
+        let d = linear(
+            ModelMeanType::Epsilon,
+            ModelVarType::LearnedRange,
+            LossType::Hybrid,
+        );
+        let x = Array3::<f64>::zeros((2, 3, 4));
+        assert_eq!(
+            d.q_sample(&x, &[0], &x),
+            Err(Error::BatchMismatch {
+                timesteps: 1,
+                batch: 2
+            })
+        );
+        assert_eq!(
+            d.q_sample(&x, &[0, 1000], &x),
+            Err(Error::TimestepOutOfRange {
+                t: 1000,
+                num_timesteps: 1000
+            })
+        );
+        // A learned variance needs 2C channels on axis 1.
+        assert!(matches!(
+            d.p_mean_variance(&x, &x, &[0, 1], false),
+            Err(Error::ShapeMismatch {
+                name: "model_output",
+                ..
+            })
+        ));
+        let out = Array3::<f64>::zeros((2, 6, 4));
+        let p = d.p_mean_variance(&out, &x, &[0, 1], false).unwrap();
+        assert_eq!(p.mean.shape(), &[2, 3, 4]);
+        // v = 0 is the midpoint of the learned range.
+        let mid = 0.5 * (d.log_betas()[1] + d.posterior_log_variance_clipped()[1]);
+        assert!((p.log_variance[[1, 2, 3]] - mid).abs() < 1e-15);
+    }
+
+    #[test]
+    fn exact_epsilon_gives_the_true_posterior_and_zero_mse() {
+        let d = linear(
+            ModelMeanType::Epsilon,
+            ModelVarType::FixedSmall,
+            LossType::Simple,
+        );
+        let x0 = array![[0.5, -0.25], [0.75, 0.0]];
+        let eps = array![[1.0, -2.0], [0.3, 0.7]];
+        let t = [10, 900];
+        let x_t = d.q_sample(&x0, &t, &eps).unwrap();
+        let p = d.p_mean_variance(&eps, &x_t, &t, false).unwrap();
+        let q = d.q_posterior_mean_variance(&x0, &x_t, &t).unwrap();
+        for (a, b) in p.mean.iter().zip(q.mean.iter()) {
+            assert!((a - b).abs() < 1e-12, "{a} vs {b}");
+        }
+        assert_eq!(p.log_variance, q.log_variance);
+        let vb = d.vb_terms_bpd(&eps, &x0, &x_t, &t, false).unwrap();
+        assert!(vb.output.iter().all(|&v| v.abs() < 1e-12), "{}", vb.output);
+        let losses = d.training_losses(&eps, &x0, &t, &eps).unwrap();
+        assert_eq!(losses.mse, Some(array![0.0, 0.0]));
+        assert_eq!(losses.vb, None);
+    }
+
+    #[test]
+    fn loss_terms_follow_the_weights() {
+        let d = linear(ModelMeanType::V, ModelVarType::Learned, LossType::Hybrid);
+        let x0 = Array3::from_shape_fn((2, 1, 3), |(b, _, p)| (b as f64 - 0.5) * p as f64 / 3.0);
+        let noise = Array3::from_shape_fn((2, 1, 3), |(b, _, p)| (b + p) as f64 * 0.3 - 0.5);
+        let out = Array3::from_shape_fn((2, 2, 3), |(b, c, p)| (b + 2 * c + p) as f64 * 0.1 - 0.4);
+        let t = [0, 500];
+        let terms = d.training_losses(&out, &x0, &t, &noise).unwrap();
+        let (mse, vb) = (terms.mse.unwrap(), terms.vb.unwrap());
+        assert_eq!(terms.loss, &mse + &(&vb * 1.0));
+        let d = linear(ModelMeanType::V, ModelVarType::Learned, LossType::Vlb);
+        let terms = d.training_losses(&out, &x0, &t, &noise).unwrap();
+        assert_eq!(terms.mse, None);
+        assert_eq!(Some(terms.loss), terms.vb);
+    }
+
+    #[test]
+    fn ancestral_step_adds_no_noise_at_t_zero() {
+        let d = linear(
+            ModelMeanType::StartX,
+            ModelVarType::FixedLarge,
+            LossType::Simple,
+        );
+        let x_t = array![[0.1, 0.2], [0.3, 0.4]];
+        let out = array![[2.0, -0.5], [0.0, 0.5]];
+        let z = array![[1.0, 1.0], [1.0, 1.0]];
+        let step = d.p_sample(&out, &x_t, &[0, 5], true, &z).unwrap();
+        let p = d.p_mean_variance(&out, &x_t, &[0, 5], true).unwrap();
+        assert_eq!(step.pred_xstart[[0, 0]], 1.0, "x̂_0 is clamped");
+        assert_eq!(step.sample.row(0), p.mean.row(0));
+        let sigma = d.fixed_large_variance()[5].sqrt();
+        assert!((step.sample[[1, 1]] - p.mean[[1, 1]] - sigma).abs() < 1e-12);
+    }
+
+    #[test]
+    fn deterministic_ddim_with_exact_epsilon_follows_the_marginals() {
+        // With ε̂ = ε, DDIM (η = 0) maps q_sample(x_0, t, ε) to q_sample(x_0, t − 1, ε), and its reverse
+        // maps it to q_sample(x_0, t + 1, ε).
+        let d = linear(
+            ModelMeanType::Epsilon,
+            ModelVarType::FixedSmall,
+            LossType::Simple,
+        );
+        let x0 = array![[0.4, -0.8]];
+        let eps = array![[0.9, 0.1]];
+        let zero = array![[0.0, 0.0]];
+        let x_t = d.q_sample(&x0, &[300], &eps).unwrap();
+        let prev = d
+            .ddim_sample(&eps, &x_t, &[300], 0.0, false, &zero)
+            .unwrap();
+        let expected = d.q_sample(&x0, &[299], &eps).unwrap();
+        let next = d.ddim_reverse_sample(&eps, &x_t, &[300], false).unwrap();
+        let expected_next = d.q_sample(&x0, &[301], &eps).unwrap();
+        for (pair, name) in [
+            ((&prev.sample, &expected), "x_{t−1}"),
+            ((&next.sample, &expected_next), "x_{t+1}"),
+        ] {
+            for (a, b) in pair.0.iter().zip(pair.1.iter()) {
+                assert!((a - b).abs() < 1e-12, "{name}: {a} vs {b}");
+            }
+        }
+        assert!(d.ddim_coefficients(3, 1.5).is_err());
+        assert!(d.ddim_coefficients(1000, 0.0).is_err());
+    }
+
+    #[test]
+    fn prior_is_nearly_standard_normal_for_linear() {
+        let d = linear(
+            ModelMeanType::Epsilon,
+            ModelVarType::FixedLarge,
+            LossType::Simple,
+        );
+        let prior = d.prior_bpd(&array![[1.0, -1.0], [0.0, 0.0]]).unwrap();
+        // ᾱ_{T−1} ≈ 4e-5: KL ≈ ½(ᾱ x² + ᾱ + log(1 − ᾱ)) ≈ ½ᾱ x² per dim.
+        let a = d.alphas_cumprod()[999];
+        assert!((prior[0] - 0.5 * a / LN_2).abs() < 1e-3 * a);
+        assert!(prior[1] >= 0.0 && prior[1] < 1e-8);
+    }
+}
