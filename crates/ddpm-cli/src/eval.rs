@@ -10,7 +10,10 @@ use ndarray::Array4;
 use serde_json::{json, Map, Value};
 
 /// Where `--inception` is looked for when not given, in order (relative to the working folder).
-const DEFAULT_INCEPTION: [&str; 2] = ["datasets/weights/inception-2015-12-05.pt", "datasets/weights/fid-inception-pool3.pt"];
+const DEFAULT_INCEPTION: [&str; 2] = [
+    "datasets/weights/inception-2015-12-05.pt",
+    "datasets/weights/fid-inception-pool3.pt",
+];
 
 /// Compare generated images with real ones: FID and Inception Score.
 ///
@@ -127,7 +130,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
         } else {
             None
         };
-        ddpm_metrics::InceptionOutputs { stats: real_stats.clone(), probabilities: probs }
+        ddpm_metrics::InceptionOutputs {
+            stats: real_stats.clone(),
+            probabilities: probs,
+        }
     } else {
         net.evaluate(fake.view(), &opts(args.fid, args.inception_score))?
     };
@@ -139,7 +145,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
         out.insert("fid".into(), json!(terms.distance));
     }
     if args.inception_score {
-        let probs = fake_out.probabilities.as_ref().expect("probabilities computed above");
+        let probs = fake_out
+            .probabilities
+            .as_ref()
+            .expect("probabilities computed above");
         let s = inception_score(probs.view(), args.splits)?;
         out.insert("is_mean".into(), json!(s.mean));
         out.insert("is_std".into(), json!(s.std));
@@ -202,7 +211,12 @@ fn real_statistics(
         .stats
         .expect("features were asked for");
     if let Some(cache) = &args.real_stats {
-        RefStats { stats: stats.clone(), source: description, network }.save(cache)?;
+        RefStats {
+            stats: stats.clone(),
+            source: description,
+            network,
+        }
+        .save(cache)?;
     }
     Ok(stats)
 }

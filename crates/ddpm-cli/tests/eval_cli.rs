@@ -12,13 +12,17 @@ fn pool3_weights() -> PathBuf {
         ws.join("datasets/weights/fid-inception-pool3.pt"),
         ws.join("../shared/weights/fid-inception-pool3.pt"),
     ];
-    candidates.iter().find(|p| p.is_file()).cloned().unwrap_or_else(|| {
-        panic!(
-            "fid-inception-pool3.pt not found at {} or {}: run `cargo xtask fetch-weights`",
-            candidates[0].display(),
-            candidates[1].display()
-        )
-    })
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "fid-inception-pool3.pt not found at {} or {}: run `cargo xtask fetch-weights`",
+                candidates[0].display(),
+                candidates[1].display()
+            )
+        })
 }
 
 /// Ten 28×28 grey PNGs with distinct patterns.
@@ -47,12 +51,27 @@ fn fid_of_a_folder_with_itself_is_zero_as_json() {
     let weights = pool3_weights();
     let src = dir.path().to_str().unwrap();
     let out = eval(&[
-        "--real", src, "--fake", src, "--fid", "--json", "--limit", "8", "--device", "cpu",
-        "--batch-size", "4", "--inception", weights.to_str().unwrap(),
+        "--real",
+        src,
+        "--fake",
+        src,
+        "--fid",
+        "--json",
+        "--limit",
+        "8",
+        "--device",
+        "cpu",
+        "--batch-size",
+        "4",
+        "--inception",
+        weights.to_str().unwrap(),
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "eval failed\nstdout: {stdout}\nstderr: {stderr}");
+    assert!(
+        out.status.success(),
+        "eval failed\nstdout: {stdout}\nstderr: {stderr}"
+    );
     let v: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
     let obj = v.as_object().unwrap();
     let mut keys: Vec<_> = obj.keys().map(String::as_str).collect();
@@ -75,7 +94,15 @@ fn classifier_metrics_and_pool3_inception_score_fail_clearly() {
     assert!(stderr.contains("not yet available"), "{stderr}");
 
     let weights = pool3_weights();
-    let out = eval(&["--fake", src, "--is", "--device", "cpu", "--inception", weights.to_str().unwrap()]);
+    let out = eval(&[
+        "--fake",
+        src,
+        "--is",
+        "--device",
+        "cpu",
+        "--inception",
+        weights.to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("inception-2015-12-05.pt"), "{stderr}");

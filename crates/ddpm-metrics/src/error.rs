@@ -76,17 +76,31 @@ pub type Result<T> = std::result::Result<T, MetricsError>;
 
 impl MetricsError {
     /// Wraps an HDF5 error with the file and what was being done.
-    pub(crate) fn hdf5(path: impl Into<PathBuf>, what: impl Into<String>, source: hdf5::Error) -> Self {
-        Self::Hdf5 { path: path.into(), what: what.into(), source }
+    pub(crate) fn hdf5(
+        path: impl Into<PathBuf>,
+        what: impl Into<String>,
+        source: hdf5::Error,
+    ) -> Self {
+        Self::Hdf5 {
+            path: path.into(),
+            what: what.into(),
+            source,
+        }
     }
 
     /// Wraps a libtorch error with what was being done.
     pub(crate) fn torch(what: impl Into<String>, source: tch::TchError) -> Self {
-        Self::Torch { what: what.into(), source }
+        Self::Torch {
+            what: what.into(),
+            source,
+        }
     }
 
     /// Wraps an I/O error with its path.
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io { path: path.into(), source }
+        Self::Io {
+            path: path.into(),
+            source,
+        }
     }
 }

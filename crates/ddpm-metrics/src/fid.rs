@@ -42,8 +42,21 @@ pub fn frechet_terms(a: &FeatureStats, b: &FeatureStats) -> Result<FrechetTerms>
     let trace2 = b.cov.diag().sum();
     let trace_sqrt = trace_sqrt_product(&a.cov, &b.cov)?;
     let distance = mean_sq + trace1 + trace2 - 2.0 * trace_sqrt;
-    tracing::debug!(mean_sq, trace1, trace2, trace_sqrt, distance, "Fréchet distance");
-    Ok(FrechetTerms { mean_sq, trace1, trace2, trace_sqrt, distance })
+    tracing::debug!(
+        mean_sq,
+        trace1,
+        trace2,
+        trace_sqrt,
+        distance,
+        "Fréchet distance"
+    );
+    Ok(FrechetTerms {
+        mean_sq,
+        trace1,
+        trace2,
+        trace_sqrt,
+        distance,
+    })
 }
 
 /// Fréchet distance between two sets of statistics (FID when they are Inception pool3 features).
@@ -56,7 +69,10 @@ pub fn frechet_distance_from_features<T: Copy + Into<f64>>(
     a: ArrayView2<'_, T>,
     b: ArrayView2<'_, T>,
 ) -> Result<f64> {
-    frechet_distance(&FeatureStats::from_features(a)?, &FeatureStats::from_features(b)?)
+    frechet_distance(
+        &FeatureStats::from_features(a)?,
+        &FeatureStats::from_features(b)?,
+    )
 }
 
 #[cfg(test)]
@@ -78,8 +94,16 @@ mod tests {
     #[test]
     fn gaussians_with_scaled_covariance() {
         // Σ₁ = I, Σ₂ = 4I in D = 5, equal means: 5 + 20 − 2·Σ√4 = 25 − 20 = 5.
-        let s1 = FeatureStats { mean: ndarray::Array1::zeros(5), cov: Array2::eye(5), n: 10 };
-        let s2 = FeatureStats { mean: ndarray::Array1::zeros(5), cov: Array2::eye(5) * 4.0, n: 10 };
+        let s1 = FeatureStats {
+            mean: ndarray::Array1::zeros(5),
+            cov: Array2::eye(5),
+            n: 10,
+        };
+        let s2 = FeatureStats {
+            mean: ndarray::Array1::zeros(5),
+            cov: Array2::eye(5) * 4.0,
+            n: 10,
+        };
         let t = frechet_terms(&s1, &s2).unwrap();
         assert_relative_eq!(t.trace_sqrt, 10.0, max_relative = 1e-12);
         assert_relative_eq!(t.distance, 5.0, max_relative = 1e-12);
@@ -89,7 +113,9 @@ mod tests {
     fn rejects_mismatched_dimensions() {
         let a = Array2::<f64>::from_shape_fn((4, 2), |(i, j)| (i + j * i) as f64);
         let b = Array2::<f64>::from_shape_fn((4, 3), |(i, j)| (i * j + i) as f64);
-        let err = frechet_distance_from_features(a.view(), b.view()).unwrap_err().to_string();
+        let err = frechet_distance_from_features(a.view(), b.view())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("2 vs 3"), "{err}");
     }
 }

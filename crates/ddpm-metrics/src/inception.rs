@@ -87,7 +87,12 @@ pub struct EvalOptions {
 
 impl Default for EvalOptions {
     fn default() -> Self {
-        Self { batch_size: 50, features: true, probabilities: false, progress: false }
+        Self {
+            batch_size: 50,
+            features: true,
+            probabilities: false,
+            progress: false,
+        }
     }
 }
 
@@ -139,7 +144,9 @@ pub fn file_sha256(path: &Path) -> Result<String> {
 fn variant_from_parameter_names(names: &[String]) -> Option<InceptionVariant> {
     if names.iter().any(|n| n.starts_with("net.layers.")) {
         Some(InceptionVariant::Pool3Only)
-    } else if names.iter().any(|n| n.starts_with("layers.")) && names.iter().any(|n| n == "output.weight") {
+    } else if names.iter().any(|n| n.starts_with("layers."))
+        && names.iter().any(|n| n == "output.weight")
+    {
         Some(InceptionVariant::Full)
     } else {
         None
@@ -160,8 +167,9 @@ impl Inception {
             ));
         }
         let sha256 = file_sha256(&path)?;
-        let mut module = CModule::load_on_device(&path, device)
-            .map_err(|e| MetricsError::torch(format!("loading TorchScript {}", path.display()), e))?;
+        let mut module = CModule::load_on_device(&path, device).map_err(|e| {
+            MetricsError::torch(format!("loading TorchScript {}", path.display()), e)
+        })?;
         module.set_eval();
         let variant = match sha256.as_str() {
             FULL_SHA256 => InceptionVariant::Full,
@@ -169,16 +177,20 @@ impl Inception {
             _ => {
                 let names: Vec<String> = module
                     .named_parameters()
-                    .map_err(|e| MetricsError::torch(format!("listing parameters of {}", path.display()), e))?
+                    .map_err(|e| {
+                        MetricsError::torch(format!("listing parameters of {}", path.display()), e)
+                    })?
                     .into_iter()
                     .map(|(n, _)| n)
                     .collect();
-                let v = variant_from_parameter_names(&names).ok_or_else(|| MetricsError::UnknownInception {
-                    path: path.clone(),
-                    reason: format!(
-                        "sha256 {sha256} and {} parameters, none named like either network's",
-                        names.len()
-                    ),
+                let v = variant_from_parameter_names(&names).ok_or_else(|| {
+                    MetricsError::UnknownInception {
+                        path: path.clone(),
+                        reason: format!(
+                            "sha256 {sha256} and {} parameters, none named like either network's",
+                            names.len()
+                        ),
+                    }
                 })?;
                 tracing::warn!(path = %path.display(), %sha256, variant = ?v,
                     "unknown Inception file hash; variant recognised from parameter names");
@@ -186,7 +198,13 @@ impl Inception {
             }
         };
         tracing::info!(path = %path.display(), variant = ?variant, ?device, "loaded Inception");
-        Ok(Self { module, variant, path, sha256, device })
+        Ok(Self {
+            module,
+            variant,
+            path,
+            sha256,
+            device,
+        })
     }
 
     /// Which network this is.
@@ -219,7 +237,9 @@ impl Inception {
         if self.variant.has_classifier() {
             Ok(())
         } else {
-            Err(MetricsError::IsNeedsFullInception { path: self.path.clone() })
+            Err(MetricsError::IsNeedsFullInception {
+                path: self.path.clone(),
+            })
         }
     }
 
@@ -250,7 +270,9 @@ impl Inception {
                 .forward_is(&[IValue::Tensor(x.shallow_clone()), IValue::Bool(true)])
                 .and_then(expect_tensor),
         }
-        .map_err(|e| MetricsError::torch(format!("Inception forward ({})", self.path.display()), e))?;
+        .map_err(|e| {
+            MetricsError::torch(format!("Inception forward ({})", self.path.display()), e)
+        })?;
         to_array2(&out, FEATURE_DIM, "pool3 features")
     }
 
@@ -265,13 +287,19 @@ impl Inception {
             .module
             .forward_is(&args)
             .and_then(expect_tensor)
-            .map_err(|e| MetricsError::torch(format!("Inception forward ({})", self.path.display()), e))?;
+            .map_err(|e| {
+                MetricsError::torch(format!("Inception forward ({})", self.path.display()), e)
+            })?;
         to_array2(&out, NUM_CLASSES, "class probabilities")
     }
 
     /// Runs all `images` (`[N, H, W, C]`) through the network in batches: feature statistics
     /// and/or class probabilities, as `opts` asks.
-    pub fn evaluate(&self, images: ArrayView4<'_, u8>, opts: &EvalOptions) -> Result<InceptionOutputs> {
+    pub fn evaluate(
+        &self,
+        images: ArrayView4<'_, u8>,
+        opts: &EvalOptions,
+    ) -> Result<InceptionOutputs> {
         if opts.probabilities {
             self.require_classifier()?;
         }
@@ -292,7 +320,10 @@ impl Inception {
         let mut stats = opts.features.then(|| RunningStats::new(FEATURE_DIM));
         let mut probs: Option<Vec<f32>> = opts.probabilities.then(Vec::new);
         let start = std::time::Instant::now();
-        for (i, batch) in images.axis_chunks_iter(Axis(0), opts.batch_size).enumerate() {
+        for (i, batch) in images
+            .axis_chunks_iter(Axis(0), opts.batch_size)
+            .enumerate()
+        {
             let x = self.preprocess(batch)?;
             tch::no_grad(|| -> Result<()> {
                 if let Some(acc) = stats.as_mut() {
@@ -307,20 +338,29 @@ impl Inception {
             tracing::debug!(batch = i, done = bar.position(), n, "Inception batch");
         }
         bar.finish_and_clear();
-        tracing::info!(n, seconds = start.elapsed().as_secs_f64(), "Inception pass done");
+        tracing::info!(
+            n,
+            seconds = start.elapsed().as_secs_f64(),
+            "Inception pass done"
+        );
         let stats = stats.map(RunningStats::finish).transpose()?;
         let probabilities = probs
             .map(|p| Array2::from_shape_vec((n, NUM_CLASSES), p).map(|a| a.mapv(f64::from)))
             .transpose()
             .map_err(|e| MetricsError::Shape(format!("probabilities: {e}")))?;
-        Ok(InceptionOutputs { stats, probabilities })
+        Ok(InceptionOutputs {
+            stats,
+            probabilities,
+        })
     }
 }
 
 fn expect_tensor(v: IValue) -> std::result::Result<Tensor, tch::TchError> {
     match v {
         IValue::Tensor(t) => Ok(t),
-        other => Err(tch::TchError::Kind(format!("Inception returned {other:?}, not a tensor"))),
+        other => Err(tch::TchError::Kind(format!(
+            "Inception returned {other:?}, not a tensor"
+        ))),
     }
 }
 
@@ -332,12 +372,19 @@ fn to_array2(t: &Tensor, width: usize, what: &str) -> Result<Array2<f32>> {
             "Inception {what}: shape {size:?}, expected [B, {width}]"
         )));
     }
-    let flat = t.to_device(Device::Cpu).to_kind(Kind::Float).contiguous().view([-1]);
-    let v = Vec::<f32>::try_from(&flat).map_err(|e| MetricsError::torch(format!("copying {what}"), e))?;
+    let flat = t
+        .to_device(Device::Cpu)
+        .to_kind(Kind::Float)
+        .contiguous()
+        .view([-1]);
+    let v = Vec::<f32>::try_from(&flat)
+        .map_err(|e| MetricsError::torch(format!("copying {what}"), e))?;
     let a = Array2::from_shape_vec((size[0] as usize, width), v)
         .map_err(|e| MetricsError::Shape(format!("{what}: {e}")))?;
     if !a.iter().all(|x| x.is_finite()) {
-        return Err(MetricsError::InvalidValue(format!("Inception {what} contain NaN or infinity")));
+        return Err(MetricsError::InvalidValue(format!(
+            "Inception {what} contain NaN or infinity"
+        )));
     }
     Ok(a)
 }
@@ -347,7 +394,11 @@ fn to_array2(t: &Tensor, width: usize, what: &str) -> Result<Array2<f32>> {
 /// 299×299 (bilinear, align_corners = false, unless already that size) and mapped to
 /// (p − 128)/128; for [`InceptionVariant::Full`] left at its size in 0..255 (the network resizes
 /// and normalises itself).
-pub fn preprocess(images: ArrayView4<'_, u8>, variant: InceptionVariant, device: Device) -> Result<Tensor> {
+pub fn preprocess(
+    images: ArrayView4<'_, u8>,
+    variant: InceptionVariant,
+    device: Device,
+) -> Result<Tensor> {
     let (b, h, w, c) = images.dim();
     if c != 1 && c != 3 {
         return Err(MetricsError::BadImages(format!(
@@ -355,7 +406,10 @@ pub fn preprocess(images: ArrayView4<'_, u8>, variant: InceptionVariant, device:
         )));
     }
     if b == 0 || h == 0 || w == 0 {
-        return Err(MetricsError::BadImages(format!("empty image batch {:?}", images.dim())));
+        return Err(MetricsError::BadImages(format!(
+            "empty image batch {:?}",
+            images.dim()
+        )));
     }
     let contiguous = images.as_standard_layout();
     let data = contiguous.as_slice().expect("standard layout");
@@ -385,14 +439,19 @@ mod tests {
 
     #[test]
     fn grey_is_repeated_and_resized_for_the_pool3_file() {
-        let imgs = Array4::from_shape_fn((2, 28, 28, 1), |(n, y, x, _)| ((n * 100 + y * 4 + x) % 256) as u8);
+        let imgs = Array4::from_shape_fn((2, 28, 28, 1), |(n, y, x, _)| {
+            ((n * 100 + y * 4 + x) % 256) as u8
+        });
         let t = preprocess(imgs.view(), InceptionVariant::Pool3Only, Device::Cpu).unwrap();
         assert_eq!(t.size(), [2, 3, 299, 299]);
         assert_eq!(t.kind(), Kind::Float);
         let (lo, hi) = (t.min().double_value(&[]), t.max().double_value(&[]));
         assert!(lo >= -1.0 && hi <= 127.0 / 128.0, "{lo} {hi}");
         // The three channels are identical.
-        let d = (t.select(1, 0) - t.select(1, 2)).abs().max().double_value(&[]);
+        let d = (t.select(1, 0) - t.select(1, 2))
+            .abs()
+            .max()
+            .double_value(&[]);
         assert_eq!(d, 0.0);
         // A constant image stays constant through the resize: 200 → (200 − 128)/128.
         let flat = Array4::from_elem((1, 10, 12, 3), 200u8);
@@ -403,7 +462,8 @@ mod tests {
 
     #[test]
     fn full_network_gets_unscaled_pixels_at_their_size() {
-        let imgs = Array4::from_shape_fn((3, 8, 6, 3), |(n, y, x, c)| (n + y * 10 + x + c * 50) as u8);
+        let imgs =
+            Array4::from_shape_fn((3, 8, 6, 3), |(n, y, x, c)| (n + y * 10 + x + c * 50) as u8);
         let t = preprocess(imgs.view(), InceptionVariant::Full, Device::Cpu).unwrap();
         assert_eq!(t.size(), [3, 3, 8, 6]);
         // NHWC → NCHW: pixel (n=2, y=7, x=5, c=1) = 2 + 70 + 5 + 50.
@@ -423,7 +483,9 @@ mod tests {
     #[test]
     fn rejects_two_channel_images() {
         let imgs = Array4::<u8>::zeros((1, 4, 4, 2));
-        let err = preprocess(imgs.view(), InceptionVariant::Pool3Only, Device::Cpu).unwrap_err().to_string();
+        let err = preprocess(imgs.view(), InceptionVariant::Pool3Only, Device::Cpu)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("2 channels"), "{err}");
     }
 
@@ -435,9 +497,16 @@ mod tests {
             Some(InceptionVariant::Pool3Only)
         );
         assert_eq!(
-            variant_from_parameter_names(&names(&["layers.conv.weight", "output.weight", "output.bias"])),
+            variant_from_parameter_names(&names(&[
+                "layers.conv.weight",
+                "output.weight",
+                "output.bias"
+            ])),
             Some(InceptionVariant::Full)
         );
-        assert_eq!(variant_from_parameter_names(&names(&["conv1.weight"])), None);
+        assert_eq!(
+            variant_from_parameter_names(&names(&["conv1.weight"])),
+            None
+        );
     }
 }

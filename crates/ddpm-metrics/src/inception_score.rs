@@ -74,7 +74,11 @@ pub fn inception_score<T: Copy + Into<f64>>(
     }
     let mean = split_scores.iter().sum::<f64>() / splits as f64;
     let var = split_scores.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / splits as f64;
-    Ok(InceptionScore { mean, std: var.sqrt(), split_scores })
+    Ok(InceptionScore {
+        mean,
+        std: var.sqrt(),
+        split_scores,
+    })
 }
 
 #[cfg(test)]

@@ -38,21 +38,33 @@ pub enum ImageSource {
 impl ImageSource {
     /// Interprets a source string (see the module docs); the file or folder must exist.
     pub fn parse(text: &str) -> Result<Self> {
-        let bad = |reason: String| MetricsError::BadSource { source_str: text.to_string(), reason };
+        let bad = |reason: String| MetricsError::BadSource {
+            source_str: text.to_string(),
+            reason,
+        };
         let whole = Path::new(text);
         if whole.is_dir() {
-            return Ok(Self::PngDir { path: whole.to_path_buf() });
+            return Ok(Self::PngDir {
+                path: whole.to_path_buf(),
+            });
         }
         if whole.is_file() {
-            return Ok(Self::Samples { path: whole.to_path_buf() });
+            return Ok(Self::Samples {
+                path: whole.to_path_buf(),
+            });
         }
         if let Some((file, split)) = text.rsplit_once(':') {
             let file_path = Path::new(file);
             if file_path.is_file() {
                 if split.is_empty() || split.contains('/') {
-                    return Err(bad(format!("`{split}` is not a split name such as test or train")));
+                    return Err(bad(format!(
+                        "`{split}` is not a split name such as test or train"
+                    )));
                 }
-                return Ok(Self::Split { path: file_path.to_path_buf(), split: split.to_string() });
+                return Ok(Self::Split {
+                    path: file_path.to_path_buf(),
+                    split: split.to_string(),
+                });
             }
             if !file.is_empty() && !file_path.exists() {
                 return Err(bad(format!("no such file: {file}")));
@@ -113,7 +125,9 @@ fn read_h5_images(path: &Path, name: &str, limit: Option<usize>) -> Result<Array
         };
         MetricsError::hdf5(path, format!("opening dataset /{name}{hint}"), e)
     })?;
-    let dtype = ds.dtype().map_err(|e| MetricsError::hdf5(path, format!("type of /{name}"), e))?;
+    let dtype = ds
+        .dtype()
+        .map_err(|e| MetricsError::hdf5(path, format!("type of /{name}"), e))?;
     if !dtype.is::<u8>() {
         return Err(MetricsError::BadImages(format!(
             "{}: /{name} is not uint8 (pixels 0..255 expected)",
@@ -154,22 +168,31 @@ fn read_h5_images(path: &Path, name: &str, limit: Option<usize>) -> Result<Array
 fn read_png_dir(dir: &Path, limit: Option<usize>) -> Result<Array4<u8>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| MetricsError::io(dir, e))?
-        .map(|entry| entry.map(|e| e.path()).map_err(|e| MetricsError::io(dir, e)))
+        .map(|entry| {
+            entry
+                .map(|e| e.path())
+                .map_err(|e| MetricsError::io(dir, e))
+        })
         .collect::<Result<Vec<_>>>()?
         .into_iter()
-        .filter(|p| {
-            p.is_file()
-                && p.extension().is_some_and(|x| x.eq_ignore_ascii_case("png"))
-        })
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x.eq_ignore_ascii_case("png")))
         .collect();
     files.sort();
     if let Some(l) = limit {
         files.truncate(l);
     }
     let Some(first) = files.first() else {
-        return Err(MetricsError::BadImages(format!("{}: no .png files", dir.display())));
+        return Err(MetricsError::BadImages(format!(
+            "{}: no .png files",
+            dir.display()
+        )));
     };
-    let decode = |p: &Path| image::open(p).map_err(|e| MetricsError::Image { path: p.to_path_buf(), source: e });
+    let decode = |p: &Path| {
+        image::open(p).map_err(|e| MetricsError::Image {
+            path: p.to_path_buf(),
+            source: e,
+        })
+    };
     let img0 = decode(first)?;
     let grey = !img0.color().has_color();
     let (w, h) = (img0.width() as usize, img0.height() as usize);
@@ -186,7 +209,11 @@ fn read_png_dir(dir: &Path, limit: Option<usize>) -> Result<Array4<u8>> {
                 first.display()
             )));
         }
-        let raw = if grey { img.to_luma8().into_raw() } else { img.to_rgb8().into_raw() };
+        let raw = if grey {
+            img.to_luma8().into_raw()
+        } else {
+            img.to_rgb8().into_raw()
+        };
         out.index_axis_mut(Axis(0), i)
             .as_slice_mut()
             .expect("standard layout")
@@ -205,14 +232,27 @@ mod tests {
         let file = dir.path().join("d.h5");
         std::fs::write(&file, b"x").unwrap();
         let d = dir.path().to_str().unwrap();
-        assert_eq!(ImageSource::parse(d).unwrap(), ImageSource::PngDir { path: dir.path().into() });
+        assert_eq!(
+            ImageSource::parse(d).unwrap(),
+            ImageSource::PngDir {
+                path: dir.path().into()
+            }
+        );
         let f = file.to_str().unwrap();
-        assert_eq!(ImageSource::parse(f).unwrap(), ImageSource::Samples { path: file.clone() });
+        assert_eq!(
+            ImageSource::parse(f).unwrap(),
+            ImageSource::Samples { path: file.clone() }
+        );
         assert_eq!(
             ImageSource::parse(&format!("{f}:test")).unwrap(),
-            ImageSource::Split { path: file.clone(), split: "test".into() }
+            ImageSource::Split {
+                path: file.clone(),
+                split: "test".into()
+            }
         );
-        let err = ImageSource::parse(&format!("{d}/missing.h5:test")).unwrap_err().to_string();
+        let err = ImageSource::parse(&format!("{d}/missing.h5:test"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no such file"), "{err}");
         assert!(ImageSource::parse(&format!("{f}:")).is_err());
     }
@@ -221,7 +261,9 @@ mod tests {
     fn reads_pngs_sorted_with_limit_and_h5_splits() {
         let dir = tempfile::tempdir().unwrap();
         for (name, v) in [("b.png", 20u8), ("a.png", 10), ("c.png", 30)] {
-            image::GrayImage::from_pixel(5, 4, image::Luma([v])).save(dir.path().join(name)).unwrap();
+            image::GrayImage::from_pixel(5, 4, image::Luma([v]))
+                .save(dir.path().join(name))
+                .unwrap();
         }
         let src = ImageSource::parse(dir.path().to_str().unwrap()).unwrap();
         let imgs = src.load(Some(2)).unwrap();
@@ -233,13 +275,24 @@ mod tests {
         {
             let f = hdf5::File::create(&h5).unwrap();
             let g = f.create_group("test").unwrap();
-            let data = ndarray::Array3::from_shape_fn((6, 3, 2), |(n, y, x)| (n * 6 + y * 2 + x) as u8);
-            g.new_dataset_builder().with_data(&data).create("images").unwrap();
+            let data =
+                ndarray::Array3::from_shape_fn((6, 3, 2), |(n, y, x)| (n * 6 + y * 2 + x) as u8);
+            g.new_dataset_builder()
+                .with_data(&data)
+                .create("images")
+                .unwrap();
         }
-        let imgs = ImageSource::parse(&format!("{}:test", h5.display())).unwrap().load(Some(4)).unwrap();
+        let imgs = ImageSource::parse(&format!("{}:test", h5.display()))
+            .unwrap()
+            .load(Some(4))
+            .unwrap();
         assert_eq!(imgs.dim(), (4, 3, 2, 1));
         assert_eq!(imgs[[3, 2, 1, 0]], 23);
-        let err = ImageSource::parse(h5.to_str().unwrap()).unwrap().load(None).unwrap_err().to_string();
+        let err = ImageSource::parse(h5.to_str().unwrap())
+            .unwrap()
+            .load(None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("FILE.h5:test"), "{err}");
     }
 }

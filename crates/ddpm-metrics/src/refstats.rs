@@ -28,8 +28,9 @@ pub struct RefStats {
 }
 
 fn vlu(path: &Path, s: &str) -> Result<VarLenUnicode> {
-    s.parse::<VarLenUnicode>()
-        .map_err(|e| MetricsError::InvalidValue(format!("{}: cannot store `{s}`: {e}", path.display())))
+    s.parse::<VarLenUnicode>().map_err(|e| {
+        MetricsError::InvalidValue(format!("{}: cannot store `{s}`: {e}", path.display()))
+    })
 }
 
 impl RefStats {
@@ -53,14 +54,24 @@ impl RefStats {
                 move |e| MetricsError::hdf5(path, what, e)
             };
             let file = hdf5::File::create(tmp.path()).map_err(h("creating"))?;
-            file.new_dataset_builder().with_data(&self.stats.mean).create("mu").map_err(h("writing /mu"))?;
-            file.new_dataset_builder().with_data(&self.stats.cov).create("sigma").map_err(h("writing /sigma"))?;
+            file.new_dataset_builder()
+                .with_data(&self.stats.mean)
+                .create("mu")
+                .map_err(h("writing /mu"))?;
+            file.new_dataset_builder()
+                .with_data(&self.stats.cov)
+                .create("sigma")
+                .map_err(h("writing /sigma"))?;
             file.new_attr::<u64>()
                 .shape(())
                 .create("n")
                 .and_then(|a| a.write_scalar(&(self.stats.n as u64)))
                 .map_err(h("writing attribute n"))?;
-            for (name, value) in [("source", &self.source), ("network", &self.network), ("format", &FORMAT.to_string())] {
+            for (name, value) in [
+                ("source", &self.source),
+                ("network", &self.network),
+                ("format", &FORMAT.to_string()),
+            ] {
                 let v = vlu(path, value)?;
                 file.new_attr::<VarLenUnicode>()
                     .shape(())
@@ -70,7 +81,8 @@ impl RefStats {
             }
             file.close().map_err(h("closing"))?;
         }
-        tmp.persist(path).map_err(|e| MetricsError::io(path, e.error))?;
+        tmp.persist(path)
+            .map_err(|e| MetricsError::io(path, e.error))?;
         tracing::info!(path = %path.display(), n = self.stats.n, source = %self.source, "wrote reference statistics");
         Ok(())
     }
@@ -80,7 +92,10 @@ impl RefStats {
         let path = path.as_ref();
         let h = |what: &'static str| move |e| MetricsError::hdf5(path, what, e);
         let file = hdf5::File::open(path).map_err(h("opening"))?;
-        let format: VarLenUnicode = file.attr("format").and_then(|a| a.read_scalar()).map_err(h("reading attribute format"))?;
+        let format: VarLenUnicode = file
+            .attr("format")
+            .and_then(|a| a.read_scalar())
+            .map_err(h("reading attribute format"))?;
         if format.as_str() != FORMAT {
             return Err(MetricsError::InvalidValue(format!(
                 "{}: format `{}`, expected `{FORMAT}`",
@@ -88,19 +103,48 @@ impl RefStats {
                 format.as_str()
             )));
         }
-        let mean: Array1<f64> = file.dataset("mu").and_then(|d| d.read_1d()).map_err(h("reading /mu"))?;
-        let cov: Array2<f64> = file.dataset("sigma").and_then(|d| d.read_2d()).map_err(h("reading /sigma"))?;
-        let n: u64 = file.attr("n").and_then(|a| a.read_scalar()).map_err(h("reading attribute n"))?;
-        let source: VarLenUnicode = file.attr("source").and_then(|a| a.read_scalar()).map_err(h("reading attribute source"))?;
-        let network: VarLenUnicode = file.attr("network").and_then(|a| a.read_scalar()).map_err(h("reading attribute network"))?;
-        let stats = FeatureStats { mean, cov, n: n as usize };
-        stats.validate().map_err(|e| MetricsError::InvalidValue(format!("{}: {e}", path.display())))?;
-        Ok(Self { stats, source: source.as_str().to_string(), network: network.as_str().to_string() })
+        let mean: Array1<f64> = file
+            .dataset("mu")
+            .and_then(|d| d.read_1d())
+            .map_err(h("reading /mu"))?;
+        let cov: Array2<f64> = file
+            .dataset("sigma")
+            .and_then(|d| d.read_2d())
+            .map_err(h("reading /sigma"))?;
+        let n: u64 = file
+            .attr("n")
+            .and_then(|a| a.read_scalar())
+            .map_err(h("reading attribute n"))?;
+        let source: VarLenUnicode = file
+            .attr("source")
+            .and_then(|a| a.read_scalar())
+            .map_err(h("reading attribute source"))?;
+        let network: VarLenUnicode = file
+            .attr("network")
+            .and_then(|a| a.read_scalar())
+            .map_err(h("reading attribute network"))?;
+        let stats = FeatureStats {
+            mean,
+            cov,
+            n: n as usize,
+        };
+        stats
+            .validate()
+            .map_err(|e| MetricsError::InvalidValue(format!("{}: {e}", path.display())))?;
+        Ok(Self {
+            stats,
+            source: source.as_str().to_string(),
+            network: network.as_str().to_string(),
+        })
     }
 
     /// The cached statistics at `path` when the file exists and was computed from `source` with
     /// `network`; `None` when it is absent or records something else (then it should be rewritten).
-    pub fn load_matching(path: impl AsRef<Path>, source: &str, network: &str) -> Result<Option<FeatureStats>> {
+    pub fn load_matching(
+        path: impl AsRef<Path>,
+        source: &str,
+        network: &str,
+    ) -> Result<Option<FeatureStats>> {
         let path = path.as_ref();
         if !path.exists() {
             return Ok(None);
@@ -127,15 +171,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/ref.h5");
         let r = RefStats {
-            stats: FeatureStats { mean: array![1.0, -2.5], cov: array![[2.0, 0.1], [0.1, 3.0]], n: 17 },
+            stats: FeatureStats {
+                mean: array![1.0, -2.5],
+                cov: array![[2.0, 0.1], [0.1, 3.0]],
+                n: 17,
+            },
             source: "datasets/mnist.h5:test, first 17 images".into(),
             network: "fid-inception-pool3.pt (sha256 7ff4…)".into(),
         };
         r.save(&path).unwrap();
         assert_eq!(RefStats::load(&path).unwrap(), r);
-        assert_eq!(RefStats::load_matching(&path, &r.source, &r.network).unwrap(), Some(r.stats.clone()));
-        assert_eq!(RefStats::load_matching(&path, "other", &r.network).unwrap(), None);
-        assert_eq!(RefStats::load_matching(dir.path().join("absent.h5"), "x", "y").unwrap(), None);
+        assert_eq!(
+            RefStats::load_matching(&path, &r.source, &r.network).unwrap(),
+            Some(r.stats.clone())
+        );
+        assert_eq!(
+            RefStats::load_matching(&path, "other", &r.network).unwrap(),
+            None
+        );
+        assert_eq!(
+            RefStats::load_matching(dir.path().join("absent.h5"), "x", "y").unwrap(),
+            None
+        );
         // No temporary files left behind.
         let left: Vec<_> = std::fs::read_dir(dir.path().join("sub")).unwrap().collect();
         assert_eq!(left.len(), 1);
@@ -143,7 +200,9 @@ mod tests {
 
     #[test]
     fn loading_a_missing_file_names_it() {
-        let err = RefStats::load("/nonexistent/ref.h5").unwrap_err().to_string();
+        let err = RefStats::load("/nonexistent/ref.h5")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/nonexistent/ref.h5"), "{err}");
     }
 }

@@ -47,8 +47,15 @@ impl FeatureStats {
                 self.n
             )));
         }
-        if !self.mean.iter().chain(self.cov.iter()).all(|v| v.is_finite()) {
-            return Err(MetricsError::InvalidValue("statistics contain NaN or infinity".into()));
+        if !self
+            .mean
+            .iter()
+            .chain(self.cov.iter())
+            .all(|v| v.is_finite())
+        {
+            return Err(MetricsError::InvalidValue(
+                "statistics contain NaN or infinity".into(),
+            ));
         }
         Ok(())
     }
@@ -65,7 +72,11 @@ pub struct RunningStats {
 impl RunningStats {
     /// An empty accumulator for `dim`-dimensional features.
     pub fn new(dim: usize) -> Self {
-        Self { n: 0, mean: Array1::zeros(dim), m2: Array2::zeros((dim, dim)) }
+        Self {
+            n: 0,
+            mean: Array1::zeros(dim),
+            m2: Array2::zeros((dim, dim)),
+        }
     }
 
     /// Number of rows seen so far.
@@ -92,7 +103,9 @@ impl RunningStats {
         }
         let x = batch.mapv(Into::into);
         if !x.iter().all(|v| v.is_finite()) {
-            return Err(MetricsError::InvalidValue("features contain NaN or infinity".into()));
+            return Err(MetricsError::InvalidValue(
+                "features contain NaN or infinity".into(),
+            ));
         }
         let mean_b = x.mean_axis(Axis(0)).expect("batch has rows");
         let centred = &x - &mean_b;
@@ -126,7 +139,11 @@ impl RunningStats {
             )));
         }
         let cov = self.m2 / (self.n as f64 - 1.0);
-        Ok(FeatureStats { mean: self.mean, cov, n: self.n })
+        Ok(FeatureStats {
+            mean: self.mean,
+            cov,
+            n: self.n,
+        })
     }
 }
 
@@ -169,7 +186,12 @@ mod tests {
         // Reference computed from centred data directly.
         let centred = &x - &x.mean_axis(Axis(0)).unwrap();
         let reference = centred.t().dot(&centred) / 36.0;
-        for ((a, b), r) in whole.cov.iter().zip(batched.cov.iter()).zip(reference.iter()) {
+        for ((a, b), r) in whole
+            .cov
+            .iter()
+            .zip(batched.cov.iter())
+            .zip(reference.iter())
+        {
             assert_relative_eq!(a, r, epsilon = 1e-9, max_relative = 1e-9);
             assert_relative_eq!(b, r, epsilon = 1e-9, max_relative = 1e-9);
         }
@@ -181,10 +203,17 @@ mod tests {
         let s = FeatureStats::from_features(x.view()).unwrap();
         assert_relative_eq!(s.cov[[0, 1]], 2.0);
         let one = array![[1.0f32, 2.0]];
-        assert!(FeatureStats::from_features(one.view()).unwrap_err().to_string().contains("at least 2"));
+        assert!(FeatureStats::from_features(one.view())
+            .unwrap_err()
+            .to_string()
+            .contains("at least 2"));
         let nan = array![[1.0f32, f32::NAN], [3.0, 4.0]];
         assert!(FeatureStats::from_features(nan.view()).is_err());
         let mut acc = RunningStats::new(3);
-        assert!(acc.update(x.view()).unwrap_err().to_string().contains("2 columns"));
+        assert!(acc
+            .update(x.view())
+            .unwrap_err()
+            .to_string()
+            .contains("2 columns"));
     }
 }

@@ -15,7 +15,9 @@ fn golden() -> Value {
 }
 
 fn matrix(v: &Value, key: &str) -> Array2<f64> {
-    let rows = v[key].as_array().unwrap_or_else(|| panic!("golden `{key}` is not an array"));
+    let rows = v[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("golden `{key}` is not an array"));
     let cols = rows[0].as_array().unwrap().len();
     let flat: Vec<f64> = rows
         .iter()
@@ -25,7 +27,9 @@ fn matrix(v: &Value, key: &str) -> Array2<f64> {
 }
 
 fn number(v: &Value, key: &str) -> f64 {
-    v[key].as_f64().unwrap_or_else(|| panic!("golden `{key}` is not a number"))
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("golden `{key}` is not a number"))
 }
 
 #[test]
@@ -57,8 +61,15 @@ fn fid_of_a_set_with_itself_is_zero() {
     let g = golden();
     let a = matrix(&g, "features_a");
     let d = frechet_distance_from_features(a.view(), a.view()).unwrap();
-    let scale = FeatureStats::from_features(a.view()).unwrap().cov.diag().sum();
-    eprintln!("self-FID {d:e} (trace of Σ {scale:.3}; scipy gave {:e})", number(&g, "fid_self_scipy"));
+    let scale = FeatureStats::from_features(a.view())
+        .unwrap()
+        .cov
+        .diag()
+        .sum();
+    eprintln!(
+        "self-FID {d:e} (trace of Σ {scale:.3}; scipy gave {:e})",
+        number(&g, "fid_self_scipy")
+    );
     assert!(d.abs() < 1e-9 * scale, "self-FID {d}");
 }
 
