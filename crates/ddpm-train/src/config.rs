@@ -32,13 +32,30 @@ pub struct ModelConfig {
     pub unet: UNetConfig,
     /// Latent size of the GAN generator / VAE.
     pub latent_dim: i64,
-    /// Base width of the GAN / VAE convolutions.
+    /// Base width of the GAN generator / VAE convolutions.
     pub base_channels: i64,
+    /// Base width of the GAN discriminator (`kind = "gan"`).
+    pub disc_channels: i64,
+    /// Dropout after each discriminator convolution (`kind = "gan"`).
+    pub disc_dropout: f64,
+    /// Per-pixel decoder log σ; otherwise one learned log σ per channel (`kind = "vae"`).
+    pub vae_per_pixel_scale: bool,
+    /// Lower bound of the VAE decoder's log σ (`kind = "vae"`).
+    pub vae_min_log_scale: f64,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        Self { kind: ModelKind::Ddpm, unet: UNetConfig::default(), latent_dim: 64, base_channels: 64 }
+        Self {
+            kind: ModelKind::Ddpm,
+            unet: UNetConfig::default(),
+            latent_dim: 64,
+            base_channels: 64,
+            disc_channels: 64,
+            disc_dropout: 0.3,
+            vae_per_pixel_scale: true,
+            vae_min_log_scale: -7.0,
+        }
     }
 }
 
@@ -337,6 +354,67 @@ impl TrainConfig {
         Ok(c)
     }
 
+    /// A built-in preset for one kind of model. For `ddpm` this is [`TrainConfig::preset`]; for the
+    /// baselines it starts from the same preset (data, device, logging) and replaces the model,
+    /// optimiser and length with the lecture's baseline recipes:
+    ///
+    /// - `gan`: DCGAN (Radford et al. 2016): two Adams with lr 2e-4 and β₁ = 0.5 (both networks use
+    ///   `[optim]`), no warm-up, no clipping, no EMA, batch 64, 30 epochs on the GPU presets.
+    /// - `vae`: Adam lr 1e-3, no warm-up, clipping 1, no EMA, 16-dimensional latent, batch 128,
+    ///   50 epochs on the GPU presets.
+    ///
+    /// `mnist-cpu` keeps both small enough to train in about ten minutes on two CPU cores.
+    pub fn preset_for_model(name: &str, kind: ModelKind) -> Result<Self> {
+        let mut c = Self::preset(name)?;
+        c.model.kind = kind;
+        let cpu = name == "mnist-cpu";
+        let train_images = if name == "cifar10" { 50_000 } else { 60_000 };
+        let epochs = |e: usize, batch: usize| (e * train_images).div_ceil(batch);
+        match kind {
+            ModelKind::Ddpm => {}
+            ModelKind::Gan => {
+                c.model.latent_dim = 64;
+                c.model.base_channels = if cpu { 32 } else { 64 };
+                c.model.disc_channels = if cpu { 32 } else { 64 };
+                c.model.disc_dropout = 0.3;
+                c.optim = OptimConfig {
+                    lr: 2e-4,
+                    beta1: 0.5,
+                    beta2: 0.999,
+                    warmup_steps: 0,
+                    grad_clip: 0.0,
+                    ema_decay: 0.0,
+                    ..OptimConfig::default()
+                };
+                c.data.batch_size = 64;
+                c.run.steps = if cpu { 2000 } else { epochs(30, 64) };
+            }
+            ModelKind::Vae => {
+                c.model.latent_dim = 16;
+                c.model.base_channels = 32;
+                c.model.vae_per_pixel_scale = true;
+                c.optim = OptimConfig {
+                    lr: 1e-3,
+                    warmup_steps: 0,
+                    grad_clip: 1.0,
+                    ema_decay: 0.0,
+                    ..OptimConfig::default()
+                };
+                c.data.batch_size = 128;
+                c.run.steps = if cpu { 2500 } else { epochs(50, 128) };
+            }
+        }
+        if kind != ModelKind::Ddpm {
+            c.data.conditional = false;
+            c.data.random_flip = name == "cifar10";
+            c.run.log_every = if cpu { 50 } else { 100 };
+            c.run.checkpoint_every = if cpu { 500 } else { 2000 };
+            c.run.sample_every = if cpu { 500 } else { 2000 };
+            c.run.bf16 = false;
+        }
+        Ok(c)
+    }
+
     /// Reads a TOML file (unknown keys are errors naming the key).
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
@@ -439,6 +517,26 @@ impl TrainConfig {
             .map_err(|e| TrainError::config("run.device", e.to_string()))?;
         crate::sampler::SamplerSpec::parse(&self.run.sample_steps, self.diffusion.timesteps)
             .map_err(|e| TrainError::config("run.sample_steps", e.to_string()))?;
+        if self.model.kind != ModelKind::Ddpm {
+            let m = &self.model;
+            for (key, v) in [("model.latent_dim", m.latent_dim), ("model.base_channels", m.base_channels)] {
+                if v < 1 {
+                    return Err(TrainError::config(key, format!("must be ≥ 1, got {v}")));
+                }
+            }
+            if m.kind == ModelKind::Gan && m.disc_channels < 1 {
+                return Err(TrainError::config("model.disc_channels", format!("must be ≥ 1, got {}", m.disc_channels)));
+            }
+            if !(0.0..1.0).contains(&m.disc_dropout) {
+                return Err(TrainError::config("model.disc_dropout", format!("must be in [0, 1), got {}", m.disc_dropout)));
+            }
+            if !m.vae_min_log_scale.is_finite() {
+                return Err(TrainError::config("model.vae_min_log_scale", "must be finite"));
+            }
+            if self.data.conditional {
+                return Err(TrainError::config("data.conditional", "the GAN and VAE baselines are unconditional"));
+            }
+        }
         if self.model.kind == ModelKind::Ddpm {
             let d = self.diffusion.build()?;
             let u = &self.model.unet;
@@ -500,6 +598,34 @@ mod tests {
             assert_eq!(TrainConfig::from_toml(&c.to_toml()).unwrap(), c, "{name}");
         }
         assert!(TrainConfig::preset("imagenet").unwrap_err().to_string().contains("imagenet"));
+    }
+
+    #[test]
+    fn baseline_presets_validate_and_round_trip() {
+        for name in PRESETS {
+            for kind in [ModelKind::Ddpm, ModelKind::Gan, ModelKind::Vae] {
+                let c = TrainConfig::preset_for_model(name, kind).unwrap();
+                c.validate().unwrap_or_else(|e| panic!("{name} {kind:?}: {e}"));
+                assert_eq!(c.model.kind, kind);
+                assert_eq!(TrainConfig::from_toml(&c.to_toml()).unwrap(), c, "{name} {kind:?}");
+            }
+        }
+        assert_eq!(TrainConfig::preset_for_model("mnist", ModelKind::Ddpm).unwrap(), TrainConfig::preset("mnist").unwrap());
+        // The lecture's lengths: 30 GAN epochs at batch 64, 50 VAE epochs at batch 128.
+        let gan = TrainConfig::preset_for_model("mnist", ModelKind::Gan).unwrap();
+        assert_eq!((gan.run.steps, gan.data.batch_size, gan.optim.beta1), (28_125, 64, 0.5));
+        let vae = TrainConfig::preset_for_model("fashion-mnist", ModelKind::Vae).unwrap();
+        assert_eq!((vae.run.steps, vae.data.batch_size), (23_438, 128));
+        let base = TrainConfig::preset_for_model("mnist-cpu", ModelKind::Gan).unwrap();
+        for (o, key) in [
+            ("model.latent_dim=0", "model.latent_dim"),
+            ("model.disc_channels=0", "model.disc_channels"),
+            ("model.disc_dropout=1.0", "model.disc_dropout"),
+            ("data.conditional=true", "data.conditional"),
+        ] {
+            let err = base.with_overrides(&[o.to_string()]).unwrap().validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{o}: {err}");
+        }
     }
 
     #[test]

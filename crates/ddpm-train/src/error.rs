@@ -33,9 +33,11 @@ pub enum TrainError {
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
     /// The loss became NaN or infinite.
-    #[error("non-finite loss {value} at step {step}; the last good checkpoint is kept{}", last_checkpoint.as_ref().map(|p| format!(" ({})", p.display())).unwrap_or_default())]
+    #[error("non-finite {what} ({value}) at step {step}; the last good checkpoint is kept{}", last_checkpoint.as_ref().map(|p| format!(" ({})", p.display())).unwrap_or_default())]
     NonFinite {
-        /// Step at which the loss was observed.
+        /// `loss` or `weights`.
+        what: &'static str,
+        /// Step at which it was observed.
         step: usize,
         /// The loss value.
         value: f64,

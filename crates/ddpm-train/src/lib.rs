@@ -3,7 +3,11 @@
 //! [`data`] imports the official IDX files into HDF5 and loads them; [`loader`] turns a split into
 //! seeded training batches; [`tables`] is the one place where ddpm-math's f64 tables become device
 //! tensors; [`objective`] and [`sampler`] are the training losses and reverse processes on tensors;
-//! [`trainer`] runs the loop with [`optim`] (Adam/AdamW, EMA) and [`run_dir`] (checkpoints, logs).
+//! [`trainer`] runs the loop with [`optim`] (Adam/AdamW, EMA) and [`run_dir`] (checkpoints, logs);
+//! [`baselines`] trains and samples the GAN and VAE the same way, and [`classifier`] trains the
+//! digit classifier of the domain metrics.
+pub mod baselines;
+pub mod classifier;
 pub mod config;
 pub mod data;
 pub mod error;

@@ -29,10 +29,8 @@ pub struct DeviceTables {
     fixed_large_log_variance: Tensor,
 }
 
-fn to_device(a: &ndarray::Array1<f64>, device: Device) -> Tensor {
-    Tensor::from_slice(a.as_slice().expect("ddpm-math tables are contiguous"))
-        .to_kind(Kind::Float)
-        .to_device(device)
+fn to_device(a: &ndarray::Array1<f64>, device: Device, kind: Kind) -> Tensor {
+    Tensor::from_slice(a.as_slice().expect("ddpm-math tables are contiguous")).to_kind(kind).to_device(device)
 }
 
 /// A distribution's mean, variance and log-variance, each `[N, …]`.
@@ -54,8 +52,14 @@ pub struct PMean {
 }
 
 impl DeviceTables {
-    /// Copies the tables of `diffusion` to `device`; `timestep_map` maps step k to the network's t.
+    /// Copies the tables of `diffusion` to `device` in f32; `timestep_map` maps step k to the
+    /// network's t.
     pub fn new(diffusion: &GaussianDiffusion, timestep_map: &[usize], device: Device) -> Self {
+        Self::with_kind(diffusion, timestep_map, device, Kind::Float)
+    }
+
+    /// As [`DeviceTables::new`] with tables of another floating kind (f64 for reference checks).
+    pub fn with_kind(diffusion: &GaussianDiffusion, timestep_map: &[usize], device: Device, kind: Kind) -> Self {
         assert_eq!(timestep_map.len(), diffusion.num_timesteps(), "one original index per step");
         let map: Vec<i64> = timestep_map.iter().map(|&t| t as i64).collect();
         let d = diffusion;
@@ -64,19 +68,19 @@ impl DeviceTables {
             var_type: d.var_type(),
             num_timesteps: d.num_timesteps(),
             timestep_map: Tensor::from_slice(&map).to_device(device),
-            log_betas: to_device(d.log_betas(), device),
-            alphas_cumprod: to_device(d.alphas_cumprod(), device),
-            alphas_cumprod_prev: to_device(d.alphas_cumprod_prev(), device),
-            sqrt_alphas_cumprod: to_device(d.sqrt_alphas_cumprod(), device),
-            sqrt_one_minus_alphas_cumprod: to_device(d.sqrt_one_minus_alphas_cumprod(), device),
-            sqrt_recip_alphas_cumprod: to_device(d.sqrt_recip_alphas_cumprod(), device),
-            sqrt_recipm1_alphas_cumprod: to_device(d.sqrt_recipm1_alphas_cumprod(), device),
-            posterior_variance: to_device(d.posterior_variance(), device),
-            posterior_log_variance_clipped: to_device(d.posterior_log_variance_clipped(), device),
-            posterior_mean_coef1: to_device(d.posterior_mean_coef1(), device),
-            posterior_mean_coef2: to_device(d.posterior_mean_coef2(), device),
-            fixed_large_variance: to_device(d.fixed_large_variance(), device),
-            fixed_large_log_variance: to_device(d.fixed_large_log_variance(), device),
+            log_betas: to_device(d.log_betas(), device, kind),
+            alphas_cumprod: to_device(d.alphas_cumprod(), device, kind),
+            alphas_cumprod_prev: to_device(d.alphas_cumprod_prev(), device, kind),
+            sqrt_alphas_cumprod: to_device(d.sqrt_alphas_cumprod(), device, kind),
+            sqrt_one_minus_alphas_cumprod: to_device(d.sqrt_one_minus_alphas_cumprod(), device, kind),
+            sqrt_recip_alphas_cumprod: to_device(d.sqrt_recip_alphas_cumprod(), device, kind),
+            sqrt_recipm1_alphas_cumprod: to_device(d.sqrt_recipm1_alphas_cumprod(), device, kind),
+            posterior_variance: to_device(d.posterior_variance(), device, kind),
+            posterior_log_variance_clipped: to_device(d.posterior_log_variance_clipped(), device, kind),
+            posterior_mean_coef1: to_device(d.posterior_mean_coef1(), device, kind),
+            posterior_mean_coef2: to_device(d.posterior_mean_coef2(), device, kind),
+            fixed_large_variance: to_device(d.fixed_large_variance(), device, kind),
+            fixed_large_log_variance: to_device(d.fixed_large_log_variance(), device, kind),
         }
     }
 
@@ -227,7 +231,7 @@ impl DeviceTables {
             &p.dist.mean,
             &(&p.dist.log_variance * 0.5),
         )) / std::f64::consts::LN_2;
-        t.eq(0).where_self(&nll, &kl)
+        nll.where_self(&t.eq(0), &kl)
     }
 
     /// `L_T`: KL(q(x_{T−1}|x_0) ‖ N(0, I)) in bits/dim per sample (ddpm-math `prior_bpd`).
@@ -275,6 +279,6 @@ pub fn discretized_gaussian_log_likelihood(x: &Tensor, means: &Tensor, log_scale
     let log_cdf_plus = cdf_plus.clamp_min(1e-12).log();
     let log_one_minus_cdf_min = (-&cdf_min + 1.0).clamp_min(1e-12).log();
     let log_delta = (&cdf_plus - &cdf_min).clamp_min(1e-12).log();
-    let upper = x.gt(0.999).where_self(&log_one_minus_cdf_min, &log_delta);
-    x.lt(-0.999).where_self(&log_cdf_plus, &upper)
+    let upper = log_one_minus_cdf_min.where_self(&x.gt(0.999), &log_delta);
+    log_cdf_plus.where_self(&x.lt(-0.999), &upper)
 }

@@ -119,6 +119,8 @@ pub fn train_ddpm(dir: &Path, cfg: &TrainConfig, resume: bool, opts: &TrainOptio
     let data = loader::load_images(&cfg.data.path, &cfg.data.split)?;
     loader::check_data(&cfg.data, &data)?;
     check_model_fits_data(cfg, &data)?;
+    // The initial weights depend on the seed only.
+    tch::manual_seed(cfg.run.seed as i64);
     let mut model = DdpmModel::new(cfg, device)?;
     let params = named_trainables(&model.vs);
     let mut adam = Adam::new(params.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect(), &cfg.optim);
@@ -249,6 +251,11 @@ pub fn train_ddpm(dir: &Path, cfg: &TrainConfig, resume: bool, opts: &TrainOptio
             }
         }
         if at_ckpt || last || stop {
+            // A loss can be finite while the update that followed it was not: never checkpoint
+            // non-finite weights.
+            if !all_finite(&params) {
+                return Err(TrainError::NonFinite { what: "weights", step: state.step, value: f64::NAN, last_checkpoint });
+            }
             state.sampler_history = is_sampler.as_ref().map(|s| s.history());
             let ckpt = save(&run, cfg, &state, &model, &adam)?;
             tracing::info!(step = state.step, checkpoint = %ckpt.display(), "checkpoint");
@@ -280,6 +287,12 @@ pub fn train_ddpm(dir: &Path, cfg: &TrainConfig, resume: bool, opts: &TrainOptio
     Ok(TrainSummary { step: state.step, last_loss, elapsed_secs: state.elapsed_secs, interrupted, checkpoint })
 }
 
+/// Whether every tensor is finite (one host sync).
+pub(crate) fn all_finite(params: &[(String, Tensor)]) -> bool {
+    let flags: Vec<Tensor> = params.iter().map(|(_, p)| p.isfinite().all()).collect();
+    Tensor::stack(&flags, 0).all().int64_value(&[]) == 1
+}
+
 /// The seed of step `step` (a SplitMix64-style mix of the run seed and the step).
 pub fn step_seed(seed: u64, step: usize) -> u64 {
     let mut z = seed.wrapping_add((step as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
@@ -307,7 +320,7 @@ fn check_model_fits_data(cfg: &TrainConfig, data: &ImageData) -> Result<()> {
     Ok(())
 }
 
-fn progress_bar(show: bool, total: usize, start: usize) -> Option<indicatif::ProgressBar> {
+pub(crate) fn progress_bar(show: bool, total: usize, start: usize) -> Option<indicatif::ProgressBar> {
     show.then(|| {
         let b = indicatif::ProgressBar::new(total as u64);
         b.set_style(
@@ -368,7 +381,7 @@ impl Interval {
         let first = step_after - self.losses.len();
         let losses = Vec::<f64>::try_from(Tensor::stack(&self.losses, 0).to_kind(Kind::Double).to_device(Device::Cpu))?;
         if let Some(i) = losses.iter().position(|l| !l.is_finite()) {
-            return Err(TrainError::NonFinite { step: first + i + 1, value: losses[i], last_checkpoint: last_ckpt.clone() });
+            return Err(TrainError::NonFinite { what: "loss", step: first + i + 1, value: losses[i], last_checkpoint: last_ckpt.clone() });
         }
         let norms = Vec::<f64>::try_from(Tensor::stack(&self.grad_norms, 0).to_kind(Kind::Double).to_device(Device::Cpu))?;
         let sums = Vec::<f64>::try_from(self.q_sum.to_kind(Kind::Double).to_device(Device::Cpu))?;

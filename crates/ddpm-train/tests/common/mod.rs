@@ -1,0 +1,45 @@
+//! Shared helpers of ddpm-train's integration tests: a tiny DDPM config on the real MNIST file.
+#![allow(dead_code)]
+use std::path::PathBuf;
+
+use ddpm_nets::unet::{DownBlockType, SampleSize, UpBlockType};
+use ddpm_train::TrainConfig;
+
+/// `datasets/mnist.h5` of the workspace; fails loudly when `cargo xtask fetch-data` has not run.
+pub fn mnist_h5() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../datasets/mnist.h5");
+    assert!(p.exists(), "{} is missing: run `cargo xtask fetch-data` first", p.display());
+    p
+}
+
+/// A DDPM small enough to take a training step in well under a second on a CPU.
+pub fn tiny_config(steps: usize) -> TrainConfig {
+    let mut c = TrainConfig::preset("mnist-cpu").unwrap();
+    c.model.unet.block_out_channels = vec![8, 16];
+    c.model.unet.down_block_types = vec![DownBlockType::Down, DownBlockType::AttnDown];
+    c.model.unet.up_block_types = vec![UpBlockType::AttnUp, UpBlockType::Up];
+    c.model.unet.norm_num_groups = 4;
+    c.model.unet.layers_per_block = 1;
+    c.model.unet.dropout = 0.1;
+    c.model.unet.sample_size = Some(SampleSize::Square(28));
+    c.diffusion.timesteps = 50;
+    c.data.path = mnist_h5();
+    c.data.batch_size = 4;
+    c.optim.warmup_steps = 3;
+    c.optim.ema_decay = 0.9;
+    c.run.steps = steps;
+    c.run.cpu_threads = 1;
+    c.run.log_every = 2;
+    c.run.checkpoint_every = 2;
+    c.run.sample_every = 0;
+    c.run.sample_num = 4;
+    c.run.sample_steps = "ddim5".into();
+    c
+}
+
+/// libtorch's default generator is global to the process: tests that train (and so reseed it per
+/// step) hold this lock so that parallel tests do not interleave their draws.
+pub fn torch_rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
