@@ -9,6 +9,7 @@ mod info;
 mod sample;
 mod schedule;
 mod train;
+mod train_classifier;
 mod visualize;
 
 /// Denoising diffusion probabilistic models on libtorch.
@@ -34,6 +35,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Train a DDPM (or --model gan|vae) into a run directory, or --resume one.
     Train(train::TrainArgs),
+    /// Train the domain classifier of FID_cls / IS_cls and report its test accuracy.
+    TrainClassifier(train_classifier::TrainClassifierArgs),
     /// Sample images from a run directory or a diffusers folder.
     Sample(sample::SampleArgs),
     /// Pictures of the diffusion process.
@@ -54,6 +57,7 @@ fn main() -> Result<()> {
         Command::Forward(args) => forward::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Train(args) => train::run(args),
+        Command::TrainClassifier(args) => train_classifier::run(args),
         Command::Sample(args) => sample::run(args),
         Command::Visualize(cmd) => visualize::run(cmd),
     }

@@ -1,11 +1,15 @@
 //! `ddpm-cli sample`: draw images from a run directory or a diffusers folder, batched, with
 //! progress; write an HDF5 file of uint8 `[N,H,W,C]` images, a grid and a trajectory strip.
+//! GAN and VAE run directories are sampled too: G(z), or the VAE decoder's means, of z ~ N(0, I).
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
 use ddpm_nets::device::DeviceSpec;
+use ddpm_train::baselines;
+use ddpm_train::config::ModelKind;
 use ddpm_train::model_io::{self, Weights};
+use ddpm_train::run_dir::RunDir;
 use ddpm_train::sampler::{to_uint8_nhwc, Guidance, Sampler, SamplerSpec};
 use ddpm_train::viz;
 use tch::{Kind, Tensor};
@@ -62,6 +66,12 @@ pub fn run(args: SampleArgs) -> Result<()> {
         bail!("--num and --batch-size must be at least 1");
     }
     let device = args.device.parse::<DeviceSpec>()?.resolve()?;
+    if args.model.join("config.toml").is_file() {
+        let kind = RunDir::open(&args.model)?.config()?.model.kind;
+        if kind != ModelKind::Ddpm {
+            return run_baseline(&args, device);
+        }
+    }
     let weights = if args.raw_weights { Weights::Raw } else { Weights::Ema };
     let model = model_io::load_ddpm(&args.model, weights, device)?;
     let spec = SamplerSpec::from_cli(&args.sampler, &args.steps, args.eta, model.diffusion.num_timesteps())?;
@@ -138,6 +148,45 @@ pub fn run(args: SampleArgs) -> Result<()> {
         let img = viz::grid_nhwc(&to_uint8_nhwc(&frames), strip.len());
         viz::save_png(&img, path)?;
         println!("trajectory (x_T → x_0, {} frames): {}", strip.len(), path.display());
+    }
+    Ok(())
+}
+
+/// Samples a GAN (generator on z ~ N(0, I)) or VAE (decoder means of z ~ N(0, I)) run directory.
+fn run_baseline(args: &SampleArgs, device: tch::Device) -> Result<()> {
+    if args.class.is_some() || args.trajectory.is_some() {
+        bail!("--class and --trajectory are for DDPM models; {} is a GAN/VAE run", args.model.display());
+    }
+    let model = baselines::load_baseline_for_sampling(&args.model, device)?;
+    let start = Instant::now();
+    let images = model.net.sample_uint8(args.num, args.batch_size, args.seed, device);
+    let secs = start.elapsed().as_secs_f64();
+    let method = match model.kind {
+        ModelKind::Gan => "gan-generator",
+        _ => "vae-decoder-mean",
+    };
+    let attrs = [
+        ("model", args.model.display().to_string()),
+        ("weights", model.source.display().to_string()),
+        ("sampler", method.to_string()),
+        ("step", model.step.to_string()),
+        ("seed", args.seed.to_string()),
+    ];
+    model_io::write_samples(&args.out, &images, &attrs)?;
+    let s = images.size();
+    println!(
+        "{} images ({}x{}) with {method} (step {}) in {:.2} s: {}",
+        args.num,
+        s[1],
+        s[2],
+        model.step,
+        secs,
+        args.out.display()
+    );
+    if let Some(path) = &args.grid {
+        let ncol = (args.num as f64).sqrt().ceil() as usize;
+        viz::save_png(&viz::grid_nhwc(&images, ncol), path)?;
+        println!("grid: {}", path.display());
     }
     Ok(())
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use ddpm_train::config::{ModelKind, TrainConfig};
+use ddpm_train::baselines;
 use ddpm_train::trainer::{self, TrainOptions};
 
 /// Arguments of `ddpm-cli train`.
@@ -19,7 +20,8 @@ pub struct TrainArgs {
     /// Override a config value, e.g. `--set run.steps=2000 --set optim.lr=1e-4`; repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
-    /// What to train: ddpm, gan or vae (sets model.kind).
+    /// What to train: ddpm, gan or vae (sets model.kind; with a preset, gan and vae get the preset's
+    /// baseline recipe).
     #[arg(long)]
     model: Option<String>,
     /// Device: auto, cpu, cuda, cuda:N (sets run.device).
@@ -56,7 +58,14 @@ fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
     } else if let Some(path) = &args.config {
         TrainConfig::from_file(path)?
     } else {
-        TrainConfig::preset(args.preset.as_deref().unwrap_or("mnist-cpu"))?
+        // A baseline starts from its own recipe of the preset (DCGAN's Adam β₁ = 0.5, epochs, …).
+        let kind = match args.model.as_deref() {
+            None | Some("ddpm") => ModelKind::Ddpm,
+            Some("gan") => ModelKind::Gan,
+            Some("vae") => ModelKind::Vae,
+            Some(other) => bail!("--model {other}: expected ddpm, gan or vae"),
+        };
+        TrainConfig::preset_for_model(args.preset.as_deref().unwrap_or("mnist-cpu"), kind)?
     };
     let mut overrides = args.overrides.clone();
     if let Some(m) = &args.model {
@@ -92,7 +101,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let resume = args.resume.is_some();
     let summary = match cfg.model.kind {
         ModelKind::Ddpm => trainer::train_ddpm(&dir, &cfg, resume, &opts)?,
-        ModelKind::Gan | ModelKind::Vae => bail!("model.kind {:?}: baseline training is not available yet", cfg.model.kind),
+        ModelKind::Gan => baselines::train_gan(&dir, &cfg, resume, &opts)?,
+        ModelKind::Vae => baselines::train_vae(&dir, &cfg, resume, &opts)?,
     };
     println!(
         "{} {} at step {} ({:.0} s of training), last loss {:.5}",
@@ -102,6 +112,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
         summary.elapsed_secs,
         summary.last_loss
     );
+    if cfg.model.kind != ModelKind::Ddpm {
+        if let Some(last) = ddpm_train::run_dir::RunDir::open(&dir)?.read_metrics()?.last() {
+            println!("last log interval: {last}");
+        }
+    }
     println!("checkpoint: {}", summary.checkpoint.display());
     if summary.interrupted {
         println!("continue with: ddpm-cli train --resume {}", dir.display());

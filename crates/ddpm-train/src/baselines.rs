@@ -448,6 +448,9 @@ fn drive<B: Baseline>(dir: &Path, cfg: &TrainConfig, resume: bool, opts: &TrainO
         }
     }
     write_json(&nets_path, &nets)?;
+    // The initial weights are a function of the seed too (a fresh run in the same process as
+    // another one starts from the same weights).
+    tch::manual_seed(cfg.run.seed as i64);
     let mut model = B::new(cfg, &nets, device)?;
     let mut state = TrainState { step: 0, seed: cfg.run.seed, elapsed_secs: 0.0, images_seen: 0, sampler_history: None };
     let mut last_checkpoint = None;

@@ -1,0 +1,78 @@
+//! `ddpm-cli train-classifier`: train the digit / clothing classifier whose features and softmax give
+//! the domain metrics (FID_cls, IS_cls), report its test accuracy and save it where ddpm-metrics
+//! finds it (`datasets/weights/classifier-<dataset>/`).
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use ddpm_nets::classifier::ClassifierConfig;
+use ddpm_nets::device::DeviceSpec;
+use ddpm_train::classifier::{self, ClassifierTrainConfig, ACCURACY_FILE};
+use ddpm_train::loader;
+
+/// Arguments of `ddpm-cli train-classifier`.
+#[derive(clap::Args)]
+pub struct TrainClassifierArgs {
+    /// mnist or fashion-mnist.
+    #[arg(long)]
+    dataset: String,
+    /// The HDF5 file (default `datasets/<dataset>.h5`).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Output folder (default `datasets/weights/classifier-<dataset>`).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Passes over the training set (default 5 for mnist, 15 for fashion-mnist).
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Images per step.
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    /// Peak Adam learning rate (half-cosine decay to 0).
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Seed of the initialisation, data order and dropout.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Device: auto, cpu, cuda, cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// No progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+pub fn run(args: TrainClassifierArgs) -> Result<()> {
+    let default_epochs = match args.dataset.as_str() {
+        "mnist" => 5,
+        "fashion-mnist" => 15,
+        other => bail!("--dataset {other}: expected mnist or fashion-mnist"),
+    };
+    let data = args.data.clone().unwrap_or_else(|| PathBuf::from(format!("datasets/{}.h5", args.dataset)));
+    let out = args.out.clone().unwrap_or_else(|| classifier::default_dir(&args.dataset));
+    let device = args.device.parse::<DeviceSpec>()?.resolve()?;
+    let train = loader::load_images(&data, "train")
+        .with_context(|| format!("cannot read the training split of {} (run `cargo xtask fetch-data`)", data.display()))?;
+    let test = loader::load_images(&data, "test").with_context(|| format!("cannot read the test split of {}", data.display()))?;
+    let cfg = ClassifierTrainConfig {
+        epochs: args.epochs.unwrap_or(default_epochs),
+        batch_size: args.batch_size,
+        lr: args.lr,
+        seed: args.seed,
+        ..ClassifierTrainConfig::default()
+    };
+    let (vs, clf, report) =
+        classifier::train_classifier(&args.dataset, &train, &test, &ClassifierConfig::default(), &cfg, device, !args.no_progress)?;
+    classifier::save_classifier(&out, &vs, &clf, &report)?;
+    println!(
+        "{}: test accuracy {:.4} ({} test images) after {} steps ({:.1} epochs) in {:.0} s, last train loss {:.4}",
+        args.dataset,
+        report.test_accuracy,
+        report.test_images,
+        report.steps,
+        report.epochs,
+        report.train_seconds,
+        report.final_train_loss
+    );
+    println!("saved: {} (config.json, model.safetensors, {ACCURACY_FILE})", out.display());
+    Ok(())
+}
