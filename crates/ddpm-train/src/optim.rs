@@ -85,7 +85,7 @@ impl Adam {
                     if self.decoupled {
                         let _ = p.g_mul_scalar_(1.0 - lr * wd);
                     } else {
-                        g = g + &*p * wd;
+                        g += &*p * wd;
                     }
                 }
                 let m = &mut self.exp_avg[i];

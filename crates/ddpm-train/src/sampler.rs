@@ -55,7 +55,7 @@ impl SamplerSpec {
     pub fn label(&self) -> String {
         match self.kind {
             SamplerKind::Ddpm => format!("ddpm{}", self.timesteps.len()),
-            SamplerKind::Ddim { eta } if eta == 0.0 => format!("ddim{}", self.timesteps.len()),
+            SamplerKind::Ddim { eta: 0.0 } => format!("ddim{}", self.timesteps.len()),
             SamplerKind::Ddim { eta } => format!("ddim{}-eta{eta}", self.timesteps.len()),
         }
     }

@@ -223,7 +223,9 @@ pub fn train_ddpm(dir: &Path, cfg: &TrainConfig, resume: bool, opts: &TrainOptio
         interval.record(&loss, &terms.loss.detach(), &t, t_len, &grad_norm);
         state.step += 1;
         state.images_seen += n as u64;
-        bar.as_ref().map(|b| b.inc(1));
+        if let Some(b) = &bar {
+            b.inc(1);
+        }
 
         let stop = opts.stop.load(Ordering::SeqCst);
         let at_log = state.step % cfg.run.log_every == 0;

@@ -1,0 +1,189 @@
+//! End to end through the `ddpm-cli` binary on real MNIST: train a tiny DDPM for a few steps,
+//! checkpoint, sample with DDIM and with respaced ancestral sampling, check every file; stop a
+//! run with SIGINT and resume it.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use ddpm_train::TrainConfig;
+
+fn cli() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ddpm-cli"))
+}
+
+fn ok(out: Output, what: &str) -> String {
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{what} failed ({}):\n{text}", out.status);
+    text
+}
+
+fn mnist() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../datasets/mnist.h5");
+    assert!(p.exists(), "{} is missing: run `cargo xtask fetch-data` first", p.display());
+    p
+}
+
+/// A DDPM small enough for a CPU test, as a TOML file.
+fn tiny_config(dir: &Path, steps: usize) -> PathBuf {
+    let cfg = TrainConfig::preset("mnist-cpu")
+        .unwrap()
+        .with_overrides(&[
+            "model.unet.block_out_channels=[8, 16]".into(),
+            "model.unet.down_block_types=[\"DownBlock2D\", \"AttnDownBlock2D\"]".into(),
+            "model.unet.up_block_types=[\"AttnUpBlock2D\", \"UpBlock2D\"]".into(),
+            "model.unet.norm_num_groups=4".into(),
+            "model.unet.layers_per_block=1".into(),
+            "diffusion.timesteps=100".into(),
+            format!("data.path=\"{}\"", mnist().display()),
+            "data.batch_size=8".into(),
+            format!("run.steps={steps}"),
+            "run.log_every=2".into(),
+            "run.checkpoint_every=2".into(),
+            "run.sample_every=0".into(),
+            "run.sample_num=4".into(),
+            "run.sample_steps=\"ddim5\"".into(),
+        ])
+        .unwrap();
+    let path = dir.join("tiny.toml");
+    std::fs::write(&path, cfg.to_toml()).unwrap();
+    path
+}
+
+fn read_images(path: &Path) -> (Vec<usize>, Vec<u8>) {
+    let f = hdf5::File::open(path).unwrap();
+    let ds = f.dataset("images").unwrap();
+    assert!(ds.dtype().unwrap().is::<u8>(), "images must be uint8");
+    (ds.shape(), ds.read_raw::<u8>().unwrap())
+}
+
+#[test]
+fn train_checkpoint_sample_and_inspect() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let config = tiny_config(dir.path(), 6);
+    let text = ok(
+        cli().args(["train", "--no-progress", "--config"]).arg(&config).arg("--out").arg(&run).output().unwrap(),
+        "train",
+    );
+    assert!(text.contains("finished") && text.contains("at step 6"), "{text}");
+    for f in ["config.toml", "metrics.jsonl", "train.log", "loss.png", "samples/step_6.png"] {
+        assert!(run.join(f).is_file(), "{f} missing");
+    }
+    let ckpt = run.join("checkpoints/step_0000006");
+    for f in ["model.safetensors", "ema.safetensors", "optim.safetensors", "state.json", "config.toml"] {
+        assert!(ckpt.join(f).is_file(), "checkpoint file {f} missing");
+    }
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+    for key in ["loss", "loss_q", "grad_norm", "lr", "img_per_s"] {
+        assert!(!last[key].is_null(), "metrics.jsonl lacks {key}: {last}");
+    }
+    assert_eq!(last["loss_q"].as_array().unwrap().len(), 4);
+    assert!(std::fs::read_to_string(run.join("train.log")).unwrap().contains("checkpoint"));
+
+    // DDIM with a grid and a trajectory strip.
+    let out = dir.path().join("ddim.h5");
+    let (grid, strip) = (dir.path().join("grid.png"), dir.path().join("strip.png"));
+    let text = ok(
+        cli()
+            .args(["sample", "--device", "cpu", "--num", "5", "--batch-size", "3", "--sampler", "ddim", "--steps", "10"])
+            .arg("--model")
+            .arg(&run)
+            .arg("--out")
+            .arg(&out)
+            .arg("--grid")
+            .arg(&grid)
+            .arg("--trajectory")
+            .arg(&strip)
+            .output()
+            .unwrap(),
+        "sample ddim",
+    );
+    assert!(text.contains("ddim10"), "{text}");
+    let (shape, pixels) = read_images(&out);
+    assert_eq!(shape, vec![5, 28, 28, 1]);
+    assert!(pixels.iter().any(|&p| p != pixels[0]), "samples are constant");
+    for png in [&grid, &strip] {
+        let img = image::open(png).unwrap();
+        assert!(img.width() > 28 && img.height() >= 28, "{}", png.display());
+    }
+    // Respaced ancestral sampling with the same seed is reproducible.
+    let sample = |name: &str| {
+        let out = dir.path().join(name);
+        ok(
+            cli()
+                .args(["sample", "--device", "cpu", "--num", "2", "--sampler", "ddpm", "--steps", "20", "--seed", "3"])
+                .arg("--model")
+                .arg(&run)
+                .arg("--out")
+                .arg(&out)
+                .output()
+                .unwrap(),
+            "sample ddpm",
+        );
+        read_images(&out)
+    };
+    assert_eq!(sample("a.h5"), sample("b.h5"));
+
+    // The forward process picture.
+    let fwd = dir.path().join("forward.png");
+    ok(
+        cli().args(["visualize", "forward", "--num", "3", "--data"]).arg(mnist()).arg("--out").arg(&fwd).output().unwrap(),
+        "visualize forward",
+    );
+    assert!(image::open(&fwd).unwrap().width() > 9 * 28);
+}
+
+#[test]
+fn sigint_saves_a_checkpoint_and_resume_finishes_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let config = tiny_config(dir.path(), 100_000);
+    let child = cli()
+        .args(["train", "--no-progress", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&run)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the first checkpoint, then interrupt.
+    let start = Instant::now();
+    while !run.join("checkpoints/step_0000002").exists() {
+        assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint after 120 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let text = ok(out, "interrupted train");
+    assert!(text.contains("stopped") && text.contains("--resume"), "{text}");
+    let step: usize = text.split("at step ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    assert!(run.join(format!("checkpoints/step_{step:07}/state.json")).is_file());
+    // Resume with a nearer end.
+    let text = ok(
+        cli()
+            .args(["train", "--no-progress", "--steps"])
+            .arg((step + 2).to_string())
+            .arg("--resume")
+            .arg(&run)
+            .output()
+            .unwrap(),
+        "resume",
+    );
+    assert!(text.contains(&format!("at step {}", step + 2)), "{text}");
+}
+
+#[test]
+fn bad_invocations_fail_with_clear_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[optim]\nlearning_rate = 0.1\n").unwrap();
+    let out = cli().args(["train", "--config"]).arg(&bad).arg("--out").arg(dir.path().join("r")).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("learning_rate"));
+    let out = cli().args(["sample", "--num", "1", "--out", "x.h5", "--model"]).arg(dir.path()).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("neither a run directory"));
+}
