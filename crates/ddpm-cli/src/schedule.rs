@@ -5,7 +5,6 @@ use anyhow::{bail, Context, Result};
 use ddpm_math::{
     BetaSchedule, GaussianDiffusion, LossType, ModelMeanType, ModelVarType, SpacedDiffusion,
 };
-use image::{Rgb, RgbImage};
 use serde::Serialize;
 
 /// Arguments of `ddpm-cli schedule`.
@@ -194,115 +193,15 @@ fn argmin_argmax(values: &[f64]) -> (usize, usize) {
     (lo, hi)
 }
 
-const PANEL_W: u32 = 900;
-const PANEL_H: u32 = 240;
-const MARGIN_L: u32 = 50;
-const MARGIN_R: u32 = 20;
-const MARGIN_V: u32 = 16;
-const WHITE: Rgb<u8> = Rgb([255, 255, 255]);
-const BLACK: Rgb<u8> = Rgb([0, 0, 0]);
-const GREY: Rgb<u8> = Rgb([215, 215, 215]);
-
-/// Three stacked panels (β_t, ᾱ_t, log SNR) against the original index t, each with its own linear y-range;
-/// grey lines at the quarters of both axes, and at 0 in the log-SNR panel. Non-finite points are skipped.
+/// Three stacked panels (β_t, ᾱ_t, log SNR) against the original index t, each with its own y-range.
 fn plot(path: &Path, d: &GaussianDiffusion, timesteps: &[usize]) -> Result<()> {
-    let series = [
-        (slice(d.betas()).to_vec(), Rgb([31, 119, 180])),
-        (slice(d.alphas_cumprod()).to_vec(), Rgb([44, 160, 44])),
-        (d.log_snr().to_vec(), Rgb([214, 39, 40])),
-    ];
-    let mut img = RgbImage::from_pixel(PANEL_W, PANEL_H * series.len() as u32, WHITE);
-    let t_max = (*timesteps.last().expect("at least two timesteps")).max(1) as f64;
-    for (panel, (values, color)) in series.iter().enumerate() {
-        let top = panel as u32 * PANEL_H + MARGIN_V;
-        let bottom = (panel as u32 + 1) * PANEL_H - MARGIN_V;
-        let (left, right) = (MARGIN_L, PANEL_W - MARGIN_R);
-        let finite = values.iter().copied().filter(|v| v.is_finite());
-        let (mut lo, mut hi) = finite.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
-            (lo.min(v), hi.max(v))
-        });
-        if !lo.is_finite() {
-            (lo, hi) = (0.0, 1.0);
-        } else if hi - lo <= f64::EPSILON * hi.abs().max(1.0) {
-            let pad = 0.5 * hi.abs().max(1.0);
-            (lo, hi) = (lo - pad, hi + pad);
-        }
-        let x_of = |t: f64| left as f64 + t / t_max * (right - left) as f64;
-        let y_of = |v: f64| bottom as f64 - (v - lo) / (hi - lo) * (bottom - top) as f64;
-        for q in 1..4 {
-            let y = top + (bottom - top) * q / 4;
-            line(
-                &mut img,
-                (left as f64, y as f64),
-                (right as f64, y as f64),
-                GREY,
-            );
-            let x = left + (right - left) * q / 4;
-            line(
-                &mut img,
-                (x as f64, top as f64),
-                (x as f64, bottom as f64),
-                GREY,
-            );
-        }
-        if lo < 0.0 && hi > 0.0 {
-            let y0 = y_of(0.0);
-            line(
-                &mut img,
-                (left as f64, y0),
-                (right as f64, y0),
-                Rgb([150, 150, 150]),
-            );
-        }
-        line(
-            &mut img,
-            (left as f64, top as f64),
-            (left as f64, bottom as f64),
-            BLACK,
-        );
-        line(
-            &mut img,
-            (left as f64, bottom as f64),
-            (right as f64, bottom as f64),
-            BLACK,
-        );
-        let mut previous: Option<(f64, f64)> = None;
-        for (&t, &v) in timesteps.iter().zip(values) {
-            if !v.is_finite() {
-                previous = None;
-                continue;
-            }
-            let point = (x_of(t as f64), y_of(v));
-            let start = previous.unwrap_or(point);
-            // Two pixels thick.
-            line(&mut img, start, point, *color);
-            line(
-                &mut img,
-                (start.0, start.1 + 1.0),
-                (point.0, point.1 + 1.0),
-                *color,
-            );
-            previous = Some(point);
-        }
-    }
-    img.save(path)
-        .with_context(|| format!("cannot write the plot to {}", path.display()))?;
-    Ok(())
-}
-
-/// A straight line by simple DDA, clipped to the image.
-fn line(img: &mut RgbImage, from: (f64, f64), to: (f64, f64), color: Rgb<u8>) {
-    let steps = (to.0 - from.0)
-        .abs()
-        .max((to.1 - from.1).abs())
-        .ceil()
-        .max(1.0) as usize;
-    for i in 0..=steps {
-        let s = i as f64 / steps as f64;
-        let x = (from.0 + s * (to.0 - from.0)).round();
-        let y = (from.1 + s * (to.1 - from.1)).round();
-        if x >= 0.0 && y >= 0.0 && (x as u32) < img.width() && (y as u32) < img.height() {
-            img.put_pixel(x as u32, y as u32, color);
-        }
-    }
+    let xs: Vec<f64> = timesteps.iter().map(|&t| t as f64).collect();
+    let panel = |ys: Vec<f64>, color| ddpm_train::viz::Panel { xs: xs.clone(), ys, color, log_y: false };
+    let img = ddpm_train::viz::plot_panels(&[
+        panel(slice(d.betas()).to_vec(), [31, 119, 180]),
+        panel(slice(d.alphas_cumprod()).to_vec(), [44, 160, 44]),
+        panel(d.log_snr().to_vec(), [214, 39, 40]),
+    ]);
+    ddpm_train::viz::save_png(&img, path)
+        .with_context(|| format!("cannot write the plot to {}", path.display()))
 }
