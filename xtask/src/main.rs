@@ -9,6 +9,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod bench;
 mod catalog;
 mod fetch;
 mod venv;
@@ -69,6 +70,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// ddpm-cli bench against PyTorch eager + diffusers' UNet2DModel (same weights, batch, dtype,
+    /// threads), back to back and repeated; prints the side-by-side table and the ratios.
+    BenchPytorch(bench::BenchArgs),
 }
 
 /// Paths and options shared by the commands.
@@ -153,6 +157,7 @@ fn main() -> Result<()> {
             venv::ensure(&ctx.venv())?;
             run(&mut ctx.ddpm_cli(args))
         }
+        Cmd::BenchPytorch(args) => bench::bench_pytorch(&ctx, &args),
     }
 }
 

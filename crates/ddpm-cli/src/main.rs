@@ -2,6 +2,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod data;
 mod eval;
 mod forward;
@@ -42,6 +43,8 @@ enum Command {
     /// Pictures of the diffusion process.
     #[command(subcommand)]
     Visualize(visualize::VisualizeCommand),
+    /// Benchmark a preset: training images/s, sampling evaluations/s, chain images/s, peak memory (JSON).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -60,6 +63,7 @@ fn main() -> Result<()> {
         Command::TrainClassifier(args) => train_classifier::run(args),
         Command::Sample(args) => sample::run(args),
         Command::Visualize(cmd) => visualize::run(cmd),
+        Command::Bench(args) => bench::run(args),
     }
 }
 

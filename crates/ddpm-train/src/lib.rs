@@ -7,6 +7,7 @@
 //! [`baselines`] trains and samples the GAN and VAE the same way, and [`classifier`] trains the
 //! digit classifier of the domain metrics.
 pub mod baselines;
+pub mod bench;
 pub mod classifier;
 pub mod config;
 pub mod data;

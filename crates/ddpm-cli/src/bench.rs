@@ -1,0 +1,98 @@
+//! `ddpm-cli bench`: training images/s, sampling evaluations/s, a full chain's images/s and peak
+//! memory for a preset's DDPM (see `ddpm_train::bench`). A measurement, not a test.
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use ddpm_train::bench::{run_bench, BenchOptions};
+
+/// Arguments of `ddpm-cli bench`.
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Preset: mnist-cpu, mnist, fashion-mnist or cifar10.
+    #[arg(long, default_value = "mnist-cpu")]
+    preset: String,
+    /// Device: auto, cpu, cuda or cuda:N (default: the preset's).
+    #[arg(long)]
+    device: Option<String>,
+    /// Images per training step and per sampling evaluation (default: the preset's batch).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// libtorch intra-op CPU threads (default: the preset's run.cpu_threads policy).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Timed training steps.
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Timed sampling network evaluations.
+    #[arg(long, default_value_t = 20)]
+    sample_steps: usize,
+    /// Untimed warm-up iterations before each timed phase.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Sampler of the full chain (ddim50, 100, …; default: the preset's run.sample_steps; none = skip).
+    #[arg(long)]
+    chain: Option<String>,
+    /// Images in the full chain (default: --batch).
+    #[arg(long)]
+    chain_batch: Option<usize>,
+    /// f32, or bf16 (autocast; CUDA only, the CPU runs f32).
+    #[arg(long, default_value = "bf16")]
+    dtype: String,
+    /// Also time the phases of a training step (forward+loss, backward, clip, Adam, EMA).
+    #[arg(long)]
+    profile: bool,
+    /// Seed of the weights and draws.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Write the initial weights as a diffusers folder here (for scripts/bench_pytorch.py).
+    #[arg(long)]
+    weights_out: Option<PathBuf>,
+    /// Print the report as JSON (otherwise a short summary and the JSON).
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let bf16 = match args.dtype.as_str() {
+        "bf16" => true,
+        "f32" => false,
+        other => bail!("--dtype {other}: expected f32 or bf16"),
+    };
+    let opts = BenchOptions {
+        preset: args.preset,
+        device: args.device,
+        batch: args.batch,
+        threads: args.threads,
+        steps: args.steps.max(1),
+        sample_steps: args.sample_steps.max(1),
+        warmup: args.warmup,
+        chain: args.chain,
+        chain_batch: args.chain_batch,
+        bf16,
+        weights_out: args.weights_out,
+        profile: args.profile,
+        seed: args.seed,
+    };
+    let report = run_bench(&opts)?;
+    if !args.json {
+        let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+        eprintln!(
+            "{} on {} ({} threads, batch {}): train {:.4} s/step ({:.1} img/s); sample {:.4} s/eval ({:.1} img·evals/s); chain {}",
+            report["preset"].as_str().unwrap_or("?"),
+            report["device"].as_str().unwrap_or("?"),
+            report["threads"],
+            report["batch"],
+            f(&report["train"]["step_s"]),
+            f(&report["train"]["images_per_s"]),
+            f(&report["sample"]["eval_s"]),
+            f(&report["sample"]["image_evals_per_s"]),
+            if report["chain"].is_null() {
+                "skipped".to_string()
+            } else {
+                format!("{} {:.2} img/s", report["chain"]["sampler"].as_str().unwrap_or("?"), f(&report["chain"]["images_per_s"]))
+            },
+        );
+    }
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}

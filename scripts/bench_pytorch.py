@@ -1,0 +1,399 @@
+#!/usr/bin/env python3
+"""PyTorch eager + diffusers' UNet2DModel: the same benchmark as `ddpm-cli bench`, on the same weights.
+
+How to run (from the repository root; `cargo xtask bench-pytorch` does all of this and prints the table):
+
+    ddpm-cli bench --preset mnist-cpu --threads 1 --json --weights-out /tmp/w > ours.json
+    python3 scripts/bench_pytorch.py --weights /tmp/w --ours ours.json --threads 1 --json > pytorch.json
+    python3 scripts/bench_pytorch.py --compare-ours ours.json --compare-pytorch pytorch.json
+
+The work per training step is that of ddpm-rs' trainer: uint8 batch -> [-1, 1], t ~ U{0..T-1}, eps ~ N(0, I),
+q_sample with the linear schedule, eps_theta = UNet2DModel(x_t, t), MSE on eps, backward, global grad-norm clipping,
+torch.optim.Adam (fused where this torch has it, else foreach) with the linear warm-up, and an EMA of the weights
+(torch._foreach_lerp_). Sampling evaluations run the model under torch.inference_mode(); the full chain is diffusers'
+DDIMScheduler (eta 0, clipped x0) on the same strided timesteps. With --ours, batch, threads, optimiser settings,
+steps and chain are taken from ddpm-rs' report so the two runs are configured identically.
+
+The script runs itself inside a throw-away virtual environment (default /tmp/venv-diffusers, override with
+DDPM_DIFFUSERS_VENV) with diffusers==0.42.1; torch is the project's (a .pth file points at .venv's site-packages)
+or torch==2.11.0 from PyPI. HF_HUB_OFFLINE=1: nothing comes from the Hugging Face Hub.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DIFFUSERS_VERSION = "0.42.1"
+REPO = Path(__file__).resolve().parent.parent
+VENV = Path(os.environ.get("DDPM_DIFFUSERS_VENV", "/tmp/venv-diffusers"))
+
+
+def ensure_venv() -> None:
+    """Re-executes this script with the throw-away venv's Python, creating the venv when needed."""
+    venv_python = VENV / "bin" / "python"
+    if Path(sys.prefix).resolve() == VENV.resolve():
+        return
+    if not venv_python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    probe = subprocess.run([str(venv_python), "-c", "import diffusers, safetensors, torch"], capture_output=True)
+    if probe.returncode != 0:
+        project_site = REPO / ".venv" / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+        site = subprocess.run(
+            [str(venv_python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True, capture_output=True, text=True,
+        ).stdout.strip()
+        packages = [f"diffusers=={DIFFUSERS_VERSION}", "safetensors", "numpy"]
+        if (project_site / "torch").is_dir():
+            Path(site, "ddpm-project-torch.pth").write_text(f"{project_site}\n")
+        else:
+            packages.append("torch==2.11.0")
+        subprocess.run([str(venv_python), "-m", "pip", "install", "-q", *packages], check=True)
+    os.execv(str(venv_python), [str(venv_python), __file__, *sys.argv[1:]])
+
+
+def summary(times):
+    s = sorted(times)
+    return {
+        "n": len(s),
+        "median_s": statistics.median(s) if s else float("nan"),
+        "mean_s": sum(s) / max(len(s), 1),
+        "min_s": s[0] if s else float("nan"),
+        "max_s": s[-1] if s else float("nan"),
+        "all_s": times,
+    }
+
+
+def vm_hwm_mib():
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss():
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def load_average():
+    try:
+        return [float(x) for x in open("/proc/loadavg").read().split()[:3]]
+    except OSError:
+        return None
+
+
+def linear_betas(t_len):
+    # ddpm-math's linear schedule (Ho et al.): scale = 1000 / T, betas from scale*1e-4 to scale*0.02.
+    import torch
+
+    scale = 1000.0 / t_len
+    return torch.linspace(scale * 1e-4, scale * 0.02, t_len, dtype=torch.float64)
+
+
+def bench(args):
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import torch
+    from diffusers import DDIMScheduler, UNet2DModel
+
+    ours = json.loads(Path(args.ours).read_text()) if args.ours else {}
+    optim = ours.get("optim", {})
+    batch = args.batch or ours.get("batch", 64)
+    threads = args.threads or ours.get("threads") or torch.get_num_threads()
+    steps = args.steps or ours.get("train", {}).get("steps", 10)
+    warmup = args.warmup if args.warmup is not None else ours.get("train", {}).get("warmup", 2)
+    sample_steps = args.sample_steps or ours.get("sample", {}).get("evals", 20)
+    chain = args.chain or (ours.get("chain") or {}).get("sampler") or "ddim50"
+    chain_batch = args.chain_batch or (ours.get("chain") or {}).get("batch") or batch
+    pad_to_32 = ours.get("pad_to_32", False)
+    random_flip = ours.get("random_flip", False)
+    device = torch.device(args.device)
+    torch.set_num_threads(threads)
+    autocast = args.dtype == "bf16" and device.type == "cuda"
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+
+    load_before = load_average()
+    torch.manual_seed(args.seed)
+    model = UNet2DModel.from_pretrained(args.weights).to(device)
+    model.train()
+    ema = UNet2DModel.from_pretrained(args.weights).to(device)
+    ema.requires_grad_(False)
+    ema.eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    ema_params = [p for p in ema.parameters()]
+    num_params = sum(p.numel() for p in params)
+    cfg = model.config
+    c = cfg.in_channels
+    h = w = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+    sh, sw = (max(h, 32), max(w, 32)) if pad_to_32 else (h, w)
+
+    lr = optim.get("lr", 2e-4)
+    warmup_steps = optim.get("warmup_steps", 0)
+    grad_clip = optim.get("grad_clip", 1.0)
+    ema_decay = optim.get("ema_decay", 0.9999)
+    kwargs = dict(lr=lr, betas=(optim.get("beta1", 0.9), optim.get("beta2", 0.999)), eps=optim.get("eps", 1e-8),
+                  weight_decay=optim.get("weight_decay", 0.0))
+    adam_impl = args.adam
+    if adam_impl == "fused":
+        try:
+            opt = torch.optim.Adam(params, fused=True, **kwargs)
+        except (RuntimeError, TypeError):
+            adam_impl = "foreach"
+    if adam_impl == "foreach":
+        opt = torch.optim.Adam(params, foreach=True, **kwargs)
+    elif adam_impl == "for-loop":
+        opt = torch.optim.Adam(params, foreach=False, **kwargs)
+
+    t_len = ours.get("diffusion", {}).get("timesteps", 1000)
+    betas = linear_betas(t_len)
+    abar = torch.cumprod(1 - betas, 0)
+    sqrt_ab = abar.sqrt().float().to(device)
+    sqrt_1mab = (1 - abar).sqrt().float().to(device)
+
+    g = torch.Generator().manual_seed(args.seed)
+    images_u8 = torch.randint(0, 256, (batch, c, h, w), dtype=torch.uint8, generator=g)
+
+    def train_step(step):
+        x0 = images_u8.to(device).float() / 127.5 - 1.0
+        if pad_to_32 and (sh, sw) != (h, w):
+            ph, pw = sh - h, sw - w
+            x0 = torch.nn.functional.pad(x0 + 1, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)) - 1
+        if random_flip:
+            m = (torch.rand(batch, 1, 1, 1, device=device) < 0.5).float()
+            x0 = m * x0.flip(3) + (1 - m) * x0
+        t = torch.randint(0, t_len, (batch,), device=device)
+        noise = torch.randn_like(x0)
+        x_t = sqrt_ab[t].view(-1, 1, 1, 1) * x0 + sqrt_1mab[t].view(-1, 1, 1, 1) * noise
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            out = model(x_t, t).sample
+        loss = (noise - out.float()).square().mean(dim=(1, 2, 3)).mean()
+        opt.zero_grad(set_to_none=False)
+        loss.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
+        for group in opt.param_groups:
+            group["lr"] = lr * min((step + 1) / warmup_steps, 1.0) if warmup_steps else lr
+        opt.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(ema_params, params, 1.0 - ema_decay)
+        return loss
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_rss()
+    train_times = []
+    loss = None
+    block_start = time.perf_counter()
+    for step in range(warmup + steps):
+        if step == warmup:
+            sync()
+            block_start = time.perf_counter()
+        start = time.perf_counter()
+        loss = train_step(step)
+        if device.type != "cuda" and step >= warmup:
+            train_times.append(time.perf_counter() - start)
+    if device.type == "cuda":
+        sync()
+        train_times = [(time.perf_counter() - block_start) / steps] * steps
+    final_loss = float(loss)
+    train_peak = vm_hwm_mib()
+    cuda_train_peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+
+    # Sampling evaluations of the EMA model under inference mode.
+    reset_peak_rss()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def evaluate(x, t):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            return ema(x, t).sample.float()
+
+    sample_times = []
+    with torch.inference_mode():
+        x = torch.randn(batch, c, sh, sw, device=device)
+        block_start = time.perf_counter()
+        for i in range(warmup + sample_steps):
+            if i == warmup:
+                sync()
+                block_start = time.perf_counter()
+            t = torch.full((batch,), 999 - (i * 20) % 1000, dtype=torch.int64, device=device)
+            start = time.perf_counter()
+            evaluate(x, t)
+            if device.type != "cuda" and i >= warmup:
+                sample_times.append(time.perf_counter() - start)
+        if device.type == "cuda":
+            sync()
+            sample_times = [(time.perf_counter() - block_start) / sample_steps] * sample_steps
+
+        chain_report = None
+        if chain != "none":
+            n_steps = int(chain[4:]) if chain.startswith("ddim") else int(chain)
+            sched = DDIMScheduler(num_train_timesteps=t_len, beta_schedule="linear", beta_start=float(betas[0]),
+                                  beta_end=float(betas[-1]), clip_sample=True, set_alpha_to_one=False)
+            sched.set_timesteps(n_steps)
+            x = torch.randn(chain_batch, c, sh, sw, device=device)
+            sync()
+            start = time.perf_counter()
+            for t in sched.timesteps:
+                eps = evaluate(x, t.to(device).expand(chain_batch))
+                x = sched.step(eps, t, x, eta=0.0).prev_sample
+            x = x.clamp(-1, 1)
+            sync()
+            secs = time.perf_counter() - start
+            chain_report = {
+                "sampler": f"ddim{len(sched.timesteps)} (diffusers DDIMScheduler)",
+                "evals": len(sched.timesteps),
+                "batch": chain_batch,
+                "secs": secs,
+                "images_per_s": chain_batch / secs,
+                "finite": bool(torch.isfinite(x).all()),
+            }
+    sample_peak = vm_hwm_mib()
+    cuda_sample_peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    ts, ss = summary(train_times), summary(sample_times)
+    return {
+        "impl": f"pytorch {torch.__version__} eager + diffusers {__import__('diffusers').__version__} UNet2DModel",
+        "preset": ours.get("preset"),
+        "device": str(device),
+        "dtype": "bf16-autocast" if autocast else "f32",
+        "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "batch": batch,
+        "image": [c, sh, sw],
+        "params": num_params,
+        "adam": adam_impl,
+        "load_avg_before": load_before,
+        "load_avg_after": load_average(),
+        "train": {
+            "steps": steps, "warmup": warmup, "step": ts, "step_s": ts["median_s"],
+            "images_per_s": batch / ts["mean_s"], "final_loss": final_loss,
+        },
+        "sample": {
+            "evals": sample_steps, "eval": ss, "eval_s": ss["median_s"], "evals_per_s": 1.0 / ss["mean_s"],
+            "image_evals_per_s": batch / ss["mean_s"], "grad_mode": "inference_mode",
+        },
+        "chain": chain_report,
+        "memory": {
+            "train_peak_rss_mib": train_peak, "sample_peak_rss_mib": sample_peak,
+            "cuda_peak_mib": max(cuda_train_peak, cuda_sample_peak) if cuda_train_peak is not None else None,
+        },
+    }
+
+
+def get(report, path):
+    v = report
+    for k in path.split("."):
+        if not isinstance(v, dict) or v.get(k) is None:
+            return None
+        v = v[k]
+    return v
+
+
+def median_of(reports, path):
+    vals = [get(r, path) for r in reports]
+    vals = [v for v in vals if isinstance(v, (int, float))]
+    return statistics.median(vals) if vals else None
+
+
+def compare(ours_files, pt_files):
+    ours = [json.loads(Path(f).read_text()) for f in ours_files]
+    pt = [json.loads(Path(f).read_text()) for f in pt_files]
+    o, p = ours[0], pt[0]
+    loads = [r.get("load_avg_before") for r in ours + pt if r.get("load_avg_before")]
+    print(f"preset {o.get('preset')} | device {o.get('device')} | batch {o.get('batch')} | threads ours {o.get('threads')} "
+          f"/ pytorch {p.get('threads')} | dtype {o.get('dtype')} / {p.get('dtype')} | params {o.get('params')} / {p.get('params')} "
+          f"| repeats {len(ours)} / {len(pt)} (medians) | pytorch Adam: {p.get('adam')}")
+    if loads:
+        print(f"1-min load average at the start of each run: {', '.join(f'{l[0]:.2f}' for l in loads)}")
+    rows = [
+        ("train step, s (median)", "train.step_s", True),
+        ("train images/s", "train.images_per_s", False),
+        ("sampling eval, s (median)", "sample.eval_s", True),
+        ("sampling image-evals/s", "sample.image_evals_per_s", False),
+        ("full chain images/s", "chain.images_per_s", False),
+        ("full chain s", "chain.secs", True),
+        ("peak RSS train, MiB", "memory.train_peak_rss_mib", True),
+        ("peak RSS sampling, MiB", "memory.sample_peak_rss_mib", True),
+        ("CUDA peak, MiB", "memory.cuda_peak_mib", True),
+    ]
+    print(f"| {'metric':28} | {'ddpm-rs':>12} | {'pytorch':>12} | {'ours/pytorch':>12} |")
+    print(f"|{'-' * 30}|{'-' * 14}|{'-' * 14}|{'-' * 14}|")
+    ratios = {}
+    for name, path, _ in rows:
+        a, b = median_of(ours, path), median_of(pt, path)
+        if a is None and b is None:
+            continue
+        fa = f"{a:.4g}" if a is not None else "n/a"
+        fb = f"{b:.4g}" if b is not None else "n/a"
+        r = a / b if a is not None and b else None
+        ratios[path] = r
+        print(f"| {name:28} | {fa:>12} | {fb:>12} | {(f'{r:.3f}' if r is not None else 'n/a'):>12} |")
+    for what, path in [("training step", "train.step_s"), ("sampling step", "sample.eval_s")]:
+        r = ratios.get(path)
+        verdict = "n/a" if r is None else ("MET" if r <= 0.9 else "MISSED")
+        print(f"target: our {what} time <= 0.9 x PyTorch eager's: {verdict}" + (f" (ratio {r:.3f})" if r is not None else ""))
+    for r in ours:
+        if r.get("profile"):
+            print("ddpm-rs step profile (medians, s): " + ", ".join(f"{k}={v:.4f}" for k, v in r["profile"].items() if isinstance(v, float)))
+            break
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--weights", help="diffusers model folder (ddpm-cli bench --weights-out)")
+    ap.add_argument("--ours", help="ddpm-cli bench --json report: take batch, threads, optimiser, steps, chain from it")
+    ap.add_argument("--batch", type=int)
+    ap.add_argument("--threads", type=int)
+    ap.add_argument("--steps", type=int)
+    ap.add_argument("--sample-steps", type=int)
+    ap.add_argument("--warmup", type=int)
+    ap.add_argument("--chain", help="ddimN, or none")
+    ap.add_argument("--chain-batch", type=int)
+    ap.add_argument("--dtype", choices=["f32", "bf16"], default="bf16", help="bf16 = autocast on CUDA; the CPU runs f32")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--adam", choices=["fused", "foreach", "for-loop"], default="fused")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", action="store_true", help="print the report as JSON")
+    ap.add_argument("--out", help="also write the JSON report here")
+    ap.add_argument("--compare-ours", nargs="+", help="only print the side-by-side table of these ddpm-rs reports ...")
+    ap.add_argument("--compare-pytorch", nargs="+", help="... and these PyTorch reports (medians over repeats)")
+    args = ap.parse_args()
+    if args.compare_ours or args.compare_pytorch:
+        if not (args.compare_ours and args.compare_pytorch):
+            ap.error("--compare-ours and --compare-pytorch go together")
+        compare(args.compare_ours, args.compare_pytorch)
+        return
+    if not args.weights:
+        ap.error("--weights DIR is required")
+    ensure_venv()
+    report = bench(args)
+    text = json.dumps(report, indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    if args.json:
+        print(text)
+    else:
+        t, s = report["train"], report["sample"]
+        print(f"pytorch: train {t['step_s']:.4f} s/step ({t['images_per_s']:.1f} img/s); sample {s['eval_s']:.4f} s/eval; "
+              f"chain {(report['chain'] or {}).get('images_per_s', float('nan')):.2f} img/s")
+
+
+if __name__ == "__main__":
+    main()
