@@ -1,9 +1,12 @@
-//! `ddpm-cli eval`: FID and Inception Score of generated images against real ones.
+//! `ddpm-cli eval`: FID and Inception Score of generated images against real ones, the digit
+//! classifier's FID_cls / IS_cls, and the bits/dim of a DDPM or VAE run on real images.
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use ddpm_metrics::domain::{domain_scores, DomainClassifier, DEFAULT_MNIST_CLASSIFIER};
 use ddpm_metrics::inception::{EvalOptions, Inception, FULL_FILE_NAME, POOL3_FILE_NAME};
+use ddpm_metrics::nll::{run_bits_per_dim, NllOptions};
 use ddpm_metrics::{frechet_terms, inception_score, FeatureStats, ImageSource, RefStats};
 use ddpm_nets::device::DeviceSpec;
 use ndarray::Array4;
@@ -15,7 +18,8 @@ const DEFAULT_INCEPTION: [&str; 2] = [
     "datasets/weights/fid-inception-pool3.pt",
 ];
 
-/// Compare generated images with real ones: FID and Inception Score.
+/// Compare generated images with real ones (FID, IS, FID_cls, IS_cls), or measure a model's
+/// bits/dim on real images (--nll).
 ///
 /// Image sources (SRC): a folder of PNG files (sorted by name), an HDF5 samples file with a
 /// uint8 dataset `images` ([N, H, W, C] or [N, H, W]), or a dataset split `FILE.h5:SPLIT`
@@ -25,21 +29,46 @@ pub struct EvalArgs {
     /// Real images (needed for FID).
     #[arg(long, value_name = "SRC")]
     pub real: Option<String>,
-    /// Generated images.
+    /// Generated images (needed for FID, IS, FID_cls and IS_cls).
     #[arg(long, value_name = "SRC")]
-    pub fake: String,
+    pub fake: Option<String>,
     /// Fréchet Inception Distance between real and fake.
     #[arg(long)]
     pub fid: bool,
     /// Inception Score of the fake images (needs the full `inception-2015-12-05.pt`).
     #[arg(long = "is")]
     pub inception_score: bool,
-    /// FID with the digit classifier's features (not yet available).
+    /// FID with the digit classifier's penultimate features (real vs fake).
     #[arg(long)]
     pub fid_cls: bool,
-    /// IS with the digit classifier's probabilities (not yet available).
+    /// Inception Score with the digit classifier's softmax (fake).
     #[arg(long)]
     pub is_cls: bool,
+    /// Folder of the digit classifier (from `ddpm-cli train-classifier --dataset mnist`).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_MNIST_CLASSIFIER)]
+    pub classifier: PathBuf,
+    /// Bits/dim of --model on --data: the DDPM's full variational bound over all T steps (with
+    /// its parts L_T, Σ L_t, L_0), or a VAE's negative ELBO.
+    #[arg(long)]
+    pub nll: bool,
+    /// Run directory (DDPM or VAE) or diffusers folder for --nll.
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Real images for --nll (e.g. datasets/mnist.h5:test).
+    #[arg(long, value_name = "SRC")]
+    pub data: Option<String>,
+    /// Images per group for --nll (each group is tiled over timesteps).
+    #[arg(long, default_value_t = 16)]
+    pub nll_batch: usize,
+    /// Largest network batch (images × timesteps) for --nll.
+    #[arg(long, default_value_t = 512)]
+    pub nll_forward_batch: usize,
+    /// Seed of the noise of --nll.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// libtorch CPU threads (0 = libtorch's default).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
     /// TorchScript Inception: NVIDIA's inception-2015-12-05.pt (FID and IS) or
     /// fid-inception-pool3.pt (FID only). Default: the first of datasets/weights/{inception-2015-12-05.pt,fid-inception-pool3.pt}.
     #[arg(long, value_name = "FILE")]
@@ -67,13 +96,10 @@ pub struct EvalArgs {
 
 /// Runs `ddpm-cli eval`.
 pub fn run(args: EvalArgs) -> Result<()> {
-    if args.fid_cls || args.is_cls {
-        bail!(
-            "--fid-cls / --is-cls are not yet available: they need the MNIST digit classifier from ddpm-nets, which is not wired into eval yet"
-        );
-    }
-    if !args.fid && !args.inception_score {
-        bail!("nothing to compute: pass --fid and/or --is");
+    let inception_wanted = args.fid || args.inception_score;
+    let classifier_wanted = args.fid_cls || args.is_cls;
+    if !inception_wanted && !classifier_wanted && !args.nll {
+        bail!("nothing to compute: pass --fid, --is, --fid-cls, --is-cls and/or --nll");
     }
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
@@ -81,14 +107,161 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if args.limit == Some(0) {
         bail!("--limit must be at least 1");
     }
-    let real_src = match (&args.real, args.fid) {
-        (Some(r), _) => Some(ImageSource::parse(r).context("--real")?),
-        (None, true) => bail!("--fid needs --real SRC"),
-        (None, false) => None,
-    };
-    let fake_src = ImageSource::parse(&args.fake).context("--fake")?;
-
+    if args.threads > 0 {
+        tch::set_num_threads(args.threads as i32);
+    }
     let device = args.device.resolve().context("--device")?;
+    let mut out = Map::new();
+    let mut lines = Vec::new();
+    if args.nll {
+        nll(&args, device, &mut out, &mut lines)?;
+    }
+    if inception_wanted || classifier_wanted {
+        let fake_src = match &args.fake {
+            Some(f) => ImageSource::parse(f).context("--fake")?,
+            None => bail!("--fid, --is, --fid-cls and --is-cls need --fake SRC"),
+        };
+        let real_src = match (&args.real, args.fid || args.fid_cls) {
+            (Some(r), _) => Some(ImageSource::parse(r).context("--real")?),
+            (None, true) => bail!("--fid and --fid-cls need --real SRC"),
+            (None, false) => None,
+        };
+        let fake = load(&fake_src, args.limit, "--fake")?;
+        let real = match &real_src {
+            Some(src) => Some(load(src, args.limit, "--real")?),
+            None => None,
+        };
+        if let (Some(src), Some(r)) = (&real_src, &real) {
+            out.insert("n_real".into(), json!(r.dim().0));
+            lines.push(format!("real     {src} ({} images)", r.dim().0));
+        }
+        out.insert("n_fake".into(), json!(fake.dim().0));
+        lines.push(format!("fake     {fake_src} ({} images)", fake.dim().0));
+        if inception_wanted {
+            inception_metrics(
+                &args,
+                device,
+                real_src.as_ref(),
+                real.as_ref(),
+                &fake_src,
+                &fake,
+                &mut out,
+                &mut lines,
+            )?;
+        }
+        if classifier_wanted {
+            classifier_metrics(&args, device, real.as_ref(), &fake, &mut out, &mut lines)?;
+        }
+    }
+    if args.json {
+        println!("{}", Value::Object(out));
+    } else {
+        for l in lines {
+            println!("{l}");
+        }
+    }
+    Ok(())
+}
+
+/// `--nll`: bits/dim of `--model` on `--data`.
+fn nll(
+    args: &EvalArgs,
+    device: tch::Device,
+    out: &mut Map<String, Value>,
+    lines: &mut Vec<String>,
+) -> Result<()> {
+    let Some(model) = &args.model else {
+        bail!("--nll needs --model RUN_DIR (a DDPM or VAE run, or a diffusers folder)")
+    };
+    let Some(data) = &args.data else {
+        bail!("--nll needs --data SRC, e.g. datasets/mnist.h5:test")
+    };
+    let src = ImageSource::parse(data).context("--data")?;
+    let images = load(&src, args.limit, "--data")?;
+    let (n, h, w, c) = images.dim();
+    let t = tch::Tensor::from_slice(images.as_slice().context("contiguous images")?)
+        .view([n as i64, h as i64, w as i64, c as i64]);
+    let opts = NllOptions {
+        batch_size: args.nll_batch,
+        forward_batch: args.nll_forward_batch,
+        seed: args.seed,
+        progress: std::io::stderr().is_terminal(),
+        ..NllOptions::default()
+    };
+    let start = std::time::Instant::now();
+    let r = run_bits_per_dim(model, &t, device, &opts)
+        .with_context(|| format!("bits/dim of {}", model.display()))?;
+    let secs = start.elapsed().as_secs_f64();
+    out.insert("bpd".into(), json!(r.total));
+    out.insert("bpd_prior".into(), json!(r.prior));
+    out.insert("bpd_vb".into(), json!(r.vb_sum));
+    out.insert("bpd_decoder".into(), json!(r.decoder));
+    out.insert("n".into(), json!(r.n));
+    out.insert("nll_model".into(), json!(r.model));
+    out.insert("nll_seconds".into(), json!(secs));
+    lines.push(format!("model    {} ({})", model.display(), r.model));
+    lines.push(format!("data     {src} ({} images, {secs:.1} s)", r.n));
+    match r.vb_sum {
+        Some(vb) => lines.push(format!(
+            "bits/dim {:.4}  = L_T {:.4} + sum L_t (t >= 1) {:.4} + L_0 {:.4}",
+            r.total, r.prior, vb, r.decoder
+        )),
+        None => lines.push(format!(
+            "bits/dim {:.4}  = KL {:.4} + reconstruction {:.4} (negative ELBO)",
+            r.total, r.prior, r.decoder
+        )),
+    }
+    Ok(())
+}
+
+/// `--fid-cls` / `--is-cls` with the digit classifier.
+fn classifier_metrics(
+    args: &EvalArgs,
+    device: tch::Device,
+    real: Option<&Array4<u8>>,
+    fake: &Array4<u8>,
+    out: &mut Map<String, Value>,
+    lines: &mut Vec<String>,
+) -> Result<()> {
+    let clf = DomainClassifier::load(&args.classifier, device).context("--classifier")?;
+    lines.push(clf.describe());
+    let fake_out = clf.evaluate(fake.view(), args.batch_size.max(256))?;
+    let real_out = match (args.fid_cls, real) {
+        (true, Some(r)) => Some(clf.evaluate(r.view(), args.batch_size.max(256))?),
+        _ => None,
+    };
+    let scores = domain_scores(
+        real_out.as_ref(),
+        &fake_out,
+        args.is_cls.then_some(args.splits),
+    )?;
+    if let Some(d) = scores.fid_cls {
+        out.insert("fid_cls".into(), json!(d));
+        lines.push(format!("FID_cls  {d:.4}"));
+    }
+    if let Some(s) = scores.is_cls {
+        out.insert("is_cls_mean".into(), json!(s.mean));
+        out.insert("is_cls_std".into(), json!(s.std));
+        lines.push(format!(
+            "IS_cls   {:.4} ± {:.4} ({} splits)",
+            s.mean, s.std, args.splits
+        ));
+    }
+    Ok(())
+}
+
+/// `--fid` / `--is` with the Inception network.
+#[allow(clippy::too_many_arguments)]
+fn inception_metrics(
+    args: &EvalArgs,
+    device: tch::Device,
+    real_src: Option<&ImageSource>,
+    real: Option<&Array4<u8>>,
+    fake_src: &ImageSource,
+    fake: &Array4<u8>,
+    out: &mut Map<String, Value>,
+    lines: &mut Vec<String>,
+) -> Result<()> {
     let inception_path = match &args.inception {
         Some(p) => p.clone(),
         None => DEFAULT_INCEPTION.iter().map(PathBuf::from).find(|p| p.is_file()).with_context(|| {
@@ -102,27 +275,19 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if args.inception_score {
         net.require_classifier()?;
     }
+    lines.push(format!("network  {}", net.describe()));
     let opts = |features: bool, probabilities: bool| EvalOptions {
         batch_size: args.batch_size,
         features,
         probabilities,
         progress: std::io::stderr().is_terminal(),
     };
-
-    let fake = load(&fake_src, args.limit, "--fake")?;
-    let n_fake = fake.dim().0;
     let mut real_stats: Option<FeatureStats> = None;
-    let mut n_real = None;
-    if let Some(src) = &real_src {
-        let real = load(src, args.limit, "--real")?;
-        n_real = Some(real.dim().0);
-        if args.fid {
-            real_stats = Some(real_statistics(&net, src, &real, &args, opts(true, false))?);
-        }
+    if let (true, Some(src), Some(real)) = (args.fid, real_src, real) {
+        real_stats = Some(real_statistics(&net, src, real, args, opts(true, false))?);
     }
-
-    let mut out = Map::new();
-    let same_source = real_src.as_ref() == Some(&fake_src);
+    let same_source = real_src == Some(fake_src);
+    let start = std::time::Instant::now();
     let fake_out = if args.fid && same_source {
         tracing::info!("--real and --fake are the same images: reusing the real statistics");
         let probs = if args.inception_score {
@@ -137,12 +302,18 @@ pub fn run(args: EvalArgs) -> Result<()> {
     } else {
         net.evaluate(fake.view(), &opts(args.fid, args.inception_score))?
     };
+    tracing::info!(
+        seconds = start.elapsed().as_secs_f64(),
+        n = fake.dim().0,
+        "Inception on the fake images"
+    );
     if args.fid {
         let (Some(r), Some(f)) = (&real_stats, &fake_out.stats) else {
             unreachable!("FID statistics computed above")
         };
         let terms = frechet_terms(r, f)?;
         out.insert("fid".into(), json!(terms.distance));
+        lines.push(format!("FID      {:.4}", terms.distance));
     }
     if args.inception_score {
         let probs = fake_out
@@ -152,31 +323,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
         let s = inception_score(probs.view(), args.splits)?;
         out.insert("is_mean".into(), json!(s.mean));
         out.insert("is_std".into(), json!(s.std));
-    }
-    if let Some(n) = n_real {
-        out.insert("n_real".into(), json!(n));
-    }
-    out.insert("n_fake".into(), json!(n_fake));
-
-    if args.json {
-        println!("{}", Value::Object(out));
-    } else {
-        println!("network  {}", net.describe());
-        if let Some(src) = &real_src {
-            println!("real     {src} ({} images)", n_real.unwrap_or(0));
-        }
-        println!("fake     {fake_src} ({n_fake} images)");
-        if let Some(v) = out.get("fid") {
-            println!("FID      {:.4}", v.as_f64().unwrap_or(f64::NAN));
-        }
-        if let (Some(m), Some(s)) = (out.get("is_mean"), out.get("is_std")) {
-            println!(
-                "IS       {:.4} ± {:.4} ({} splits)",
-                m.as_f64().unwrap_or(f64::NAN),
-                s.as_f64().unwrap_or(f64::NAN),
-                args.splits
-            );
-        }
+        lines.push(format!(
+            "IS       {:.4} ± {:.4} ({} splits)",
+            s.mean, s.std, args.splits
+        ));
     }
     Ok(())
 }

@@ -3,6 +3,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod compare;
 mod data;
 mod eval;
 mod forward;
@@ -43,6 +44,8 @@ enum Command {
     /// Pictures of the diffusion process.
     #[command(subcommand)]
     Visualize(visualize::VisualizeCommand),
+    /// DDPM (per sampler) vs GAN vs VAE: FID, FID_cls, IS_cls, bits/dim, times → report.md/png.
+    Compare(compare::CompareArgs),
     /// Benchmark a preset: training images/s, sampling evaluations/s, chain images/s, peak memory (JSON).
     Bench(bench::BenchArgs),
 }
@@ -63,6 +66,7 @@ fn main() -> Result<()> {
         Command::TrainClassifier(args) => train_classifier::run(args),
         Command::Sample(args) => sample::run(args),
         Command::Visualize(cmd) => visualize::run(cmd),
+        Command::Compare(args) => compare::run(args),
         Command::Bench(args) => bench::run(args),
     }
 }

@@ -69,6 +69,23 @@ pub enum MetricsError {
     /// Numbers that are not what the metric needs (NaN, negative probabilities, ...).
     #[error("{0}")]
     InvalidValue(String),
+    /// The digit classifier of FID_cls / IS_cls is not where it was looked for.
+    #[error("no digit classifier at {dir} (config.json + model.safetensors): create it with `{cmd}` or pass the folder of another one", dir = dir.display(), cmd = crate::domain::TRAIN_COMMAND)]
+    MissingClassifier {
+        /// The folder that was looked in.
+        dir: PathBuf,
+    },
+    /// Loading or running a trained model of ddpm-train failed.
+    #[error(transparent)]
+    Train(#[from] ddpm_train::TrainError),
+    /// A compare configuration that cannot be used.
+    #[error("{path}: {message}")]
+    Config {
+        /// The configuration file (or `compare` for built-in settings).
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 /// `Result` with [`MetricsError`].

@@ -5,13 +5,18 @@
 //! [`inception_score::inception_score`] takes an `[N, K]` probability matrix, so the same code
 //! gives FID / IS with the Inception network ([`inception::Inception`]) and FID_cls / IS_cls with
 //! a digit classifier. [`inputs::ImageSource`] loads the images; [`refstats::RefStats`] caches
-//! reference statistics.
+//! reference statistics. [`domain`] gives FID_cls / IS_cls with a digit classifier, [`nll`] the
+//! bits/dim of a DDPM (full variational bound) or VAE (negative ELBO), and [`compare`] the
+//! DDPM / GAN / VAE comparison report.
+pub mod compare;
+pub mod domain;
 pub mod error;
 pub mod fid;
 pub mod inception;
 pub mod inception_score;
 pub mod inputs;
 pub mod linalg;
+pub mod nll;
 pub mod refstats;
 pub mod stats;
 
@@ -20,5 +25,6 @@ pub use fid::{frechet_distance, frechet_distance_from_features, frechet_terms, F
 pub use inception::{EvalOptions, Inception, InceptionOutputs, InceptionVariant};
 pub use inception_score::{inception_score, InceptionScore};
 pub use inputs::ImageSource;
+pub use nll::{ddpm_bits_per_dim, NllOptions, NllReport};
 pub use refstats::RefStats;
 pub use stats::{FeatureStats, RunningStats};
