@@ -72,24 +72,45 @@ pub fn run(args: SampleArgs) -> Result<()> {
             return run_baseline(&args, device);
         }
     }
-    let weights = if args.raw_weights { Weights::Raw } else { Weights::Ema };
+    let weights = if args.raw_weights {
+        Weights::Raw
+    } else {
+        Weights::Ema
+    };
     let model = model_io::load_ddpm(&args.model, weights, device)?;
-    let spec = SamplerSpec::from_cli(&args.sampler, &args.steps, args.eta, model.diffusion.num_timesteps())?;
+    let spec = SamplerSpec::from_cli(
+        &args.sampler,
+        &args.steps,
+        args.eta,
+        model.diffusion.num_timesteps(),
+    )?;
     let sampler = Sampler::new(&model.diffusion, &spec, device)?;
     let cfg = model.unet.config().clone();
     let guidance = match (args.class, cfg.num_class_embeds) {
-        (Some(c), Some(k)) if c >= 0 && c < k - 1 => Some(Guidance { class: c, null_class: k - 1, weight: args.guidance }),
+        (Some(c), Some(k)) if c >= 0 && c < k - 1 => Some(Guidance {
+            class: c,
+            null_class: k - 1,
+            weight: args.guidance,
+        }),
         (Some(c), Some(k)) => bail!("--class {c} is outside 0..{} of this model", k - 1),
-        (Some(_), None) => bail!("--class needs a class-conditional model; {} is unconditional", args.model.display()),
-        (None, Some(_)) => bail!("{} is class-conditional: give --class C", args.model.display()),
+        (Some(_), None) => bail!(
+            "--class needs a class-conditional model; {} is unconditional",
+            args.model.display()
+        ),
+        (None, Some(_)) => bail!(
+            "{} is class-conditional: give --class C",
+            args.model.display()
+        ),
         (None, None) => None,
     };
     let (h, w) = model.hw;
     let total_evals = spec.timesteps.len() * args.num.div_ceil(args.batch_size);
     let bar = indicatif::ProgressBar::new(total_evals as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} network steps, ETA {eta}")?
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} network steps, ETA {eta}",
+        )?
+        .progress_chars("=> "),
     );
     let start = Instant::now();
     tch::manual_seed(args.seed as i64);
@@ -99,7 +120,11 @@ pub fn run(args: SampleArgs) -> Result<()> {
     while done < args.num {
         let n = (args.num - done).min(args.batch_size) as i64;
         let noise = Tensor::randn([n, cfg.in_channels, h, w], (Kind::Float, device));
-        let keep = if done == 0 && args.trajectory.is_some() { 10 } else { 0 };
+        let keep = if done == 0 && args.trajectory.is_some() {
+            10
+        } else {
+            0
+        };
         let base = bar.position();
         let samples = sampler.sample(
             |x, t, y| model.unet.forward_t(x, t, y, false),
@@ -135,7 +160,8 @@ pub fn run(args: SampleArgs) -> Result<()> {
         spec.label(),
         secs,
         secs / args.num as f64,
-        (spec.timesteps.len() * args.num) as f64 * if guidance.is_some() { 2.0 } else { 1.0 } / secs,
+        (spec.timesteps.len() * args.num) as f64 * if guidance.is_some() { 2.0 } else { 1.0 }
+            / secs,
         args.out.display()
     );
     if let Some(path) = &args.grid {
@@ -147,7 +173,11 @@ pub fn run(args: SampleArgs) -> Result<()> {
         let frames = Tensor::cat(&strip, 0);
         let img = viz::grid_nhwc(&to_uint8_nhwc(&frames), strip.len());
         viz::save_png(&img, path)?;
-        println!("trajectory (x_T → x_0, {} frames): {}", strip.len(), path.display());
+        println!(
+            "trajectory (x_T → x_0, {} frames): {}",
+            strip.len(),
+            path.display()
+        );
     }
     Ok(())
 }
@@ -155,11 +185,16 @@ pub fn run(args: SampleArgs) -> Result<()> {
 /// Samples a GAN (generator on z ~ N(0, I)) or VAE (decoder means of z ~ N(0, I)) run directory.
 fn run_baseline(args: &SampleArgs, device: tch::Device) -> Result<()> {
     if args.class.is_some() || args.trajectory.is_some() {
-        bail!("--class and --trajectory are for DDPM models; {} is a GAN/VAE run", args.model.display());
+        bail!(
+            "--class and --trajectory are for DDPM models; {} is a GAN/VAE run",
+            args.model.display()
+        );
     }
     let model = baselines::load_baseline_for_sampling(&args.model, device)?;
     let start = Instant::now();
-    let images = model.net.sample_uint8(args.num, args.batch_size, args.seed, device);
+    let images = model
+        .net
+        .sample_uint8(args.num, args.batch_size, args.seed, device);
     let secs = start.elapsed().as_secs_f64();
     let method = match model.kind {
         ModelKind::Gan => "gan-generator",

@@ -4,8 +4,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use ddpm_train::config::{ModelKind, TrainConfig};
 use ddpm_train::baselines;
+use ddpm_train::config::{ModelKind, TrainConfig};
 use ddpm_train::trainer::{self, TrainOptions};
 
 /// Arguments of `ddpm-cli train`.
@@ -97,7 +97,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
         })
         .context("cannot install the Ctrl-C handler")?;
     }
-    let opts = TrainOptions { progress: !args.no_progress, stop };
+    let opts = TrainOptions {
+        progress: !args.no_progress,
+        stop,
+    };
     let resume = args.resume.is_some();
     let summary = match cfg.model.kind {
         ModelKind::Ddpm => trainer::train_ddpm(&dir, &cfg, resume, &opts)?,
@@ -106,14 +109,21 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     println!(
         "{} {} at step {} ({:.0} s of training), last loss {:.5}",
-        if summary.interrupted { "stopped" } else { "finished" },
+        if summary.interrupted {
+            "stopped"
+        } else {
+            "finished"
+        },
         dir.display(),
         summary.step,
         summary.elapsed_secs,
         summary.last_loss
     );
     if cfg.model.kind != ModelKind::Ddpm {
-        if let Some(last) = ddpm_train::run_dir::RunDir::open(&dir)?.read_metrics()?.last() {
+        if let Some(last) = ddpm_train::run_dir::RunDir::open(&dir)?
+            .read_metrics()?
+            .last()
+        {
             println!("last log interval: {last}");
         }
     }

@@ -47,12 +47,23 @@ pub fn run(args: TrainClassifierArgs) -> Result<()> {
         "fashion-mnist" => 15,
         other => bail!("--dataset {other}: expected mnist or fashion-mnist"),
     };
-    let data = args.data.clone().unwrap_or_else(|| PathBuf::from(format!("datasets/{}.h5", args.dataset)));
-    let out = args.out.clone().unwrap_or_else(|| classifier::default_dir(&args.dataset));
+    let data = args
+        .data
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("datasets/{}.h5", args.dataset)));
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| classifier::default_dir(&args.dataset));
     let device = args.device.parse::<DeviceSpec>()?.resolve()?;
-    let train = loader::load_images(&data, "train")
-        .with_context(|| format!("cannot read the training split of {} (run `cargo xtask fetch-data`)", data.display()))?;
-    let test = loader::load_images(&data, "test").with_context(|| format!("cannot read the test split of {}", data.display()))?;
+    let train = loader::load_images(&data, "train").with_context(|| {
+        format!(
+            "cannot read the training split of {} (run `cargo xtask fetch-data`)",
+            data.display()
+        )
+    })?;
+    let test = loader::load_images(&data, "test")
+        .with_context(|| format!("cannot read the test split of {}", data.display()))?;
     let cfg = ClassifierTrainConfig {
         epochs: args.epochs.unwrap_or(default_epochs),
         batch_size: args.batch_size,
@@ -60,8 +71,15 @@ pub fn run(args: TrainClassifierArgs) -> Result<()> {
         seed: args.seed,
         ..ClassifierTrainConfig::default()
     };
-    let (vs, clf, report) =
-        classifier::train_classifier(&args.dataset, &train, &test, &ClassifierConfig::default(), &cfg, device, !args.no_progress)?;
+    let (vs, clf, report) = classifier::train_classifier(
+        &args.dataset,
+        &train,
+        &test,
+        &ClassifierConfig::default(),
+        &cfg,
+        device,
+        !args.no_progress,
+    )?;
     classifier::save_classifier(&out, &vs, &clf, &report)?;
     println!(
         "{}: test accuracy {:.4} ({} test images) after {} steps ({:.1} epochs) in {:.0} s, last train loss {:.4}",
@@ -73,6 +91,9 @@ pub fn run(args: TrainClassifierArgs) -> Result<()> {
         report.train_seconds,
         report.final_train_loss
     );
-    println!("saved: {} (config.json, model.safetensors, {ACCURACY_FILE})", out.display());
+    println!(
+        "saved: {} (config.json, model.safetensors, {ACCURACY_FILE})",
+        out.display()
+    );
     Ok(())
 }

@@ -5,12 +5,19 @@ use std::process::Command;
 
 fn mnist_h5() -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../datasets/mnist.h5");
-    assert!(p.exists(), "{} is missing: run `cargo xtask fetch-data` first", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo xtask fetch-data` first",
+        p.display()
+    );
     p
 }
 
 fn cli(args: &[&str]) -> std::process::Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_ddpm-cli")).args(args).output().expect("ddpm-cli runs");
+    let out = Command::new(env!("CARGO_BIN_EXE_ddpm-cli"))
+        .args(args)
+        .output()
+        .expect("ddpm-cli runs");
     assert!(
         out.status.success(),
         "ddpm-cli {args:?} failed:\n{}\n{}",
@@ -25,8 +32,24 @@ fn train_then_sample(model: &str, dir: &Path) {
     let data = format!("data.path=\"{}\"", mnist_h5().display());
     let run_s = run.to_str().unwrap();
     cli(&[
-        "train", "--model", model, "--preset", "mnist-cpu", "--set", "run.steps=4", "--set", &data, "--set",
-        "data.batch_size=8", "--set", "run.cpu_threads=1", "--set", "run.sample_num=4", "--no-progress", "--out", run_s,
+        "train",
+        "--model",
+        model,
+        "--preset",
+        "mnist-cpu",
+        "--set",
+        "run.steps=4",
+        "--set",
+        &data,
+        "--set",
+        "data.batch_size=8",
+        "--set",
+        "run.cpu_threads=1",
+        "--set",
+        "run.sample_num=4",
+        "--no-progress",
+        "--out",
+        run_s,
     ]);
     let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
     assert!(config.contains(&format!("kind = \"{model}\"")), "{config}");
@@ -35,10 +58,23 @@ fn train_then_sample(model: &str, dir: &Path) {
     let h5 = dir.join(format!("{model}.h5"));
     let grid = dir.join(format!("{model}.png"));
     let out = cli(&[
-        "sample", "--model", run_s, "--num", "4", "--device", "cpu", "--out", h5.to_str().unwrap(), "--grid",
+        "sample",
+        "--model",
+        run_s,
+        "--num",
+        "4",
+        "--device",
+        "cpu",
+        "--out",
+        h5.to_str().unwrap(),
+        "--grid",
         grid.to_str().unwrap(),
     ]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("4 images"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("4 images"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let file = hdf5::File::open(&h5).unwrap();
     let images = file.dataset("images").unwrap();
     assert_eq!(images.shape(), vec![4, 28, 28, 1]);

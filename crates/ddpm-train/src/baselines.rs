@@ -77,7 +77,10 @@ impl NetworkConfigs {
                     min_log_scale: m.vae_min_log_scale,
                 },
             }),
-            ModelKind::Ddpm => Err(TrainError::config("model.kind", "is ddpm, not a baseline (gan or vae)")),
+            ModelKind::Ddpm => Err(TrainError::config(
+                "model.kind",
+                "is ddpm, not a baseline (gan or vae)",
+            )),
         }
     }
 }
@@ -144,10 +147,12 @@ pub struct LoadedBaseline {
 pub fn load_baseline_for_sampling(run_dir: &Path, device: Device) -> Result<LoadedBaseline> {
     let run = RunDir::open(run_dir)?;
     let cfg = run.config()?;
-    let ckpt = run.latest_checkpoint()?.ok_or_else(|| TrainError::Checkpoint {
-        path: run_dir.to_path_buf(),
-        message: "has no checkpoint yet".into(),
-    })?;
+    let ckpt = run
+        .latest_checkpoint()?
+        .ok_or_else(|| TrainError::Checkpoint {
+            path: run_dir.to_path_buf(),
+            message: "has no checkpoint yet".into(),
+        })?;
     let state = RunDir::read_state(&ckpt)?;
     let nets: NetworkConfigs = read_json(&run_dir.join(NETWORKS_FILE))?;
     let mut vs = nn::VarStore::new(device);
@@ -167,7 +172,13 @@ pub fn load_baseline_for_sampling(run_dir: &Path, device: Device) -> Result<Load
     };
     load_varstore(&mut vs, &source)?;
     vs.freeze();
-    Ok(LoadedBaseline { vs, net, kind: cfg.model.kind, source, step: state.step })
+    Ok(LoadedBaseline {
+        vs,
+        net,
+        kind: cfg.model.kind,
+        source,
+        step: state.step,
+    })
 }
 
 /// `n` uint8 samples `[n, H, W, C]` (CPU) of a baseline run: GAN = G(z), VAE = decoder means of z,
@@ -206,7 +217,13 @@ fn sorted_vars(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
 
 fn adam_for(vs: &nn::VarStore, cfg: &TrainConfig) -> (Vec<(String, Tensor)>, Adam) {
     let params = named_trainables(vs);
-    let adam = Adam::new(params.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect(), &cfg.optim);
+    let adam = Adam::new(
+        params
+            .iter()
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .collect(),
+        &cfg.optim,
+    );
     (params, adam)
 }
 
@@ -220,11 +237,18 @@ fn clip_and_step(adam: &mut Adam, cfg: &TrainConfig, lr: f64) {
 
 fn restore_adam(adam: &mut Adam, path: &Path, step: usize) -> Result<()> {
     let tensors = read_tensors(path)?;
-    adam.load_state(&tensors).map_err(|message| TrainError::Checkpoint { path: path.to_path_buf(), message })?;
+    adam.load_state(&tensors)
+        .map_err(|message| TrainError::Checkpoint {
+            path: path.to_path_buf(),
+            message,
+        })?;
     if adam.step as usize != step {
         return Err(TrainError::Checkpoint {
             path: path.to_path_buf(),
-            message: format!("optimiser step {} differs from the recorded step {step}", adam.step),
+            message: format!(
+                "optimiser step {} differs from the recorded step {step}",
+                adam.step
+            ),
         });
     }
     Ok(())
@@ -254,7 +278,11 @@ impl Baseline for GanModel {
     const METRICS: &'static [&'static str] = &["d_loss", "g_loss", "d_real", "d_fake"];
 
     fn new(cfg: &TrainConfig, nets: &NetworkConfigs, device: Device) -> Result<Self> {
-        let NetworkConfigs::Gan { generator, discriminator } = nets else {
+        let NetworkConfigs::Gan {
+            generator,
+            discriminator,
+        } = nets
+        else {
             return Err(TrainError::config("model.kind", "expected GAN networks"));
         };
         let vs_g = nn::VarStore::new(device);
@@ -264,12 +292,23 @@ impl Baseline for GanModel {
         let (mut params, opt_g) = adam_for(&vs_g, cfg);
         let (d_params, opt_d) = adam_for(&vs_d, cfg);
         params.extend(d_params);
-        Ok(Self { vs_g, vs_d, g: Generative::Gan(g), d, params, opt_g, opt_d })
+        Ok(Self {
+            vs_g,
+            vs_d,
+            g: Generative::Gan(g),
+            d,
+            params,
+            opt_g,
+            opt_d,
+        })
     }
 
     fn train_step(&mut self, x: &Tensor, cfg: &TrainConfig, lr: f64) -> Vec<Tensor> {
         let n = x.size()[0];
-        let z = Tensor::randn([n, self.generator().config().z_dim], (Kind::Float, x.device()));
+        let z = Tensor::randn(
+            [n, self.generator().config().z_dim],
+            (Kind::Float, x.device()),
+        );
         let fake = self.generator().forward_t(&z, true);
         // Discriminator: real vs. detached fakes.
         let real_logits = self.d.forward_t(x, true);
@@ -331,18 +370,29 @@ impl Baseline for VaeModel {
         let vs = nn::VarStore::new(device);
         let net = Vae::new(vs.root(), vae)?;
         let (params, opt) = adam_for(&vs, cfg);
-        Ok(Self { vs, net: Generative::Vae(net), params, opt })
+        Ok(Self {
+            vs,
+            net: Generative::Vae(net),
+            params,
+            opt,
+        })
     }
 
     fn train_step(&mut self, x: &Tensor, cfg: &TrainConfig, lr: f64) -> Vec<Tensor> {
-        let Generative::Vae(vae) = &self.net else { unreachable!("a VaeModel holds a VAE") };
+        let Generative::Vae(vae) = &self.net else {
+            unreachable!("a VaeModel holds a VAE")
+        };
         // The loss is the negative ELBO in bits/dim (one latent sample per image).
         let elbo = vae.elbo_bits_per_dim(x, true);
         let loss = elbo.total.mean(Kind::Float);
         self.opt.zero_grad();
         loss.backward();
         clip_and_step(&mut self.opt, cfg, lr);
-        vec![loss.detach(), elbo.reconstruction.detach().mean(Kind::Float), elbo.kl.detach().mean(Kind::Float)]
+        vec![
+            loss.detach(),
+            elbo.reconstruction.detach().mean(Kind::Float),
+            elbo.kl.detach().mean(Kind::Float),
+        ]
     }
 
     fn finite(&self) -> bool {
@@ -350,7 +400,10 @@ impl Baseline for VaeModel {
     }
 
     fn groups(&self) -> Vec<(&'static str, Vec<(String, Tensor)>)> {
-        vec![("model", sorted_vars(&self.vs)), ("optim", self.opt.state_tensors())]
+        vec![
+            ("model", sorted_vars(&self.vs)),
+            ("optim", self.opt.state_tensors()),
+        ]
     }
 
     fn restore(&mut self, ckpt: &Path, step: usize) -> Result<()> {
@@ -367,14 +420,24 @@ impl Baseline for VaeModel {
 /// continues the run in `dir`. Per step: one discriminator update on a real batch and as many
 /// fakes, then one generator update (non-saturating loss) on the same fakes. Logged per interval:
 /// `d_loss`, `g_loss`, `d_real` = mean D(x), `d_fake` = mean D(G(z)) (before the D update).
-pub fn train_gan(dir: &Path, cfg: &TrainConfig, resume: bool, opts: &TrainOptions) -> Result<TrainSummary> {
+pub fn train_gan(
+    dir: &Path,
+    cfg: &TrainConfig,
+    resume: bool,
+    opts: &TrainOptions,
+) -> Result<TrainSummary> {
     drive::<GanModel>(dir, cfg, resume, opts)
 }
 
 /// Trains the VAE baseline (`model.kind = "vae"`) on the negative ELBO in bits/dim (discretised
 /// Gaussian decoder, as DDPM's L_0), in a new run directory or continuing the one in `dir`.
 /// Logged per interval: `loss` = `elbo_bpd` (negative ELBO, bits/dim), `recon_bpd`, `kl_bpd`.
-pub fn train_vae(dir: &Path, cfg: &TrainConfig, resume: bool, opts: &TrainOptions) -> Result<TrainSummary> {
+pub fn train_vae(
+    dir: &Path,
+    cfg: &TrainConfig,
+    resume: bool,
+    opts: &TrainOptions,
+) -> Result<TrainSummary> {
     drive::<VaeModel>(dir, cfg, resume, opts)
 }
 
@@ -386,17 +449,27 @@ struct Scalars {
 
 impl Scalars {
     fn record(&mut self, values: &[Tensor]) {
-        self.rows.push(Tensor::stack(values, 0).to_kind(Kind::Float));
+        self.rows
+            .push(Tensor::stack(values, 0).to_kind(Kind::Float));
     }
 
     /// The interval's means (one host sync); a non-finite value is an error naming its step.
-    fn flush(&mut self, step_after: usize, last_ckpt: &Option<PathBuf>) -> Result<Option<(Vec<f64>, usize, f64)>> {
+    fn flush(
+        &mut self,
+        step_after: usize,
+        last_ckpt: &Option<PathBuf>,
+    ) -> Result<Option<(Vec<f64>, usize, f64)>> {
         if self.rows.is_empty() {
             return Ok(None);
         }
         let steps = self.rows.len();
         let k = self.rows[0].size()[0] as usize;
-        let all = Vec::<f64>::try_from(Tensor::stack(&self.rows, 0).to_kind(Kind::Double).to_device(Device::Cpu).view([-1]))?;
+        let all = Vec::<f64>::try_from(
+            Tensor::stack(&self.rows, 0)
+                .to_kind(Kind::Double)
+                .to_device(Device::Cpu)
+                .view([-1]),
+        )?;
         if let Some(i) = all.iter().position(|v| !v.is_finite()) {
             return Err(TrainError::NonFinite {
                 what: "loss",
@@ -405,7 +478,9 @@ impl Scalars {
                 last_checkpoint: last_ckpt.clone(),
             });
         }
-        let means = (0..k).map(|j| all.iter().skip(j).step_by(k).sum::<f64>() / steps as f64).collect();
+        let means = (0..k)
+            .map(|j| all.iter().skip(j).step_by(k).sum::<f64>() / steps as f64)
+            .collect();
         let secs = self.start.elapsed().as_secs_f64();
         self.rows.clear();
         self.start = Instant::now();
@@ -413,7 +488,12 @@ impl Scalars {
     }
 }
 
-fn drive<B: Baseline>(dir: &Path, cfg: &TrainConfig, resume: bool, opts: &TrainOptions) -> Result<TrainSummary> {
+fn drive<B: Baseline>(
+    dir: &Path,
+    cfg: &TrainConfig,
+    resume: bool,
+    opts: &TrainOptions,
+) -> Result<TrainSummary> {
     cfg.validate()?;
     if cfg.model.kind != B::KIND {
         return Err(TrainError::config(
@@ -432,9 +512,16 @@ fn drive<B: Baseline>(dir: &Path, cfg: &TrainConfig, resume: bool, opts: &TrainO
     let data = loader::load_images(&cfg.data.path, &cfg.data.split)?;
     loader::check_data(&cfg.data, &data)?;
     let (c, h, w) = data.chw();
-    let (h, w) = if cfg.data.pad_to_32 { (h.max(32), w.max(32)) } else { (h, w) };
+    let (h, w) = if cfg.data.pad_to_32 {
+        (h.max(32), w.max(32))
+    } else {
+        (h, w)
+    };
     if h != w {
-        return Err(TrainError::config("data.path", format!("the baselines need square images, got {h}×{w}")));
+        return Err(TrainError::config(
+            "data.path",
+            format!("the baselines need square images, got {h}×{w}"),
+        ));
     }
     let nets = NetworkConfigs::from_config(cfg, c, h)?;
     let nets_path = run.path.join(NETWORKS_FILE);
@@ -452,7 +539,13 @@ fn drive<B: Baseline>(dir: &Path, cfg: &TrainConfig, resume: bool, opts: &TrainO
     // another one starts from the same weights).
     tch::manual_seed(cfg.run.seed as i64);
     let mut model = B::new(cfg, &nets, device)?;
-    let mut state = TrainState { step: 0, seed: cfg.run.seed, elapsed_secs: 0.0, images_seen: 0, sampler_history: None };
+    let mut state = TrainState {
+        step: 0,
+        seed: cfg.run.seed,
+        elapsed_secs: 0.0,
+        images_seen: 0,
+        sampler_history: None,
+    };
     let mut last_checkpoint = None;
     if resume {
         if let Some(ckpt) = run.latest_checkpoint()? {
@@ -460,7 +553,10 @@ fn drive<B: Baseline>(dir: &Path, cfg: &TrainConfig, resume: bool, opts: &TrainO
             if state.seed != cfg.run.seed {
                 return Err(TrainError::config(
                     "run.seed",
-                    format!("the run was started with seed {}, not {}", state.seed, cfg.run.seed),
+                    format!(
+                        "the run was started with seed {}, not {}",
+                        state.seed, cfg.run.seed
+                    ),
                 ));
             }
             model.restore(&ckpt, state.step)?;
@@ -475,7 +571,10 @@ fn drive<B: Baseline>(dir: &Path, cfg: &TrainConfig, resume: bool, opts: &TrainO
     let bar = progress_bar(opts.progress, cfg.run.steps, state.step);
     let session_start = Instant::now();
     let elapsed_before = state.elapsed_secs;
-    let mut scalars = Scalars { rows: Vec::with_capacity(cfg.run.log_every), start: Instant::now() };
+    let mut scalars = Scalars {
+        rows: Vec::with_capacity(cfg.run.log_every),
+        start: Instant::now(),
+    };
     let mut last_loss = f64::NAN;
     let mut interrupted = false;
 
@@ -527,16 +626,25 @@ fn drive<B: Baseline>(dir: &Path, cfg: &TrainConfig, resume: bool, opts: &TrainO
             // A loss can be finite while the update that followed it was not: never checkpoint
             // non-finite weights.
             if !model.finite() {
-                return Err(TrainError::NonFinite { what: "weights", step: state.step, value: f64::NAN, last_checkpoint });
+                return Err(TrainError::NonFinite {
+                    what: "weights",
+                    step: state.step,
+                    value: f64::NAN,
+                    last_checkpoint,
+                });
             }
-            let ckpt = run.save_checkpoint(&state, cfg, &model.groups(), cfg.run.keep_checkpoints)?;
+            let ckpt =
+                run.save_checkpoint(&state, cfg, &model.groups(), cfg.run.keep_checkpoints)?;
             tracing::info!(step = state.step, checkpoint = %ckpt.display(), "checkpoint");
             last_checkpoint = Some(ckpt);
             plot_metrics(&run, B::METRICS)?;
         }
         let at_sample = cfg.run.sample_every > 0 && state.step % cfg.run.sample_every == 0;
         if at_sample || (last && cfg.run.sample_num > 0) {
-            let path = run.path.join("samples").join(format!("step_{}.png", state.step));
+            let path = run
+                .path
+                .join("samples")
+                .join(format!("step_{}.png", state.step));
             sample_grid(model.generative(), cfg, device, &path)?;
             tracing::info!(path = %path.display(), "sample grid");
         }
@@ -551,16 +659,29 @@ fn drive<B: Baseline>(dir: &Path, cfg: &TrainConfig, resume: bool, opts: &TrainO
     }
     let checkpoint = match last_checkpoint {
         Some(c) => c,
-        None => run.latest_checkpoint()?.ok_or_else(|| TrainError::Checkpoint {
-            path: run.path.clone(),
-            message: "no checkpoint was written".into(),
-        })?,
+        None => run
+            .latest_checkpoint()?
+            .ok_or_else(|| TrainError::Checkpoint {
+                path: run.path.clone(),
+                message: "no checkpoint was written".into(),
+            })?,
     };
-    Ok(TrainSummary { step: state.step, last_loss, elapsed_secs: state.elapsed_secs, interrupted, checkpoint })
+    Ok(TrainSummary {
+        step: state.step,
+        last_loss,
+        elapsed_secs: state.elapsed_secs,
+        interrupted,
+        checkpoint,
+    })
 }
 
 fn metrics_line(names: &[&str], values: &[f64]) -> String {
-    names.iter().zip(values).map(|(n, v)| format!("{n} {v:.4}")).collect::<Vec<_>>().join(" | ")
+    names
+        .iter()
+        .zip(values)
+        .map(|(n, v)| format!("{n} {v:.4}"))
+        .collect::<Vec<_>>()
+        .join(" | ")
 }
 
 /// A grid of `run.sample_num` images from latents that are the same at every call of a run.
@@ -577,14 +698,25 @@ fn plot_metrics(run: &RunDir, names: &[&str]) -> Result<()> {
     if records.len() < 2 {
         return Ok(());
     }
-    const COLORS: [[u8; 3]; 4] = [[31, 119, 180], [214, 39, 40], [44, 160, 44], [148, 103, 189]];
-    let xs: Vec<f64> = records.iter().map(|r| r["step"].as_f64().unwrap_or(f64::NAN)).collect();
+    const COLORS: [[u8; 3]; 4] = [
+        [31, 119, 180],
+        [214, 39, 40],
+        [44, 160, 44],
+        [148, 103, 189],
+    ];
+    let xs: Vec<f64> = records
+        .iter()
+        .map(|r| r["step"].as_f64().unwrap_or(f64::NAN))
+        .collect();
     let panels: Vec<viz::Panel> = names
         .iter()
         .enumerate()
         .map(|(i, name)| viz::Panel {
             xs: xs.clone(),
-            ys: records.iter().map(|r| r[*name].as_f64().unwrap_or(f64::NAN)).collect(),
+            ys: records
+                .iter()
+                .map(|r| r[*name].as_f64().unwrap_or(f64::NAN))
+                .collect(),
             color: COLORS[i % COLORS.len()],
             log_y: false,
         })

@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use ddpm_nets::checkpoint::{load_model_weights, read_json, read_model_config, save_model, write_json};
+use ddpm_nets::checkpoint::{
+    load_model_weights, read_json, read_model_config, save_model, write_json,
+};
 use ddpm_nets::classifier::{Classifier, ClassifierConfig};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
@@ -101,21 +103,40 @@ pub fn train_classifier(
     progress: bool,
 ) -> Result<(nn::VarStore, Classifier, ClassifierReport)> {
     if cfg.batch_size == 0 || cfg.log_every == 0 {
-        return Err(TrainError::config("classifier", "batch_size and log_every must be ≥ 1"));
+        return Err(TrainError::config(
+            "classifier",
+            "batch_size and log_every must be ≥ 1",
+        ));
     }
     if !(cfg.lr.is_finite() && cfg.lr > 0.0) {
-        return Err(TrainError::config("classifier.lr", format!("must be a positive finite number, got {}", cfg.lr)));
+        return Err(TrainError::config(
+            "classifier.lr",
+            format!("must be a positive finite number, got {}", cfg.lr),
+        ));
     }
     let n_train = cfg.train_limit.map_or(train.len(), |k| k.min(train.len()));
     if n_train == 0 {
-        return Err(TrainError::config("classifier.train_limit", "no training images"));
+        return Err(TrainError::config(
+            "classifier.train_limit",
+            "no training images",
+        ));
     }
     let (c, h, w) = train.chw();
     if h != w {
-        return Err(TrainError::config("data", format!("the classifier needs square images, got {h}×{w}")));
+        return Err(TrainError::config(
+            "data",
+            format!("the classifier needs square images, got {h}×{w}"),
+        ));
     }
-    let net = ClassifierConfig { in_channels: c, image_size: h, num_classes: train.num_classes, ..net.clone() };
-    let steps = cfg.steps.unwrap_or_else(|| (cfg.epochs * n_train).div_ceil(cfg.batch_size));
+    let net = ClassifierConfig {
+        in_channels: c,
+        image_size: h,
+        num_classes: train.num_classes,
+        ..net.clone()
+    };
+    let steps = cfg
+        .steps
+        .unwrap_or_else(|| (cfg.epochs * n_train).div_ceil(cfg.batch_size));
     if steps == 0 {
         return Err(TrainError::config("classifier.epochs", "must be ≥ 1"));
     }
@@ -131,7 +152,13 @@ pub fn train_classifier(
         ema_decay: 0.0,
         ..OptimConfig::default()
     };
-    let mut adam = Adam::new(params.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect(), &optim);
+    let mut adam = Adam::new(
+        params
+            .iter()
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .collect(),
+        &optim,
+    );
     let mut batches = BatchSampler::new(n_train, cfg.batch_size, cfg.seed);
     let bar = progress_bar(progress, steps, 0);
     let start = Instant::now();
@@ -141,7 +168,9 @@ pub fn train_classifier(
         tch::manual_seed(step_seed(cfg.seed, step) as i64);
         let (x_u8, y) = train.gather(&batches.indices(step));
         let x = loader::to_model_input(&x_u8, false, device);
-        let loss = clf.forward_t(&x, true).cross_entropy_for_logits(&y.to_device(device));
+        let loss = clf
+            .forward_t(&x, true)
+            .cross_entropy_for_logits(&y.to_device(device));
         adam.zero_grad();
         loss.backward();
         let lr = cfg.lr * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / steps as f64).cos());
@@ -151,7 +180,11 @@ pub fn train_classifier(
             b.inc(1);
         }
         if (step + 1) % cfg.log_every == 0 || step + 1 == steps {
-            let vals = Vec::<f64>::try_from(Tensor::stack(&losses, 0).to_kind(Kind::Double).to_device(Device::Cpu))?;
+            let vals = Vec::<f64>::try_from(
+                Tensor::stack(&losses, 0)
+                    .to_kind(Kind::Double)
+                    .to_device(Device::Cpu),
+            )?;
             if let Some(i) = vals.iter().position(|v| !v.is_finite()) {
                 return Err(TrainError::NonFinite {
                     what: "loss",
@@ -186,7 +219,11 @@ pub fn train_classifier(
         train_seconds,
         seed: cfg.seed,
     };
-    tracing::info!(accuracy = test_accuracy, test_images, "classifier test accuracy");
+    tracing::info!(
+        accuracy = test_accuracy,
+        test_images,
+        "classifier test accuracy"
+    );
     Ok((vs, clf, report))
 }
 
@@ -212,7 +249,12 @@ pub fn accuracy(clf: &Classifier, data: &ImageData, limit: usize, device: Device
 }
 
 /// Saves the classifier folder: `config.json`, `model.safetensors` and [`ACCURACY_FILE`].
-pub fn save_classifier(dir: &Path, vs: &nn::VarStore, clf: &Classifier, report: &ClassifierReport) -> Result<()> {
+pub fn save_classifier(
+    dir: &Path,
+    vs: &nn::VarStore,
+    clf: &Classifier,
+    report: &ClassifierReport,
+) -> Result<()> {
     save_model(dir, clf.config(), vs)?;
     write_json(&dir.join(ACCURACY_FILE), report)?;
     Ok(())

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use ddpm_train::baselines::{load_baseline_for_sampling, sample_baseline, train_gan, train_vae, NETWORKS_FILE};
+use ddpm_train::baselines::{
+    load_baseline_for_sampling, sample_baseline, train_gan, train_vae, NETWORKS_FILE,
+};
 use ddpm_train::config::ModelKind;
 use ddpm_train::run_dir::RunDir;
 use ddpm_train::trainer::{TrainOptions, TrainSummary};
@@ -24,7 +26,11 @@ fn serial() -> MutexGuard<'static, ()> {
 /// `datasets/mnist.h5` of the workspace; fails loudly when `cargo xtask fetch-data` has not run.
 fn mnist_h5() -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../datasets/mnist.h5");
-    assert!(p.exists(), "{} is missing: run `cargo xtask fetch-data` first", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo xtask fetch-data` first",
+        p.display()
+    );
     p
 }
 
@@ -46,14 +52,22 @@ fn tiny(kind: ModelKind, steps: usize) -> TrainConfig {
 }
 
 fn tensors(path: &Path) -> BTreeMap<String, Tensor> {
-    Tensor::read_safetensors(path).unwrap().into_iter().collect()
+    Tensor::read_safetensors(path)
+        .unwrap()
+        .into_iter()
+        .collect()
 }
 
 fn assert_same(a: &Path, b: &Path) {
     let (ta, tb) = (tensors(a), tensors(b));
     assert_eq!(ta.keys().collect::<Vec<_>>(), tb.keys().collect::<Vec<_>>());
     for (k, x) in &ta {
-        assert!(x.equal(&tb[k]), "{k} differs between {} and {}", a.display(), b.display());
+        assert!(
+            x.equal(&tb[k]),
+            "{k} differs between {} and {}",
+            a.display(),
+            b.display()
+        );
     }
 }
 
@@ -71,14 +85,28 @@ fn check_train_and_resume(kind: ModelKind, train: Train, groups: &[&str], metric
     for g in groups {
         let t = tensors(&s.checkpoint.join(format!("{g}.safetensors")));
         assert!(!t.is_empty(), "{g}");
-        assert!(t.values().all(|x| x.isfinite().all().int64_value(&[]) == 1), "{g} is not finite");
+        assert!(
+            t.values().all(|x| x.isfinite().all().int64_value(&[]) == 1),
+            "{g} is not finite"
+        );
     }
     assert!(full.join(NETWORKS_FILE).is_file() && full.join("config.toml").is_file());
     assert!(full.join("loss.png").is_file() && full.join("samples/step_6.png").is_file());
     let records = RunDir::open(&full).unwrap().read_metrics().unwrap();
-    assert_eq!(records.iter().map(|r| r["step"].as_u64().unwrap()).collect::<Vec<_>>(), vec![2, 4, 6]);
+    assert_eq!(
+        records
+            .iter()
+            .map(|r| r["step"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![2, 4, 6]
+    );
     for m in metrics {
-        assert!(records.iter().all(|r| r[*m].as_f64().is_some_and(f64::is_finite)), "{m}: {records:?}");
+        assert!(
+            records
+                .iter()
+                .all(|r| r[*m].as_f64().is_some_and(f64::is_finite)),
+            "{m}: {records:?}"
+        );
     }
 
     // Sampling: uint8 [N, 28, 28, 1], a function of the seed.
@@ -97,8 +125,13 @@ fn check_train_and_resume(kind: ModelKind, train: Train, groups: &[&str], metric
         let f = format!("checkpoints/step_0000006/{g}.safetensors");
         assert_same(&full.join(&f), &split.join(&f));
     }
-    let steps: Vec<u64> =
-        RunDir::open(&split).unwrap().read_metrics().unwrap().iter().map(|r| r["step"].as_u64().unwrap()).collect();
+    let steps: Vec<u64> = RunDir::open(&split)
+        .unwrap()
+        .read_metrics()
+        .unwrap()
+        .iter()
+        .map(|r| r["step"].as_u64().unwrap())
+        .collect();
     assert_eq!(steps, vec![2, 3, 4, 6]);
 }
 
@@ -114,7 +147,12 @@ fn gan_trains_samples_and_resumes_exactly() {
 
 #[test]
 fn vae_trains_samples_and_resumes_exactly() {
-    check_train_and_resume(ModelKind::Vae, train_vae, &["model", "optim"], &["loss", "elbo_bpd", "recon_bpd", "kl_bpd"]);
+    check_train_and_resume(
+        ModelKind::Vae,
+        train_vae,
+        &["model", "optim"],
+        &["loss", "elbo_bpd", "recon_bpd", "kl_bpd"],
+    );
 }
 
 #[test]
@@ -125,7 +163,10 @@ fn stop_request_saves_and_resume_continues_identically() {
     let mut cfg = tiny(ModelKind::Gan, 4);
     cfg.run.checkpoint_every = 100;
     train_gan(&full, &cfg, false, &TrainOptions::default()).unwrap();
-    let opts = TrainOptions { progress: false, stop: Arc::new(AtomicBool::new(true)) };
+    let opts = TrainOptions {
+        progress: false,
+        stop: Arc::new(AtomicBool::new(true)),
+    };
     let s = train_gan(&stopped, &cfg, false, &opts).unwrap();
     assert_eq!((s.step, s.interrupted), (1, true));
     let s = train_gan(&stopped, &cfg, true, &TrainOptions::default()).unwrap();
@@ -137,7 +178,10 @@ fn stop_request_saves_and_resume_continues_identically() {
 #[test]
 fn non_finite_loss_names_the_step() {
     let _serial = serial();
-    for (kind, train) in [(ModelKind::Gan, train_gan as Train), (ModelKind::Vae, train_vae as Train)] {
+    for (kind, train) in [
+        (ModelKind::Gan, train_gan as Train),
+        (ModelKind::Vae, train_vae as Train),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let run = dir.path().join("nan");
         let mut cfg = tiny(kind, 30);
@@ -149,10 +193,16 @@ fn non_finite_loss_names_the_step() {
                 assert!(e.to_string().contains(&format!("step {step}")), "{e}");
                 // Every checkpoint on disk precedes the bad step.
                 for (s, _) in RunDir::open(&run).unwrap().checkpoints().unwrap() {
-                    assert!(s < step, "{kind:?}: checkpoint {s} written at or after the bad step {step}");
+                    assert!(
+                        s < step,
+                        "{kind:?}: checkpoint {s} written at or after the bad step {step}"
+                    );
                 }
             }
-            other => panic!("{kind:?}: expected a non-finite error, got {:?}", other.map(|s| s.step)),
+            other => panic!(
+                "{kind:?}: expected a non-finite error, got {:?}",
+                other.map(|s| s.step)
+            ),
         }
     }
 }
@@ -161,9 +211,14 @@ fn non_finite_loss_names_the_step() {
 fn wrong_kind_and_ddpm_runs_are_refused() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
-    let err = train_gan(&dir.path().join("a"), &tiny(ModelKind::Vae, 2), false, &TrainOptions::default())
-        .unwrap_err()
-        .to_string();
+    let err = train_gan(
+        &dir.path().join("a"),
+        &tiny(ModelKind::Vae, 2),
+        false,
+        &TrainOptions::default(),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("model.kind"), "{err}");
     // A DDPM run directory is not a baseline.
     let ddpm = dir.path().join("ddpm");
