@@ -343,23 +343,24 @@ fn real_statistics(
     args: &EvalArgs,
     opts: EvalOptions,
 ) -> Result<FeatureStats> {
-    let canonical = std::fs::canonicalize(src.path()).unwrap_or_else(|_| src.path().to_path_buf());
-    let described = match src {
-        ImageSource::Split { split, .. } => format!("{}:{split}", canonical.display()),
-        ImageSource::PngDir { .. } => format!("{}/*.png", canonical.display()),
-        ImageSource::Samples { .. } => canonical.display().to_string(),
-    };
-    let description = format!("{described}, first {} images", images.dim().0);
+    let description = ddpm_metrics::refstats::source_description(src, images.dim().0);
     let network = net.describe();
     if let Some(cache) = &args.real_stats {
         if let Some(stats) = RefStats::load_matching(cache, &description, &network)? {
             return Ok(stats);
         }
     }
+    let start = std::time::Instant::now();
     let stats = net
         .evaluate(images.view(), &opts)?
         .stats
         .expect("features were asked for");
+    let secs = start.elapsed().as_secs_f64();
+    tracing::info!(
+        seconds = secs,
+        images_per_sec = images.dim().0 as f64 / secs,
+        "Inception on the real images"
+    );
     if let Some(cache) = &args.real_stats {
         RefStats {
             stats: stats.clone(),

@@ -107,6 +107,9 @@ pub struct CompareConfig {
     pub nll_images: usize,
     /// Compute FID with the Inception network (slow on a CPU: a few images/s).
     pub fid_inception: bool,
+    /// Cache of the reference images' Inception statistics (default `out_dir/reference-inception-stats.h5`);
+    /// the same file format and source description as `ddpm-cli eval --real-stats`.
+    pub reference_inception_stats: Option<PathBuf>,
     /// The TorchScript Inception of FID.
     pub inception: PathBuf,
     /// The digit classifier folder of FID_cls / IS_cls.
@@ -148,6 +151,7 @@ impl Default for CompareConfig {
             reference_images: 2000,
             nll_images: 32,
             fid_inception: false,
+            reference_inception_stats: None,
             inception: PathBuf::from("datasets/weights/fid-inception-pool3.pt"),
             classifier: PathBuf::from(DEFAULT_MNIST_CLASSIFIER),
             splits: 10,
@@ -420,8 +424,11 @@ pub fn run_compare(cfg: &CompareConfig) -> Result<CompareReport> {
     let real_cls = classifier.evaluate(ref_fid.view(), cfg.batch_size)?;
     let inception = if cfg.fid_inception {
         let net = Inception::load(&cfg.inception, device)?;
-        let description = format!("{}, first {n_ref} images", cfg.reference);
-        let cache = cfg.out_dir.join("reference-inception-stats.h5");
+        let description = crate::refstats::source_description(&src, n_ref);
+        let cache = cfg
+            .reference_inception_stats
+            .clone()
+            .unwrap_or_else(|| cfg.out_dir.join("reference-inception-stats.h5"));
         let stats = match RefStats::load_matching(&cache, &description, &net.describe())? {
             Some(s) => s,
             None => {

@@ -161,6 +161,21 @@ impl RefStats {
     }
 }
 
+/// How a cache records which images its statistics describe: the canonical path of `src` (with
+/// `:split` or `/*.png`) and the number of images, e.g. `/abs/mnist.h5:test, first 2000 images`.
+/// `ddpm-cli eval --real-stats` and `ddpm-cli compare` write and accept the same text, so one
+/// cache serves both.
+pub fn source_description(src: &crate::inputs::ImageSource, n: usize) -> String {
+    use crate::inputs::ImageSource;
+    let canonical = std::fs::canonicalize(src.path()).unwrap_or_else(|_| src.path().to_path_buf());
+    let described = match src {
+        ImageSource::Split { split, .. } => format!("{}:{split}", canonical.display()),
+        ImageSource::PngDir { .. } => format!("{}/*.png", canonical.display()),
+        ImageSource::Samples { .. } => canonical.display().to_string(),
+    };
+    format!("{described}, first {n} images")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
