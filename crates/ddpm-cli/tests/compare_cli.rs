@@ -131,3 +131,97 @@ set = ["data.path=\"{mnist}\"", "data.batch_size=8", "run.steps=2", "run.cpu_thr
     );
     assert!(report.join("samples/gan-generator.h5").is_file());
 }
+
+/// `<workspace>/datasets/weights/fid-inception-pool3.pt`; fails loudly when missing.
+fn pool3_weights() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../datasets/weights/fid-inception-pool3.pt");
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo xtask fetch-weights`",
+        p.display()
+    );
+    p
+}
+
+#[test]
+fn compare_with_inception_fid_on_a_few_samples() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    random_classifier(&d.join("clf"));
+    let mnist = mnist_h5();
+    let config = format!(
+        r#"
+out_dir = "{out}"
+device = "cpu"
+cpu_threads = 1
+samples = 4
+reference = "{mnist}:test"
+reference_images = 6
+nll_images = 0
+fid_inception = true
+inception = "{inception}"
+reference_inception_stats = "{cache}"
+classifier = "{clf}"
+splits = 2
+batch_size = 4
+grid_images = 4
+ddpm_rows = [{{ spec = "ddim5" }}]
+
+[ddpm]
+run = "{ddpm}"
+set = [
+    "model.unet.block_out_channels=[8, 16]",
+    "model.unet.down_block_types=[\"DownBlock2D\", \"AttnDownBlock2D\"]",
+    "model.unet.up_block_types=[\"AttnUpBlock2D\", \"UpBlock2D\"]",
+    "model.unet.norm_num_groups=4",
+    "diffusion.timesteps=50",
+    "run.sample_steps=\"ddim5\"",
+]
+
+[gan]
+include = false
+
+[vae]
+include = false
+
+[train]
+set = ["data.path=\"{mnist}\"", "data.batch_size=4", "run.steps=1", "run.cpu_threads=1", "run.log_every=1", "run.sample_num=4"]
+"#,
+        out = d.join("report").display(),
+        mnist = mnist.display(),
+        inception = pool3_weights().display(),
+        cache = d.join("ref-stats.h5").display(),
+        clf = d.join("clf").display(),
+        ddpm = d.join("ddpm").display(),
+    );
+    let cfg_path = d.join("compare.toml");
+    std::fs::write(&cfg_path, config).unwrap();
+    let run = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_ddpm-cli"))
+            .args(["compare", "--config", cfg_path.to_str().unwrap()])
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run ddpm-cli");
+        assert!(
+            out.status.success(),
+            "compare failed\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let json: Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join("report/report.json")).unwrap())
+                .unwrap();
+        json["rows"][0]["fid_inception"]
+            .as_f64()
+            .expect("FID-Inception computed")
+    };
+    let fid = run();
+    assert!(fid.is_finite() && fid > 0.0, "{fid}");
+    assert!(
+        d.join("ref-stats.h5").is_file(),
+        "reference statistics cached"
+    );
+    // The second run reuses the run directory and the cached reference statistics.
+    assert_eq!(run(), fid);
+}
