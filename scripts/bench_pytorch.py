@@ -78,6 +78,20 @@ def vm_hwm_mib():
     return None
 
 
+def process_cpu_secs():
+    """CPU seconds of this process from /proc/self/stat (user + system, 100 Hz ticks), as ddpm-rs reads them."""
+    try:
+        rest = open("/proc/self/stat").read().rsplit(")", 1)[1].split()
+        return (int(rest[11]) + int(rest[12])) / 100.0
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def cpu_per(start, n):
+    end = process_cpu_secs()
+    return (end - start) / max(n, 1) if start is not None and end is not None else None
+
+
 def reset_peak_rss():
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -113,7 +127,12 @@ def bench(args):
     steps = args.steps or ours.get("train", {}).get("steps", 10)
     warmup = args.warmup if args.warmup is not None else ours.get("train", {}).get("warmup", 2)
     sample_steps = args.sample_steps or ours.get("sample", {}).get("evals", 20)
-    chain = args.chain or (ours.get("chain") or {}).get("sampler") or "ddim50"
+    if args.chain:
+        chain = args.chain
+    elif "chain" in ours:
+        chain = ours["chain"]["sampler"] if ours["chain"] else "none"
+    else:
+        chain = "ddim50"
     chain_batch = args.chain_batch or (ours.get("chain") or {}).get("batch") or batch
     pad_to_32 = ours.get("pad_to_32", False)
     random_flip = ours.get("random_flip", False)
@@ -127,14 +146,15 @@ def bench(args):
 
     load_before = load_average()
     torch.manual_seed(args.seed)
-    model = UNet2DModel.from_pretrained(args.weights).to(device)
+    model = UNet2DModel.from_pretrained(args.weights, low_cpu_mem_usage=False).to(device)
     model.train()
-    ema = UNet2DModel.from_pretrained(args.weights).to(device)
+    ema = UNet2DModel.from_pretrained(args.weights, low_cpu_mem_usage=False).to(device)
     ema.requires_grad_(False)
     ema.eval()
     params = [p for p in model.parameters() if p.requires_grad]
     ema_params = [p for p in ema.parameters()]
     num_params = sum(p.numel() for p in params)
+    weights_abs_sum = float(sum(p.detach().double().abs().sum() for p in params))
     cfg = model.config
     c = cfg.in_channels
     h = w = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
@@ -201,10 +221,12 @@ def bench(args):
     train_times = []
     loss = None
     block_start = time.perf_counter()
+    cpu_start = process_cpu_secs()
     for step in range(warmup + steps):
         if step == warmup:
             sync()
             block_start = time.perf_counter()
+            cpu_start = process_cpu_secs()
         start = time.perf_counter()
         loss = train_step(step)
         if device.type != "cuda" and step >= warmup:
@@ -212,7 +234,8 @@ def bench(args):
     if device.type == "cuda":
         sync()
         train_times = [(time.perf_counter() - block_start) / steps] * steps
-    final_loss = float(loss)
+    train_cpu = cpu_per(cpu_start, steps)
+    final_loss = float(loss.detach())
     train_peak = vm_hwm_mib()
     cuda_train_peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
@@ -229,15 +252,18 @@ def bench(args):
     with torch.inference_mode():
         x = torch.randn(batch, c, sh, sw, device=device)
         block_start = time.perf_counter()
+        cpu_start = process_cpu_secs()
         for i in range(warmup + sample_steps):
             if i == warmup:
                 sync()
                 block_start = time.perf_counter()
+                cpu_start = process_cpu_secs()
             t = torch.full((batch,), 999 - (i * 20) % 1000, dtype=torch.int64, device=device)
             start = time.perf_counter()
             evaluate(x, t)
             if device.type != "cuda" and i >= warmup:
                 sample_times.append(time.perf_counter() - start)
+        sample_cpu = cpu_per(cpu_start, sample_steps)
         if device.type == "cuda":
             sync()
             sample_times = [(time.perf_counter() - block_start) / sample_steps] * sample_steps
@@ -278,15 +304,16 @@ def bench(args):
         "batch": batch,
         "image": [c, sh, sw],
         "params": num_params,
+        "weights_abs_sum": weights_abs_sum,
         "adam": adam_impl,
         "load_avg_before": load_before,
         "load_avg_after": load_average(),
         "train": {
-            "steps": steps, "warmup": warmup, "step": ts, "step_s": ts["median_s"],
+            "steps": steps, "warmup": warmup, "step": ts, "step_s": ts["median_s"], "cpu_s_per_step": train_cpu,
             "images_per_s": batch / ts["mean_s"], "final_loss": final_loss,
         },
         "sample": {
-            "evals": sample_steps, "eval": ss, "eval_s": ss["median_s"], "evals_per_s": 1.0 / ss["mean_s"],
+            "evals": sample_steps, "eval": ss, "eval_s": ss["median_s"], "evals_per_s": 1.0 / ss["mean_s"], "cpu_s_per_eval": sample_cpu,
             "image_evals_per_s": batch / ss["mean_s"], "grad_mode": "inference_mode",
         },
         "chain": chain_report,
@@ -320,12 +347,18 @@ def compare(ours_files, pt_files):
     print(f"preset {o.get('preset')} | device {o.get('device')} | batch {o.get('batch')} | threads ours {o.get('threads')} "
           f"/ pytorch {p.get('threads')} | dtype {o.get('dtype')} / {p.get('dtype')} | params {o.get('params')} / {p.get('params')} "
           f"| repeats {len(ours)} / {len(pt)} (medians) | pytorch Adam: {p.get('adam')}")
+    wa, wb = o.get("weights_abs_sum"), p.get("weights_abs_sum")
+    if wa is not None and wb is not None:
+        same = abs(wa - wb) <= 1e-6 * max(abs(wa), 1.0)
+        print(f"initial weights: sum|w| ddpm-rs {wa:.6f} / pytorch {wb:.6f} ({'same' if same else 'DIFFERENT'})")
     if loads:
         print(f"1-min load average at the start of each run: {', '.join(f'{l[0]:.2f}' for l in loads)}")
     rows = [
         ("train step, s (median)", "train.step_s", True),
+        ("train CPU s/step (all threads)", "train.cpu_s_per_step", True),
         ("train images/s", "train.images_per_s", False),
         ("sampling eval, s (median)", "sample.eval_s", True),
+        ("sampling CPU s/eval", "sample.cpu_s_per_eval", True),
         ("sampling image-evals/s", "sample.image_evals_per_s", False),
         ("full chain images/s", "chain.images_per_s", False),
         ("full chain s", "chain.secs", True),

@@ -110,6 +110,18 @@ fn proc_status_mib(field: &str) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// CPU seconds (user + system, all threads) this process has used: `/proc/self/stat` fields 14
+/// and 15 in clock ticks (100 Hz on Linux). Under load, CPU time per step is a steadier measure of
+/// the work than wall time (with one thread; more threads add their spin-waiting).
+fn process_cpu_secs() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let rest = &text[text.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
 /// Resets the peak resident set size (`VmHWM`) so that the next phase's peak is its own.
 fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
@@ -166,6 +178,11 @@ pub fn run_bench(opts: &BenchOptions) -> Result<Value> {
         ddpm_nets::diffusers::save_pretrained(dir, u, &model.vs)?;
     }
     let params = named_trainables(&model.vs);
+    // Σ|θ| of the initial weights: PyTorch's report shows the same number when it loaded them.
+    let weights_abs_sum: f64 = params
+        .iter()
+        .map(|(_, p)| p.abs().sum(Kind::Double).double_value(&[]))
+        .sum();
     let mut adam = Adam::new(
         params
             .iter()
@@ -202,10 +219,12 @@ pub fn run_bench(opts: &BenchOptions) -> Result<Value> {
     let mut train_times = Vec::with_capacity(opts.steps);
     let mut last_loss = Tensor::zeros([], (Kind::Float, device));
     let mut block_start = Instant::now();
+    let mut cpu_start = process_cpu_secs();
     for step in 0..opts.warmup + opts.steps {
         if step == opts.warmup {
             sync(device);
             block_start = Instant::now();
+            cpu_start = process_cpu_secs();
         }
         tch::manual_seed(step_seed(cfg.run.seed, step) as i64);
         let start = Instant::now();
@@ -236,6 +255,9 @@ pub fn run_bench(opts: &BenchOptions) -> Result<Value> {
         let per = block_start.elapsed().as_secs_f64() / opts.steps.max(1) as f64;
         train_times = vec![per; opts.steps];
     }
+    let train_cpu = cpu_start
+        .zip(process_cpu_secs())
+        .map(|(a, b)| (b - a) / opts.steps.max(1) as f64);
     let final_loss = last_loss.double_value(&[]);
     if !final_loss.is_finite() {
         return Err(TrainError::NonFinite {
@@ -273,14 +295,17 @@ pub fn run_bench(opts: &BenchOptions) -> Result<Value> {
         y.to_kind(Kind::Float)
     };
     let mut sample_times = Vec::with_capacity(opts.sample_steps);
+    let mut sample_cpu = None;
     tch::no_grad(|| {
         tch::manual_seed(step_seed(cfg.run.seed, usize::MAX / 3) as i64);
         let x = Tensor::randn([batch, u.in_channels, sh, sw], (Kind::Float, device));
         let mut block_start = Instant::now();
+        let mut cpu_start = process_cpu_secs();
         for i in 0..opts.warmup + opts.sample_steps {
             if i == opts.warmup {
                 sync(device);
                 block_start = Instant::now();
+                cpu_start = process_cpu_secs();
             }
             let t = Tensor::full([batch], 999 - (i as i64 * 20) % 1000, (Kind::Int64, device));
             let start = Instant::now();
@@ -290,6 +315,9 @@ pub fn run_bench(opts: &BenchOptions) -> Result<Value> {
             }
             drop(y);
         }
+        sample_cpu = cpu_start
+            .zip(process_cpu_secs())
+            .map(|(a, b)| (b - a) / opts.sample_steps.max(1) as f64);
         if device.is_cuda() {
             sync(device);
             let per = block_start.elapsed().as_secs_f64() / opts.sample_steps.max(1) as f64;
@@ -348,6 +376,7 @@ pub fn run_bench(opts: &BenchOptions) -> Result<Value> {
         "batch": batch,
         "image": [u.in_channels, sh, sw],
         "params": num_params,
+        "weights_abs_sum": weights_abs_sum,
         "data": "synthetic uint8, converted by loader::to_model_input",
         "pad_to_32": cfg.data.pad_to_32,
         "random_flip": cfg.data.random_flip,
@@ -360,6 +389,7 @@ pub fn run_bench(opts: &BenchOptions) -> Result<Value> {
             "warmup": opts.warmup,
             "step": train_summary,
             "step_s": train_median,
+            "cpu_s_per_step": train_cpu,
             "images_per_s": batch as f64 / train_mean,
             "final_loss": final_loss,
             "includes": "t/ε draws, q_sample, forward, ε-MSE loss, backward, grad-norm clip, Adam, EMA",
@@ -369,6 +399,7 @@ pub fn run_bench(opts: &BenchOptions) -> Result<Value> {
             "eval": sample_summary,
             "eval_s": sample_summary["median_s"],
             "evals_per_s": 1.0 / sample_mean,
+            "cpu_s_per_eval": sample_cpu,
             "image_evals_per_s": batch as f64 / sample_mean,
             "grad_mode": "no_grad (tch has no InferenceMode guard)",
         },
