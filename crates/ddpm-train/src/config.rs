@@ -317,7 +317,7 @@ impl TrainConfig {
                 c.optim.lr = 1e-3;
                 c.optim.warmup_steps = 200;
                 c.optim.ema_decay = 0.995;
-                c.run.steps = 4000;
+                c.run.steps = 3000;
                 c.run.device = "cpu".into();
                 c.run.log_every = 50;
                 c.run.sample_every = 1000;
@@ -429,7 +429,7 @@ impl TrainConfig {
 
     /// Parses TOML text.
     pub fn from_toml(text: &str) -> Result<Self> {
-        toml::from_str(text).map_err(|e| TrainError::config(&toml_error_key(&e), e.message().to_string()))
+        toml::from_str(text).map_err(|e| TrainError::config(&toml_error_key(&e, text), e.message().to_string()))
     }
 
     /// The resolved TOML text (what a run directory starts with).
@@ -570,20 +570,33 @@ fn parse_value(raw: &str) -> toml::Value {
     }
 }
 
-/// The dotted key a TOML error is about, from its message and span (best effort).
-fn toml_error_key(e: &toml::de::Error) -> String {
-    let msg = e.message();
-    if let Some(rest) = msg.strip_prefix("unknown field `") {
-        if let Some(end) = rest.find('`') {
-            return rest[..end].to_string();
-        }
+/// The dotted key a TOML error is about (e.g. `run.steps`), from the error's span in `text`: the
+/// table header above it and the key on its line (or the field an "unknown field" message names).
+fn toml_error_key(e: &toml::de::Error, text: &str) -> String {
+    let named = |prefix: &str| {
+        let rest = e.message().strip_prefix(prefix)?;
+        Some(rest[..rest.find('`')?].to_string())
+    };
+    let field = named("unknown field `").or_else(|| named("missing field `"));
+    let Some(span) = e.span() else {
+        return field.unwrap_or_else(|| "config".to_string());
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("").trim();
+    let header = |l: &str| l.strip_prefix('[').and_then(|l| l.strip_suffix(']')).map(|h| h.trim().to_string());
+    if let Some(h) = header(line) {
+        // The error is about a table itself (e.g. an unknown section).
+        return h;
     }
-    if let Some(rest) = msg.strip_prefix("missing field `") {
-        if let Some(end) = rest.find('`') {
-            return rest[..end].to_string();
-        }
+    let section = before[..line_start].lines().rev().find_map(|l| header(l.trim()));
+    let key = field.or_else(|| line.split_once('=').map(|(k, _)| k.trim().trim_matches('"').to_string()));
+    match (section, key) {
+        (Some(s), Some(k)) => format!("{s}.{k}"),
+        (None, Some(k)) => k,
+        (Some(s), None) => s,
+        (None, None) => "config".to_string(),
     }
-    "config".to_string()
 }
 
 #[cfg(test)]
@@ -631,15 +644,15 @@ mod tests {
     #[test]
     fn unknown_key_is_named() {
         let err = TrainConfig::from_toml("[optim]\nlrr = 0.1\n").unwrap_err().to_string();
-        assert!(err.contains("lrr"), "{err}");
+        assert!(err.contains("config `optim.lrr`"), "{err}");
         let err = TrainConfig::from_toml("[optimiser]\nlr = 0.1\n").unwrap_err().to_string();
         assert!(err.contains("optimiser"), "{err}");
     }
 
     #[test]
     fn wrong_type_is_reported() {
-        let err = TrainConfig::from_toml("[run]\nsteps = \"many\"\n").unwrap_err().to_string();
-        assert!(err.contains("steps") || err.contains("integer"), "{err}");
+        let err = TrainConfig::from_toml("[run]\nseed = 1\nsteps = \"many\"\n").unwrap_err().to_string();
+        assert!(err.contains("config `run.steps`"), "{err}");
     }
 
     #[test]
@@ -665,10 +678,21 @@ mod tests {
             ("data.batch_size=0", "data.batch_size"),
             ("run.device=gpu", "run.device"),
             ("diffusion.schedule=cubic", "diffusion.schedule"),
-            ("diffusion.var_type=learned-range", "model.unet.out_channels"),
+            ("diffusion.loss_type=hybrid", "diffusion"),
             ("run.sample_steps=ddim7000", "run.sample_steps"),
         ];
         for (o, key) in cases {
+            let c = base.with_overrides(&[o.to_string()]).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{o}: {err}");
+        }
+        // A learned variance needs twice the output channels.
+        let c = base
+            .with_overrides(&["diffusion.var_type=learned-range".into(), "diffusion.loss_type=hybrid".into()])
+            .unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("model.unet.out_channels"), "{err}");
+        for (o, key) in [("run.steps=0", "run.steps")] {
             let c = base.with_overrides(&[o.to_string()]).unwrap();
             let err = c.validate().unwrap_err().to_string();
             assert!(err.contains(key), "{o}: {err}");
