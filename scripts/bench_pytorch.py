@@ -355,7 +355,7 @@ def compare(ours_files, pt_files):
         print(f"1-min load average at the start of each run: {', '.join(f'{l[0]:.2f}' for l in loads)}")
     rows = [
         ("train step, s (median)", "train.step_s", True),
-        ("train CPU s/step (all threads)", "train.cpu_s_per_step", True),
+        ("train CPU s/step", "train.cpu_s_per_step", True),
         ("train images/s", "train.images_per_s", False),
         ("sampling eval, s (median)", "sample.eval_s", True),
         ("sampling CPU s/eval", "sample.cpu_s_per_eval", True),
