@@ -692,10 +692,8 @@ mod tests {
             .unwrap();
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("model.unet.out_channels"), "{err}");
-        for (o, key) in [("run.steps=0", "run.steps")] {
-            let c = base.with_overrides(&[o.to_string()]).unwrap();
-            let err = c.validate().unwrap_err().to_string();
-            assert!(err.contains(key), "{o}: {err}");
-        }
+        let c = base.with_overrides(&["run.steps=0".to_string()]).unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("run.steps"), "{err}");
     }
 }
