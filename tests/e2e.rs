@@ -12,14 +12,26 @@ fn cli() -> Command {
 }
 
 fn ok(out: Output, what: &str) -> String {
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{what} failed ({}):\n{text}", out.status);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{text}",
+        out.status
+    );
     text
 }
 
 fn mnist() -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../datasets/mnist.h5");
-    assert!(p.exists(), "{} is missing: run `cargo xtask fetch-data` first", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo xtask fetch-data` first",
+        p.display()
+    );
     p
 }
 
@@ -62,15 +74,36 @@ fn train_checkpoint_sample_and_inspect() {
     let run = dir.path().join("run");
     let config = tiny_config(dir.path(), 6);
     let text = ok(
-        cli().args(["train", "--no-progress", "--config"]).arg(&config).arg("--out").arg(&run).output().unwrap(),
+        cli()
+            .args(["train", "--no-progress", "--config"])
+            .arg(&config)
+            .arg("--out")
+            .arg(&run)
+            .output()
+            .unwrap(),
         "train",
     );
-    assert!(text.contains("finished") && text.contains("at step 6"), "{text}");
-    for f in ["config.toml", "metrics.jsonl", "train.log", "loss.png", "samples/step_6.png"] {
+    assert!(
+        text.contains("finished") && text.contains("at step 6"),
+        "{text}"
+    );
+    for f in [
+        "config.toml",
+        "metrics.jsonl",
+        "train.log",
+        "loss.png",
+        "samples/step_6.png",
+    ] {
         assert!(run.join(f).is_file(), "{f} missing");
     }
     let ckpt = run.join("checkpoints/step_0000006");
-    for f in ["model.safetensors", "ema.safetensors", "optim.safetensors", "state.json", "config.toml"] {
+    for f in [
+        "model.safetensors",
+        "ema.safetensors",
+        "optim.safetensors",
+        "state.json",
+        "config.toml",
+    ] {
         assert!(ckpt.join(f).is_file(), "checkpoint file {f} missing");
     }
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
@@ -79,14 +112,28 @@ fn train_checkpoint_sample_and_inspect() {
         assert!(!last[key].is_null(), "metrics.jsonl lacks {key}: {last}");
     }
     assert_eq!(last["loss_q"].as_array().unwrap().len(), 4);
-    assert!(std::fs::read_to_string(run.join("train.log")).unwrap().contains("checkpoint"));
+    assert!(std::fs::read_to_string(run.join("train.log"))
+        .unwrap()
+        .contains("checkpoint"));
 
     // DDIM with a grid and a trajectory strip.
     let out = dir.path().join("ddim.h5");
     let (grid, strip) = (dir.path().join("grid.png"), dir.path().join("strip.png"));
     let text = ok(
         cli()
-            .args(["sample", "--device", "cpu", "--num", "5", "--batch-size", "3", "--sampler", "ddim", "--steps", "10"])
+            .args([
+                "sample",
+                "--device",
+                "cpu",
+                "--num",
+                "5",
+                "--batch-size",
+                "3",
+                "--sampler",
+                "ddim",
+                "--steps",
+                "10",
+            ])
             .arg("--model")
             .arg(&run)
             .arg("--out")
@@ -102,7 +149,10 @@ fn train_checkpoint_sample_and_inspect() {
     assert!(text.contains("ddim10"), "{text}");
     let (shape, pixels) = read_images(&out);
     assert_eq!(shape, vec![5, 28, 28, 1]);
-    assert!(pixels.iter().any(|&p| p != pixels[0]), "samples are constant");
+    assert!(
+        pixels.iter().any(|&p| p != pixels[0]),
+        "samples are constant"
+    );
     for png in [&grid, &strip] {
         let img = image::open(png).unwrap();
         assert!(img.width() > 28 && img.height() >= 28, "{}", png.display());
@@ -112,7 +162,19 @@ fn train_checkpoint_sample_and_inspect() {
         let out = dir.path().join(name);
         ok(
             cli()
-                .args(["sample", "--device", "cpu", "--num", "2", "--sampler", "ddpm", "--steps", "20", "--seed", "3"])
+                .args([
+                    "sample",
+                    "--device",
+                    "cpu",
+                    "--num",
+                    "2",
+                    "--sampler",
+                    "ddpm",
+                    "--steps",
+                    "20",
+                    "--seed",
+                    "3",
+                ])
                 .arg("--model")
                 .arg(&run)
                 .arg("--out")
@@ -128,7 +190,13 @@ fn train_checkpoint_sample_and_inspect() {
     // The forward process picture.
     let fwd = dir.path().join("forward.png");
     ok(
-        cli().args(["visualize", "forward", "--num", "3", "--data"]).arg(mnist()).arg("--out").arg(&fwd).output().unwrap(),
+        cli()
+            .args(["visualize", "forward", "--num", "3", "--data"])
+            .arg(mnist())
+            .arg("--out")
+            .arg(&fwd)
+            .output()
+            .unwrap(),
         "visualize forward",
     );
     assert!(image::open(&fwd).unwrap().width() > 9 * 28);
@@ -151,16 +219,35 @@ fn sigint_saves_a_checkpoint_and_resume_finishes_the_run() {
     // Wait for the first checkpoint, then interrupt.
     let start = Instant::now();
     while !run.join("checkpoints/step_0000002").exists() {
-        assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint after 120 s");
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no checkpoint after 120 s"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let out = child.wait_with_output().unwrap();
     let text = ok(out, "interrupted train");
-    assert!(text.contains("stopped") && text.contains("--resume"), "{text}");
-    let step: usize = text.split("at step ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
-    assert!(run.join(format!("checkpoints/step_{step:07}/state.json")).is_file());
+    assert!(
+        text.contains("stopped") && text.contains("--resume"),
+        "{text}"
+    );
+    let step: usize = text
+        .split("at step ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(run
+        .join(format!("checkpoints/step_{step:07}/state.json"))
+        .is_file());
     // Resume with a nearer end.
     let text = ok(
         cli()
@@ -180,10 +267,20 @@ fn bad_invocations_fail_with_clear_messages() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[optim]\nlearning_rate = 0.1\n").unwrap();
-    let out = cli().args(["train", "--config"]).arg(&bad).arg("--out").arg(dir.path().join("r")).output().unwrap();
+    let out = cli()
+        .args(["train", "--config"])
+        .arg(&bad)
+        .arg("--out")
+        .arg(dir.path().join("r"))
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("learning_rate"));
-    let out = cli().args(["sample", "--num", "1", "--out", "x.h5", "--model"]).arg(dir.path()).output().unwrap();
+    let out = cli()
+        .args(["sample", "--num", "1", "--out", "x.h5", "--model"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("neither a run directory"));
 }

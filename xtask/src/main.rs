@@ -120,7 +120,9 @@ impl Ctx {
 
 /// Runs a command, failing with its command line when it fails.
 pub fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("cannot start {cmd:?}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
     if !status.success() {
         bail!("command failed ({status}): {cmd:?}");
     }
@@ -133,10 +135,17 @@ fn main() -> Result<()> {
         .parent()
         .context("xtask lives one level below the workspace root")?
         .to_path_buf();
-    let ctx = Ctx { root, release: cli.release };
+    let ctx = Ctx {
+        root,
+        release: cli.release,
+    };
     match cli.command {
         Cmd::Setup => venv::ensure(&ctx.venv()).map(|_| ()),
-        Cmd::FetchData { dataset, from, force } => {
+        Cmd::FetchData {
+            dataset,
+            from,
+            force,
+        } => {
             venv::ensure(&ctx.venv())?;
             for spec in datasets_of(dataset) {
                 fetch::fetch_dataset(&ctx, spec, from.as_deref(), force)?;
@@ -148,7 +157,10 @@ fn main() -> Result<()> {
             fetch::fetch_weights(&ctx, from.as_deref(), force).map(|_| ())
         }
         Cmd::Test => test(&ctx),
-        Cmd::Quickstart => quickstart(&Ctx { release: true, ..ctx }),
+        Cmd::Quickstart => quickstart(&Ctx {
+            release: true,
+            ..ctx
+        }),
         Cmd::Cargo { args } => {
             venv::ensure(&ctx.venv())?;
             run(ctx.cargo().args(args))
@@ -186,10 +198,20 @@ fn test(ctx: &Ctx) -> Result<()> {
     step("cargo fmt --check");
     run(ctx.cargo().args(["fmt", "--all", "--", "--check"]))?;
     step("cargo clippy -D warnings");
-    run(ctx.cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(ctx.cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     step("cargo test");
     run(ctx.cargo().args(["test", "--workspace"]))?;
-    eprintln!("\nall checks passed in {:.0} s", start.elapsed().as_secs_f64());
+    eprintln!(
+        "\nall checks passed in {:.0} s",
+        start.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -204,9 +226,15 @@ fn quickstart(ctx: &Ctx) -> Result<()> {
         eprintln!("warning: FID weights unavailable ({e:#}); evaluation will need them");
     }
     step("ddpm-cli info");
-    let info = ctx.ddpm_cli(["info", "--json"]).output().context("cannot run ddpm-cli info")?;
+    let info = ctx
+        .ddpm_cli(["info", "--json"])
+        .output()
+        .context("cannot run ddpm-cli info")?;
     if !info.status.success() {
-        bail!("ddpm-cli info failed: {}", String::from_utf8_lossy(&info.stderr));
+        bail!(
+            "ddpm-cli info failed: {}",
+            String::from_utf8_lossy(&info.stderr)
+        );
     }
     let cuda = String::from_utf8_lossy(&info.stdout).contains("\"cuda_available\": true");
     run(&mut ctx.ddpm_cli(["info"]))?;
@@ -214,9 +242,15 @@ fn quickstart(ctx: &Ctx) -> Result<()> {
     let os = |p: &Path| p.as_os_str().to_owned();
     step("a look at the data");
     let data = ctx.datasets().join("mnist.h5");
-    run(ctx.ddpm_cli(["data", "summary", "--file"]).arg(&data).arg("--grid").arg(out.join("real_digits.png")))?;
+    run(ctx
+        .ddpm_cli(["data", "summary", "--file"])
+        .arg(&data)
+        .arg("--grid")
+        .arg(out.join("real_digits.png")))?;
     let preset = if cuda { "mnist" } else { "mnist-cpu" };
-    step(&format!("train a DDPM (preset {preset}; Ctrl-C saves, and running quickstart again resumes)"));
+    step(&format!(
+        "train a DDPM (preset {preset}; Ctrl-C saves, and running quickstart again resumes)"
+    ));
     let run_dir = out.join("ddpm");
     let mut train = ctx.ddpm_cli(["train"]);
     if run_dir.join("config.toml").exists() {
@@ -228,7 +262,16 @@ fn quickstart(ctx: &Ctx) -> Result<()> {
     step("sample 64 digits with DDIM, 50 steps");
     let samples = out.join("samples.h5");
     run(ctx
-        .ddpm_cli(["sample", "--num", "64", "--sampler", "ddim", "--steps", "50", "--model"])
+        .ddpm_cli([
+            "sample",
+            "--num",
+            "64",
+            "--sampler",
+            "ddim",
+            "--steps",
+            "50",
+            "--model",
+        ])
         .arg(os(&run_dir))
         .arg("--out")
         .arg(&samples)

@@ -17,7 +17,10 @@ pub fn apply_env(cmd: &mut Command, venv: &Path) {
     let path = std::env::var_os("PATH").unwrap_or_default();
     let mut paths = vec![bin.clone()];
     paths.extend(std::env::split_paths(&path));
-    cmd.env("PATH", std::env::join_paths(paths).expect("PATH entries without ':'"));
+    cmd.env(
+        "PATH",
+        std::env::join_paths(paths).expect("PATH entries without ':'"),
+    );
     cmd.env("VIRTUAL_ENV", venv);
     cmd.env("LIBTORCH_USE_PYTORCH", "1");
     cmd.env("CMAKE", bin.join("cmake"));
@@ -29,7 +32,9 @@ fn torch_version(python: &Path) -> Option<String> {
         .args(["-c", "import torch; print(torch.__version__)"])
         .output()
         .ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 fn cmake_ok(venv: &Path) -> bool {
@@ -48,14 +53,21 @@ pub fn ensure(venv: &Path) -> Result<PathBuf> {
             if v.split('+').next() == Some(TORCH_VERSION) && cmake_ok(venv) {
                 return Ok(python);
             }
-            eprintln!("{}: torch {v} found; (re)installing {REQUIREMENTS:?}", venv.display());
+            eprintln!(
+                "{}: torch {v} found; (re)installing {REQUIREMENTS:?}",
+                venv.display()
+            );
         }
     } else {
         let python3 = which("python3").context(
             "python3 not found on PATH: install Python 3 (3.9 or newer) with the venv module and pip, \
              then run this command again",
         )?;
-        eprintln!("creating {} with {} (torch wheels are ~4.7 GB; a few minutes)", venv.display(), python3.display());
+        eprintln!(
+            "creating {} with {} (torch wheels are ~4.7 GB; a few minutes)",
+            venv.display(),
+            python3.display()
+        );
         let status = Command::new(&python3)
             .args(["-m", "venv"])
             .arg(venv)
@@ -85,16 +97,29 @@ pub fn ensure(venv: &Path) -> Result<PathBuf> {
         );
     }
     let status = Command::new(&python)
-        .args(["-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--progress-bar",
+            "off",
+        ])
         .args(REQUIREMENTS)
         .status()
         .context("cannot run pip")?;
     if !status.success() {
-        bail!("pip install {REQUIREMENTS:?} into {} failed (see pip's message above)", venv.display());
+        bail!(
+            "pip install {REQUIREMENTS:?} into {} failed (see pip's message above)",
+            venv.display()
+        );
     }
     match torch_version(&python) {
         Some(v) if v.split('+').next() == Some(TORCH_VERSION) => Ok(python),
-        other => bail!("after pip install, {} imports torch {other:?}, not {TORCH_VERSION}", python.display()),
+        other => bail!(
+            "after pip install, {} imports torch {other:?}, not {TORCH_VERSION}",
+            python.display()
+        ),
     }
 }
 

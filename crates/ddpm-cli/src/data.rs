@@ -43,17 +43,29 @@ pub enum DataCommand {
 }
 
 fn parse_expected(s: &str) -> Result<Expected, String> {
-    let (file, digest) = s.split_once('=').ok_or_else(|| format!("`{s}` is not FILE=HEX"))?;
+    let (file, digest) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not FILE=HEX"))?;
     let ok = matches!(digest.len(), 32 | 64) && digest.chars().all(|c| c.is_ascii_hexdigit());
     if !ok {
-        return Err(format!("`{digest}` is not an md5 (32) or sha256 (64) hex digest"));
+        return Err(format!(
+            "`{digest}` is not an md5 (32) or sha256 (64) hex digest"
+        ));
     }
-    Ok(Expected { file: file.to_string(), digest: digest.to_ascii_lowercase() })
+    Ok(Expected {
+        file: file.to_string(),
+        digest: digest.to_ascii_lowercase(),
+    })
 }
 
 pub fn run(cmd: DataCommand) -> Result<()> {
     match cmd {
-        DataCommand::Import { name, raw, out, expected } => {
+        DataCommand::Import {
+            name,
+            raw,
+            out,
+            expected,
+        } => {
             let s = data::import_idx_dataset(&name, &raw, &out, &expected)?;
             println!(
                 "{}: {} train + {} test images of {}x{} ({})",
@@ -73,13 +85,29 @@ pub fn run(cmd: DataCommand) -> Result<()> {
                     .sources
                     .iter()
                     .find(|f| f.name == e.file)
-                    .with_context(|| format!("{}: records no source file {}", file.display(), e.file))?;
-                let got = if e.digest.len() == 32 { &src.digests.md5 } else { &src.digests.sha256 };
+                    .with_context(|| {
+                        format!("{}: records no source file {}", file.display(), e.file)
+                    })?;
+                let got = if e.digest.len() == 32 {
+                    &src.digests.md5
+                } else {
+                    &src.digests.sha256
+                };
                 if got != &e.digest {
-                    bail!("{}: source {} has digest {got}, expected {}", file.display(), e.file, e.digest);
+                    bail!(
+                        "{}: source {} has digest {got}, expected {}",
+                        file.display(),
+                        e.file,
+                        e.digest
+                    );
                 }
             }
-            println!("{}: valid ({} train, {} test)", file.display(), s.n_train, s.n_test);
+            println!(
+                "{}: valid ({} train, {} test)",
+                file.display(),
+                s.n_train,
+                s.n_test
+            );
             Ok(())
         }
         DataCommand::Summary { file, grid } => summary(&file, grid.as_deref()),
@@ -89,7 +117,10 @@ pub fn run(cmd: DataCommand) -> Result<()> {
 fn summary(file: &std::path::Path, grid: Option<&std::path::Path>) -> Result<()> {
     let s = data::check_dataset(file)?;
     println!("dataset {} ({})", s.name, file.display());
-    println!("  image size   {}x{} uint8, grey", s.image_hw.0, s.image_hw.1);
+    println!(
+        "  image size   {}x{} uint8, grey",
+        s.image_hw.0, s.image_hw.1
+    );
     for split in ["train", "test"] {
         let d = data::load_split(file, split)?;
         let mut counts = [0usize; 256];
@@ -104,7 +135,12 @@ fn summary(file: &std::path::Path, grid: Option<&std::path::Path>) -> Result<()>
             .collect();
         let n = d.images.len() as f64;
         let mean = d.images.iter().map(|&p| p as f64).sum::<f64>() / n;
-        let var = d.images.iter().map(|&p| (p as f64 - mean).powi(2)).sum::<f64>() / n;
+        let var = d
+            .images
+            .iter()
+            .map(|&p| (p as f64 - mean).powi(2))
+            .sum::<f64>()
+            / n;
         println!(
             "  {split:<5} {:>6} images, pixel mean {:.2} std {:.2} (of 255), per class {}",
             d.len(),
@@ -117,7 +153,10 @@ fn summary(file: &std::path::Path, grid: Option<&std::path::Path>) -> Result<()>
                 let k = d.len().min(100);
                 let img = data::image_grid(d.images.slice(ndarray::s![..k, .., ..]), 10);
                 crate::write_png(&img, path)?;
-                println!("  grid of the first {k} training images: {}", path.display());
+                println!(
+                    "  grid of the first {k} training images: {}",
+                    path.display()
+                );
             }
         }
     }

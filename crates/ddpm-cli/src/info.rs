@@ -31,17 +31,38 @@ pub fn run(args: InfoArgs) -> Result<()> {
     println!("ddpm-cli {} (tch 0.24)", env!("CARGO_PKG_VERSION"));
     println!(
         "libtorch {} loaded from {}",
-        report.libtorch_version.as_deref().unwrap_or("<unknown version>"),
-        report.libtorch_loaded_from.as_ref().map_or("<not found>".to_string(), |p| p.display().to_string())
+        report
+            .libtorch_version
+            .as_deref()
+            .unwrap_or("<unknown version>"),
+        report
+            .libtorch_loaded_from
+            .as_ref()
+            .map_or("<not found>".to_string(), |p| p.display().to_string())
     );
     println!("  built against {}", report.libtorch_built_against);
-    println!("  libtorch_cuda linked: {}", if report.linked_torch_cuda { "yes" } else { "no" });
+    println!(
+        "  libtorch_cuda linked: {}",
+        if report.linked_torch_cuda {
+            "yes"
+        } else {
+            "no"
+        }
+    );
     println!("cpu: {} threads", report.cpu_threads);
     println!(
         "cuda: {} ({} device(s)){}",
-        if report.cuda_available { "available" } else { "not available" },
+        if report.cuda_available {
+            "available"
+        } else {
+            "not available"
+        },
         report.cuda_device_count,
-        if report.cuda_available { format!(", cudnn {}", report.cudnn_available) } else { String::new() }
+        if report.cuda_available {
+            format!(", cudnn {}", report.cudnn_available)
+        } else {
+            String::new()
+        }
     );
     for (i, name) in report.cuda_device_names.iter().enumerate() {
         println!("  cuda:{i} {name}");
@@ -70,9 +91,15 @@ fn present_files(dir: &std::path::Path) -> Vec<(String, String)> {
     let state = match std::fs::read_to_string(&record) {
         Ok(text) => match serde_json::from_str::<serde_json::Value>(&text) {
             Ok(v) => {
-                let file = dir.join("weights").join(v["file"].as_str().unwrap_or_default());
+                let file = dir
+                    .join("weights")
+                    .join(v["file"].as_str().unwrap_or_default());
                 if file.exists() {
-                    format!("{} variant: {}", v["variant"].as_str().unwrap_or("?"), file.display())
+                    format!(
+                        "{} variant: {}",
+                        v["variant"].as_str().unwrap_or("?"),
+                        file.display()
+                    )
                 } else {
                     format!("recorded but missing: {}", file.display())
                 }

@@ -79,31 +79,52 @@ fn init_tracing(run_dir: Option<std::path::PathBuf>) -> Result<()> {
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::{fmt, EnvFilter, Layer};
     let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let stderr = fmt::layer().with_writer(std::io::stderr).with_filter(filter());
+    let stderr = fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(filter());
     let file = match run_dir {
         Some(dir) => {
-            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create the run directory {}", dir.display()))?;
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create the run directory {}", dir.display()))?;
             let path = dir.join("train.log");
             let f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&path)
                 .with_context(|| format!("cannot write {}", path.display()))?;
-            Some(fmt::layer().with_ansi(false).with_writer(std::sync::Mutex::new(f)).with_filter(filter()))
+            Some(
+                fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(std::sync::Mutex::new(f))
+                    .with_filter(filter()),
+            )
         }
         None => None,
     };
-    tracing_subscriber::registry().with(stderr).with(file).init();
+    tracing_subscriber::registry()
+        .with(stderr)
+        .with(file)
+        .init();
     Ok(())
 }
 
 /// Writes a PNG atomically (temporary file in the same folder, then rename), creating folders.
 pub(crate) fn write_png(img: &image::GrayImage, path: &std::path::Path) -> Result<()> {
     use anyhow::Context;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tmp = dir.join(format!(".{}.{}.tmp.png", path.file_name().and_then(|n| n.to_str()).unwrap_or("img"), std::process::id()));
-    let res = img.save_with_format(&tmp, image::ImageFormat::Png).map_err(anyhow::Error::from).and_then(|_| std::fs::rename(&tmp, path).map_err(anyhow::Error::from));
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp.png",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("img"),
+        std::process::id()
+    ));
+    let res = img
+        .save_with_format(&tmp, image::ImageFormat::Png)
+        .map_err(anyhow::Error::from)
+        .and_then(|_| std::fs::rename(&tmp, path).map_err(anyhow::Error::from));
     if res.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }

@@ -196,7 +196,12 @@ fn argmin_argmax(values: &[f64]) -> (usize, usize) {
 /// Three stacked panels (β_t, ᾱ_t, log SNR) against the original index t, each with its own y-range.
 fn plot(path: &Path, d: &GaussianDiffusion, timesteps: &[usize]) -> Result<()> {
     let xs: Vec<f64> = timesteps.iter().map(|&t| t as f64).collect();
-    let panel = |ys: Vec<f64>, color| ddpm_train::viz::Panel { xs: xs.clone(), ys, color, log_y: false };
+    let panel = |ys: Vec<f64>, color| ddpm_train::viz::Panel {
+        xs: xs.clone(),
+        ys,
+        color,
+        log_y: false,
+    };
     let img = ddpm_train::viz::plot_panels(&[
         panel(slice(d.betas()).to_vec(), [31, 119, 180]),
         panel(slice(d.alphas_cumprod()).to_vec(), [44, 160, 44]),

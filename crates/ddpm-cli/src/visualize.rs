@@ -26,7 +26,11 @@ pub enum VisualizeCommand {
         #[arg(long, default_value_t = 1000)]
         timesteps: usize,
         /// Timesteps to show (0-based indices).
-        #[arg(long, value_delimiter = ',', default_value = "0,50,100,200,300,400,500,700,999")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "0,50,100,200,300,400,500,700,999"
+        )]
         at: Vec<usize>,
         /// Seed of the noise.
         #[arg(long, default_value_t = 0)]
@@ -39,12 +43,25 @@ pub enum VisualizeCommand {
 
 pub fn run(cmd: VisualizeCommand) -> Result<()> {
     match cmd {
-        VisualizeCommand::Forward { data, num, schedule, timesteps, at, seed, out } => {
+        VisualizeCommand::Forward {
+            data,
+            num,
+            schedule,
+            timesteps,
+            at,
+            seed,
+            out,
+        } => {
             if let Some(&t) = at.iter().find(|&&t| t >= timesteps) {
                 bail!("--at {t} is outside 0..{timesteps}");
             }
             let betas = schedule.parse::<BetaSchedule>()?.betas(timesteps)?;
-            let d = GaussianDiffusion::new(betas, ModelMeanType::Epsilon, ModelVarType::FixedLarge, LossType::Simple)?;
+            let d = GaussianDiffusion::new(
+                betas,
+                ModelMeanType::Epsilon,
+                ModelVarType::FixedLarge,
+                LossType::Simple,
+            )?;
             let tables = DeviceTables::full(&d, Device::Cpu);
             let images = loader::load_images(&data, "test")?;
             let idx: Vec<usize> = (0..num.min(images.len())).collect();
@@ -56,12 +73,23 @@ pub fn run(cmd: VisualizeCommand) -> Result<()> {
             // Row-major grid: image i, timestep j at cell i * len(at) + j.
             let frames: Vec<Tensor> = at
                 .iter()
-                .map(|&t| tables.q_sample(&x0, &Tensor::full([n], t as i64, (Kind::Int64, Device::Cpu)), &noise))
+                .map(|&t| {
+                    tables.q_sample(
+                        &x0,
+                        &Tensor::full([n], t as i64, (Kind::Int64, Device::Cpu)),
+                        &noise,
+                    )
+                })
                 .collect();
             let grid = Tensor::stack(&frames, 1).flatten(0, 1);
             let img = viz::grid_nhwc(&to_uint8_nhwc(&grid), at.len());
             viz::save_png(&img, &out)?;
-            println!("{} images × t = {:?} ({schedule}, T = {timesteps}): {}", n, at, out.display());
+            println!(
+                "{} images × t = {:?} ({schedule}, T = {timesteps}): {}",
+                n,
+                at,
+                out.display()
+            );
             Ok(())
         }
     }

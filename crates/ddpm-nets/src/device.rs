@@ -129,7 +129,11 @@ impl DeviceReport {
     /// Queries libtorch (and, for device names, the CUDA driver).
     pub fn collect() -> Self {
         let cuda_available = Cuda::is_available();
-        let cuda_device_count = if cuda_available { Cuda::device_count() } else { 0 };
+        let cuda_device_count = if cuda_available {
+            Cuda::device_count()
+        } else {
+            0
+        };
         let libtorch_loaded_from = loaded_libtorch_dir();
         let libtorch_version = libtorch_loaded_from
             .as_ref()
@@ -208,7 +212,9 @@ fn cuda_device_name(ordinal: i32) -> Result<String, String> {
         if rc != 0 {
             return Err(format!("cuDeviceGetName returned {rc}"));
         }
-        Ok(std::ffi::CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned())
+        Ok(std::ffi::CStr::from_ptr(buf.as_ptr())
+            .to_string_lossy()
+            .into_owned())
     }
 }
 
@@ -232,16 +238,23 @@ mod tests {
     fn cpu_always_resolves_and_absent_cuda_is_an_error() {
         assert_eq!(DeviceSpec::Cpu.resolve().unwrap(), Device::Cpu);
         let count = Cuda::device_count();
-        let err = DeviceSpec::Cuda(count as usize + 7).resolve().unwrap_err().to_string();
+        let err = DeviceSpec::Cuda(count as usize + 7)
+            .resolve()
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("cuda:"), "{err}");
     }
 
     #[test]
     fn report_reads_the_loaded_libtorch() {
         let report = DeviceReport::collect();
-        let dir = report.libtorch_loaded_from.expect("libtorch_cpu.so is mapped");
+        let dir = report
+            .libtorch_loaded_from
+            .expect("libtorch_cpu.so is mapped");
         assert!(dir.join("libtorch_cpu.so").exists());
-        let version = report.libtorch_version.expect("version.py beside torch/lib");
+        let version = report
+            .libtorch_version
+            .expect("version.py beside torch/lib");
         assert!(version.starts_with("2.11.0"), "{version}");
         assert!(report.cpu_threads >= 1);
         assert_eq!(report.cuda_available, report.cuda_device_count > 0);

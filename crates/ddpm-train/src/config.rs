@@ -93,15 +93,19 @@ impl Default for DiffusionConfig {
 impl DiffusionConfig {
     /// Parses the names and builds the process (errors name the `diffusion.*` key).
     pub fn build(&self) -> Result<GaussianDiffusion> {
-        let schedule: BetaSchedule = self
-            .schedule
-            .parse()
-            .map_err(|e: ddpm_math::Error| TrainError::config("diffusion.schedule", e.to_string()))?;
+        let schedule: BetaSchedule = self.schedule.parse().map_err(|e: ddpm_math::Error| {
+            TrainError::config("diffusion.schedule", e.to_string())
+        })?;
         let betas = schedule
             .betas(self.timesteps)
             .map_err(|e| TrainError::config("diffusion.timesteps", e.to_string()))?;
-        GaussianDiffusion::new(betas, self.mean_type()?, self.var_type()?, self.loss_type()?)
-            .map_err(|e| TrainError::config("diffusion", e.to_string()))
+        GaussianDiffusion::new(
+            betas,
+            self.mean_type()?,
+            self.var_type()?,
+            self.loss_type()?,
+        )
+        .map_err(|e| TrainError::config("diffusion", e.to_string()))
     }
 
     /// The parsed mean type.
@@ -286,9 +290,23 @@ pub const PRESETS: [&str; 4] = ["mnist-cpu", "mnist", "fashion-mnist", "cifar10"
 
 fn small_unet(channels: Vec<i64>, layers: i64, attn_level: usize, groups: i64) -> UNetConfig {
     let n = channels.len();
-    let down = (0..n).map(|i| if i == attn_level { DownBlockType::AttnDown } else { DownBlockType::Down }).collect();
+    let down = (0..n)
+        .map(|i| {
+            if i == attn_level {
+                DownBlockType::AttnDown
+            } else {
+                DownBlockType::Down
+            }
+        })
+        .collect();
     let up = (0..n)
-        .map(|i| if n - 1 - i == attn_level { UpBlockType::AttnUp } else { UpBlockType::Up })
+        .map(|i| {
+            if n - 1 - i == attn_level {
+                UpBlockType::AttnUp
+            } else {
+                UpBlockType::Up
+            }
+        })
         .collect();
     UNetConfig {
         sample_size: Some(SampleSize::Square(28)),
@@ -417,19 +435,23 @@ impl TrainConfig {
 
     /// Reads a TOML file (unknown keys are errors naming the key).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| TrainError::Io { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::from_toml(&text).map_err(|e| match e {
-            TrainError::Config { key, message } => {
-                TrainError::Config { key, message: format!("{}: {message}", path.display()) }
-            }
+            TrainError::Config { key, message } => TrainError::Config {
+                key,
+                message: format!("{}: {message}", path.display()),
+            },
             other => other,
         })
     }
 
     /// Parses TOML text.
     pub fn from_toml(text: &str) -> Result<Self> {
-        toml::from_str(text).map_err(|e| TrainError::config(&toml_error_key(&e, text), e.message().to_string()))
+        toml::from_str(text)
+            .map_err(|e| TrainError::config(&toml_error_key(&e, text), e.message().to_string()))
     }
 
     /// The resolved TOML text (what a run directory starts with).
@@ -443,24 +465,27 @@ impl TrainConfig {
         if overrides.is_empty() {
             return Ok(self.clone());
         }
-        let mut root: toml::Value = toml::Value::try_from(self).expect("a TrainConfig always serialises");
+        let mut root: toml::Value =
+            toml::Value::try_from(self).expect("a TrainConfig always serialises");
         for o in overrides {
-            let (key, raw) = o
-                .split_once('=')
-                .ok_or_else(|| TrainError::config(o, "an override is KEY=VALUE, e.g. run.steps=1000"))?;
+            let (key, raw) = o.split_once('=').ok_or_else(|| {
+                TrainError::config(o, "an override is KEY=VALUE, e.g. run.steps=1000")
+            })?;
             let key = key.trim();
             let value = parse_value(raw.trim());
             let mut node = &mut root;
             let parts: Vec<&str> = key.split('.').collect();
             for (i, part) in parts.iter().enumerate() {
-                let table = node
-                    .as_table_mut()
-                    .ok_or_else(|| TrainError::config(key, format!("`{}` is not a table", parts[..i].join("."))))?;
+                let table = node.as_table_mut().ok_or_else(|| {
+                    TrainError::config(key, format!("`{}` is not a table", parts[..i].join(".")))
+                })?;
                 if i + 1 == parts.len() {
                     table.insert(part.to_string(), value.clone());
                     break;
                 }
-                node = table.entry(part.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
+                node = table
+                    .entry(part.to_string())
+                    .or_insert_with(|| toml::Value::Table(Default::default()));
             }
         }
         let text = toml::to_string(&root).expect("a TOML value serialises");
@@ -474,33 +499,58 @@ impl TrainConfig {
             if v.is_finite() && v > 0.0 {
                 Ok(())
             } else {
-                Err(TrainError::config(key, format!("must be a positive finite number, got {v}")))
+                Err(TrainError::config(
+                    key,
+                    format!("must be a positive finite number, got {v}"),
+                ))
             }
         };
         positive("optim.lr", o.lr)?;
         positive("optim.eps", o.eps)?;
-        for (key, v) in [("optim.beta1", o.beta1), ("optim.beta2", o.beta2), ("optim.ema_decay", o.ema_decay)] {
+        for (key, v) in [
+            ("optim.beta1", o.beta1),
+            ("optim.beta2", o.beta2),
+            ("optim.ema_decay", o.ema_decay),
+        ] {
             if !(0.0..1.0).contains(&v) {
-                return Err(TrainError::config(key, format!("must be in [0, 1), got {v}")));
+                return Err(TrainError::config(
+                    key,
+                    format!("must be in [0, 1), got {v}"),
+                ));
             }
         }
         if !(o.weight_decay >= 0.0 && o.weight_decay.is_finite()) {
-            return Err(TrainError::config("optim.weight_decay", format!("must be ≥ 0, got {}", o.weight_decay)));
+            return Err(TrainError::config(
+                "optim.weight_decay",
+                format!("must be ≥ 0, got {}", o.weight_decay),
+            ));
         }
         if !(o.grad_clip >= 0.0 && o.grad_clip.is_finite()) {
-            return Err(TrainError::config("optim.grad_clip", format!("must be ≥ 0 (0 = off), got {}", o.grad_clip)));
+            return Err(TrainError::config(
+                "optim.grad_clip",
+                format!("must be ≥ 0 (0 = off), got {}", o.grad_clip),
+            ));
         }
         if !["adam", "adamw"].contains(&o.optimizer.as_str()) {
-            return Err(TrainError::config("optim.optimizer", format!("`{}` is not adam or adamw", o.optimizer)));
+            return Err(TrainError::config(
+                "optim.optimizer",
+                format!("`{}` is not adam or adamw", o.optimizer),
+            ));
         }
         if self.data.batch_size == 0 {
             return Err(TrainError::config("data.batch_size", "must be ≥ 1"));
         }
         if !(0.0..1.0).contains(&self.data.label_dropout) {
-            return Err(TrainError::config("data.label_dropout", "must be in [0, 1)"));
+            return Err(TrainError::config(
+                "data.label_dropout",
+                "must be in [0, 1)",
+            ));
         }
         if !["train", "test"].contains(&self.data.split.as_str()) {
-            return Err(TrainError::config("data.split", format!("`{}` is not train or test", self.data.split)));
+            return Err(TrainError::config(
+                "data.split",
+                format!("`{}` is not train or test", self.data.split),
+            ));
         }
         if self.run.steps == 0 {
             return Err(TrainError::config("run.steps", "must be ≥ 1"));
@@ -519,33 +569,56 @@ impl TrainConfig {
             .map_err(|e| TrainError::config("run.sample_steps", e.to_string()))?;
         if self.model.kind != ModelKind::Ddpm {
             let m = &self.model;
-            for (key, v) in [("model.latent_dim", m.latent_dim), ("model.base_channels", m.base_channels)] {
+            for (key, v) in [
+                ("model.latent_dim", m.latent_dim),
+                ("model.base_channels", m.base_channels),
+            ] {
                 if v < 1 {
                     return Err(TrainError::config(key, format!("must be ≥ 1, got {v}")));
                 }
             }
             if m.kind == ModelKind::Gan && m.disc_channels < 1 {
-                return Err(TrainError::config("model.disc_channels", format!("must be ≥ 1, got {}", m.disc_channels)));
+                return Err(TrainError::config(
+                    "model.disc_channels",
+                    format!("must be ≥ 1, got {}", m.disc_channels),
+                ));
             }
             if !(0.0..1.0).contains(&m.disc_dropout) {
-                return Err(TrainError::config("model.disc_dropout", format!("must be in [0, 1), got {}", m.disc_dropout)));
+                return Err(TrainError::config(
+                    "model.disc_dropout",
+                    format!("must be in [0, 1), got {}", m.disc_dropout),
+                ));
             }
             if !m.vae_min_log_scale.is_finite() {
-                return Err(TrainError::config("model.vae_min_log_scale", "must be finite"));
+                return Err(TrainError::config(
+                    "model.vae_min_log_scale",
+                    "must be finite",
+                ));
             }
             if self.data.conditional {
-                return Err(TrainError::config("data.conditional", "the GAN and VAE baselines are unconditional"));
+                return Err(TrainError::config(
+                    "data.conditional",
+                    "the GAN and VAE baselines are unconditional",
+                ));
             }
         }
         if self.model.kind == ModelKind::Ddpm {
             let d = self.diffusion.build()?;
             let u = &self.model.unet;
-            u.validate().map_err(|e| TrainError::config("model.unet", e.to_string()))?;
-            let want_out = if d.var_type().is_learned() { 2 * u.in_channels } else { u.in_channels };
+            u.validate()
+                .map_err(|e| TrainError::config("model.unet", e.to_string()))?;
+            let want_out = if d.var_type().is_learned() {
+                2 * u.in_channels
+            } else {
+                u.in_channels
+            };
             if u.out_channels != want_out {
                 return Err(TrainError::config(
                     "model.unet.out_channels",
-                    format!("is {} but var_type {} needs {want_out}", u.out_channels, self.diffusion.var_type),
+                    format!(
+                        "is {} but var_type {} needs {want_out}",
+                        u.out_channels, self.diffusion.var_type
+                    ),
                 ));
             }
             if self.data.conditional != u.num_class_embeds.is_some() {
@@ -556,7 +629,10 @@ impl TrainConfig {
                 ));
             }
             if self.diffusion.importance_sampling && d.loss_type() != LossType::Vlb {
-                return Err(TrainError::config("diffusion.importance_sampling", "is only for loss_type vlb"));
+                return Err(TrainError::config(
+                    "diffusion.importance_sampling",
+                    "is only for loss_type vlb",
+                ));
             }
         }
         Ok(())
@@ -584,13 +660,23 @@ fn toml_error_key(e: &toml::de::Error, text: &str) -> String {
     let before = &text[..span.start.min(text.len())];
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     let line = text[line_start..].lines().next().unwrap_or("").trim();
-    let header = |l: &str| l.strip_prefix('[').and_then(|l| l.strip_suffix(']')).map(|h| h.trim().to_string());
+    let header = |l: &str| {
+        l.strip_prefix('[')
+            .and_then(|l| l.strip_suffix(']'))
+            .map(|h| h.trim().to_string())
+    };
     if let Some(h) = header(line) {
         // The error is about a table itself (e.g. an unknown section).
         return h;
     }
-    let section = before[..line_start].lines().rev().find_map(|l| header(l.trim()));
-    let key = field.or_else(|| line.split_once('=').map(|(k, _)| k.trim().trim_matches('"').to_string()));
+    let section = before[..line_start]
+        .lines()
+        .rev()
+        .find_map(|l| header(l.trim()));
+    let key = field.or_else(|| {
+        line.split_once('=')
+            .map(|(k, _)| k.trim().trim_matches('"').to_string())
+    });
     match (section, key) {
         (Some(s), Some(k)) => format!("{s}.{k}"),
         (None, Some(k)) => k,
@@ -610,7 +696,10 @@ mod tests {
             c.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(TrainConfig::from_toml(&c.to_toml()).unwrap(), c, "{name}");
         }
-        assert!(TrainConfig::preset("imagenet").unwrap_err().to_string().contains("imagenet"));
+        assert!(TrainConfig::preset("imagenet")
+            .unwrap_err()
+            .to_string()
+            .contains("imagenet"));
     }
 
     #[test]
@@ -618,15 +707,26 @@ mod tests {
         for name in PRESETS {
             for kind in [ModelKind::Ddpm, ModelKind::Gan, ModelKind::Vae] {
                 let c = TrainConfig::preset_for_model(name, kind).unwrap();
-                c.validate().unwrap_or_else(|e| panic!("{name} {kind:?}: {e}"));
+                c.validate()
+                    .unwrap_or_else(|e| panic!("{name} {kind:?}: {e}"));
                 assert_eq!(c.model.kind, kind);
-                assert_eq!(TrainConfig::from_toml(&c.to_toml()).unwrap(), c, "{name} {kind:?}");
+                assert_eq!(
+                    TrainConfig::from_toml(&c.to_toml()).unwrap(),
+                    c,
+                    "{name} {kind:?}"
+                );
             }
         }
-        assert_eq!(TrainConfig::preset_for_model("mnist", ModelKind::Ddpm).unwrap(), TrainConfig::preset("mnist").unwrap());
+        assert_eq!(
+            TrainConfig::preset_for_model("mnist", ModelKind::Ddpm).unwrap(),
+            TrainConfig::preset("mnist").unwrap()
+        );
         // The lecture's lengths: 30 GAN epochs at batch 64, 50 VAE epochs at batch 128.
         let gan = TrainConfig::preset_for_model("mnist", ModelKind::Gan).unwrap();
-        assert_eq!((gan.run.steps, gan.data.batch_size, gan.optim.beta1), (28_125, 64, 0.5));
+        assert_eq!(
+            (gan.run.steps, gan.data.batch_size, gan.optim.beta1),
+            (28_125, 64, 0.5)
+        );
         let vae = TrainConfig::preset_for_model("fashion-mnist", ModelKind::Vae).unwrap();
         assert_eq!((vae.run.steps, vae.data.batch_size), (23_438, 128));
         let base = TrainConfig::preset_for_model("mnist-cpu", ModelKind::Gan).unwrap();
@@ -636,22 +736,33 @@ mod tests {
             ("model.disc_dropout=1.0", "model.disc_dropout"),
             ("data.conditional=true", "data.conditional"),
         ] {
-            let err = base.with_overrides(&[o.to_string()]).unwrap().validate().unwrap_err().to_string();
+            let err = base
+                .with_overrides(&[o.to_string()])
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(key), "{o}: {err}");
         }
     }
 
     #[test]
     fn unknown_key_is_named() {
-        let err = TrainConfig::from_toml("[optim]\nlrr = 0.1\n").unwrap_err().to_string();
+        let err = TrainConfig::from_toml("[optim]\nlrr = 0.1\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("config `optim.lrr`"), "{err}");
-        let err = TrainConfig::from_toml("[optimiser]\nlr = 0.1\n").unwrap_err().to_string();
+        let err = TrainConfig::from_toml("[optimiser]\nlr = 0.1\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("optimiser"), "{err}");
     }
 
     #[test]
     fn wrong_type_is_reported() {
-        let err = TrainConfig::from_toml("[run]\nseed = 1\nsteps = \"many\"\n").unwrap_err().to_string();
+        let err = TrainConfig::from_toml("[run]\nseed = 1\nsteps = \"many\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("config `run.steps`"), "{err}");
     }
 
@@ -659,12 +770,25 @@ mod tests {
     fn overrides_apply_and_misspelt_overrides_fail() {
         let c = TrainConfig::preset("mnist-cpu").unwrap();
         let c2 = c
-            .with_overrides(&["run.steps=10".into(), "diffusion.schedule=cosine".into(), "optim.lr=3e-4".into()])
+            .with_overrides(&[
+                "run.steps=10".into(),
+                "diffusion.schedule=cosine".into(),
+                "optim.lr=3e-4".into(),
+            ])
             .unwrap();
-        assert_eq!((c2.run.steps, c2.diffusion.schedule.as_str(), c2.optim.lr), (10, "cosine", 3e-4));
-        let err = c.with_overrides(&["run.stepz=10".into()]).unwrap_err().to_string();
+        assert_eq!(
+            (c2.run.steps, c2.diffusion.schedule.as_str(), c2.optim.lr),
+            (10, "cosine", 3e-4)
+        );
+        let err = c
+            .with_overrides(&["run.stepz=10".into()])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("stepz"), "{err}");
-        let err = c.with_overrides(&["run.steps".into()]).unwrap_err().to_string();
+        let err = c
+            .with_overrides(&["run.steps".into()])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("KEY=VALUE"), "{err}");
     }
 
@@ -688,7 +812,10 @@ mod tests {
         }
         // A learned variance needs twice the output channels.
         let c = base
-            .with_overrides(&["diffusion.var_type=learned-range".into(), "diffusion.loss_type=hybrid".into()])
+            .with_overrides(&[
+                "diffusion.var_type=learned-range".into(),
+                "diffusion.loss_type=hybrid".into(),
+            ])
             .unwrap();
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("model.unet.out_channels"), "{err}");

@@ -21,8 +21,16 @@ pub const FORMAT_VERSION: u32 = 1;
 
 /// The four official files of an MNIST-style dataset, in (split, images, labels) order.
 pub const IDX_FILES: [(&str, &str, &str); 2] = [
-    ("train", "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-    ("test", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+    (
+        "train",
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+    ),
+    (
+        "test",
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    ),
 ];
 
 /// Errors of dataset import and loading. Each names the file and what is wrong with it.
@@ -98,11 +106,17 @@ pub enum DataError {
 pub type Result<T> = std::result::Result<T, DataError>;
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
-    move |source| DataError::Io { path: path.to_path_buf(), source }
+    move |source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn h5_err(path: &Path) -> impl FnOnce(hdf5::Error) -> DataError + '_ {
-    move |source| DataError::Hdf5 { path: path.to_path_buf(), source }
+    move |source| DataError::Hdf5 {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// md5 and sha256 of a byte string, lower-case hex.
@@ -134,7 +148,10 @@ pub struct Expected {
 }
 
 fn verify(path: &Path, actual: &Digests, expected: &[Expected]) -> Result<()> {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
     for e in expected.iter().filter(|e| e.file == name) {
         let want = e.digest.to_ascii_lowercase();
         let (algorithm, got) = match want.len() {
@@ -164,9 +181,15 @@ pub struct IdxArray {
 
 /// Parses an uncompressed IDX file (magic `00 00 08 nd`, big-endian u32 dims, u8 payload).
 pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray> {
-    let bad = |message: String| DataError::Idx { path: path.to_path_buf(), message };
+    let bad = |message: String| DataError::Idx {
+        path: path.to_path_buf(),
+        message,
+    };
     if bytes.len() < 4 {
-        return Err(bad(format!("{} bytes is too short for the 4-byte magic", bytes.len())));
+        return Err(bad(format!(
+            "{} bytes is too short for the 4-byte magic",
+            bytes.len()
+        )));
     }
     if bytes[0] != 0 || bytes[1] != 0 {
         return Err(bad(format!(
@@ -175,7 +198,10 @@ pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray> {
         )));
     }
     if bytes[2] != 0x08 {
-        return Err(bad(format!("element type 0x{:02x} is not unsigned byte (0x08)", bytes[2])));
+        return Err(bad(format!(
+            "element type 0x{:02x} is not unsigned byte (0x08)",
+            bytes[2]
+        )));
     }
     let nd = bytes[3] as usize;
     if nd == 0 {
@@ -183,7 +209,9 @@ pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray> {
     }
     let header = 4 + 4 * nd;
     if bytes.len() < header {
-        return Err(bad(format!("truncated header: {nd} dimensions need {header} bytes")));
+        return Err(bad(format!(
+            "truncated header: {nd} dimensions need {header} bytes"
+        )));
     }
     let dims: Vec<usize> = bytes[4..header]
         .chunks_exact(4)
@@ -195,9 +223,14 @@ pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray> {
         .ok_or_else(|| bad(format!("dimensions {dims:?} overflow")))?;
     let payload = bytes.len() - header;
     if payload != n {
-        return Err(bad(format!("dimensions {dims:?} need {n} data bytes, file has {payload}")));
+        return Err(bad(format!(
+            "dimensions {dims:?} need {n} data bytes, file has {payload}"
+        )));
     }
-    Ok(IdxArray { dims, data: bytes[header..].to_vec() })
+    Ok(IdxArray {
+        dims,
+        data: bytes[header..].to_vec(),
+    })
 }
 
 /// Reads a gzip file: returns the digests of the compressed bytes and the decompressed content.
@@ -208,7 +241,10 @@ pub fn read_gz(path: &Path) -> Result<(Digests, Vec<u8>)> {
     let mut out = Vec::new();
     flate2::read::GzDecoder::new(raw.as_slice())
         .read_to_end(&mut out)
-        .map_err(|e| DataError::Gzip { path: path.to_path_buf(), message: e.to_string() })?;
+        .map_err(|e| DataError::Gzip {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
     Ok((digests, out))
 }
 
@@ -260,7 +296,10 @@ pub fn read_idx_split(
     if img.dims.len() != 3 || img.dims[1] == 0 || img.dims[2] == 0 {
         return Err(DataError::Idx {
             path: ipath,
-            message: format!("images must have 3 non-empty dimensions [N, H, W], got {:?}", img.dims),
+            message: format!(
+                "images must have 3 non-empty dimensions [N, H, W], got {:?}",
+                img.dims
+            ),
         });
     }
     if lab.dims.len() != 1 {
@@ -279,10 +318,19 @@ pub fn read_idx_split(
     }
     let images_arr = Array3::from_shape_vec((img.dims[0], img.dims[1], img.dims[2]), img.data)
         .expect("IDX payload length was checked against its dimensions");
-    let split = Split { images: images_arr, labels: Array1::from_vec(lab.data) };
+    let split = Split {
+        images: images_arr,
+        labels: Array1::from_vec(lab.data),
+    };
     let files = [
-        SourceFile { name: images.to_string(), digests: idig },
-        SourceFile { name: labels.to_string(), digests: ldig },
+        SourceFile {
+            name: images.to_string(),
+            digests: idig,
+        },
+        SourceFile {
+            name: labels.to_string(),
+            digests: ldig,
+        },
     ];
     Ok((split, files))
 }
@@ -320,7 +368,10 @@ fn set_str_attr(loc: &hdf5::Location, name: &str, value: &str, path: &Path) -> R
         path: path.to_path_buf(),
         message: format!("attribute {name}: {e}"),
     })?;
-    loc.new_attr::<VarLenUnicode>().create(name).and_then(|a| a.write_scalar(&v)).map_err(h5_err(path))
+    loc.new_attr::<VarLenUnicode>()
+        .create(name)
+        .and_then(|a| a.write_scalar(&v))
+        .map_err(h5_err(path))
 }
 
 fn get_str_attr(loc: &hdf5::Location, name: &str, path: &Path) -> Result<String> {
@@ -328,7 +379,10 @@ fn get_str_attr(loc: &hdf5::Location, name: &str, path: &Path) -> Result<String>
         path: path.to_path_buf(),
         message: format!("missing attribute `{name}`"),
     })?;
-    Ok(a.read_scalar::<VarLenUnicode>().map_err(h5_err(path))?.as_str().to_string())
+    Ok(a.read_scalar::<VarLenUnicode>()
+        .map_err(h5_err(path))?
+        .as_str()
+        .to_string())
 }
 
 /// What an imported dataset file holds.
@@ -388,8 +442,14 @@ pub fn import_idx_dataset(
             .map_err(h5_err(out))?;
         for (split, data, files) in &splits {
             let g = file.create_group(split).map_err(h5_err(out))?;
-            g.new_dataset_builder().with_data(&data.images).create("images").map_err(h5_err(out))?;
-            g.new_dataset_builder().with_data(&data.labels).create("labels").map_err(h5_err(out))?;
+            g.new_dataset_builder()
+                .with_data(&data.images)
+                .create("images")
+                .map_err(h5_err(out))?;
+            g.new_dataset_builder()
+                .with_data(&data.labels)
+                .create("labels")
+                .map_err(h5_err(out))?;
             for (kind, f) in ["images", "labels"].iter().zip(files) {
                 let key = format!("{split}_{kind}");
                 set_str_attr(&file, &format!("{key}.file"), &f.name, out)?;
@@ -419,16 +479,23 @@ pub fn check_dataset(path: &Path) -> Result<DatasetSummary> {
     let mut hw = None;
     let mut sources = Vec::new();
     for (split, _, _) in IDX_FILES {
-        let images = file.dataset(&format!("{split}/images")).map_err(|_| DataError::Layout {
-            path: path.to_path_buf(),
-            message: format!("missing dataset /{split}/images"),
-        })?;
-        let labels = file.dataset(&format!("{split}/labels")).map_err(|_| DataError::Layout {
-            path: path.to_path_buf(),
-            message: format!("missing dataset /{split}/labels"),
-        })?;
+        let images = file
+            .dataset(&format!("{split}/images"))
+            .map_err(|_| DataError::Layout {
+                path: path.to_path_buf(),
+                message: format!("missing dataset /{split}/images"),
+            })?;
+        let labels = file
+            .dataset(&format!("{split}/labels"))
+            .map_err(|_| DataError::Layout {
+                path: path.to_path_buf(),
+                message: format!("missing dataset /{split}/labels"),
+            })?;
         let (ishape, lshape) = (images.shape(), labels.shape());
-        let layout = |message: String| DataError::Layout { path: path.to_path_buf(), message };
+        let layout = |message: String| DataError::Layout {
+            path: path.to_path_buf(),
+            message,
+        };
         if ishape.len() != 3 || lshape.len() != 1 || ishape[0] != lshape[0] {
             return Err(layout(format!(
                 "/{split}/images {ishape:?} and /{split}/labels {lshape:?} do not form [N,H,W] + [N]"
@@ -443,7 +510,9 @@ pub fn check_dataset(path: &Path) -> Result<DatasetSummary> {
         match hw {
             None => hw = Some((ishape[1], ishape[2])),
             Some(prev) if prev != (ishape[1], ishape[2]) => {
-                return Err(layout(format!("/{split}/images has another image size than /train")));
+                return Err(layout(format!(
+                    "/{split}/images has another image size than /train"
+                )));
             }
             Some(_) => {}
         }
@@ -488,7 +557,11 @@ pub fn load_split(path: &Path, split: &str) -> Result<Split> {
     if images.dim().0 != labels.len() {
         return Err(DataError::Layout {
             path: path.to_path_buf(),
-            message: format!("/{split}: {} images but {} labels", images.dim().0, labels.len()),
+            message: format!(
+                "/{split}: {} images but {} labels",
+                images.dim().0,
+                labels.len()
+            ),
         });
     }
     Ok(Split { images, labels })
@@ -519,7 +592,11 @@ pub fn image_grid(images: ArrayView3<'_, u8>, ncol: usize) -> image::GrayImage {
         for y in 0..h {
             for x in 0..w {
                 let px = image::Luma([images[[k, y, x]]]);
-                grid.put_pixel((gap + c * (w + gap) + x) as u32, (gap + r * (h + gap) + y) as u32, px);
+                grid.put_pixel(
+                    (gap + c * (w + gap) + x) as u32,
+                    (gap + r * (h + gap) + y) as u32,
+                    px,
+                );
             }
         }
     }

@@ -60,7 +60,10 @@ pub enum TrainError {
 impl TrainError {
     /// A [`TrainError::Config`] for `key`.
     pub fn config(key: &str, message: impl Into<String>) -> Self {
-        Self::Config { key: key.to_string(), message: message.into() }
+        Self::Config {
+            key: key.to_string(),
+            message: message.into(),
+        }
     }
 
     /// A [`TrainError::Io`] for `path`.

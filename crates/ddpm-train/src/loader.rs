@@ -4,9 +4,9 @@
 use std::path::Path;
 
 use ndarray::{Array4, Axis};
+use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use rand::rngs::StdRng;
 use tch::{Device, Kind, Tensor};
 
 use crate::config::DataConfig;
@@ -23,18 +23,30 @@ pub struct ImageData {
 
 /// Reads `/<split>/images` (`[N,H,W]` or `[N,H,W,C]` uint8) and `/<split>/labels`.
 pub fn load_images(path: &Path, split: &str) -> Result<ImageData> {
-    let file = hdf5::File::open(path).map_err(|e| data::DataError::Hdf5 { path: path.to_path_buf(), source: e })?;
-    let ds = file.dataset(&format!("{split}/images")).map_err(|_| data::DataError::Layout {
+    let file = hdf5::File::open(path).map_err(|e| data::DataError::Hdf5 {
         path: path.to_path_buf(),
-        message: format!("missing dataset /{split}/images"),
+        source: e,
     })?;
+    let ds = file
+        .dataset(&format!("{split}/images"))
+        .map_err(|_| data::DataError::Layout {
+            path: path.to_path_buf(),
+            message: format!("missing dataset /{split}/images"),
+        })?;
     let images = match ds.ndim() {
         3 => data::load_split(path, split)?.images.insert_axis(Axis(3)),
-        4 => ds.read::<u8, ndarray::Ix4>().map_err(|e| data::DataError::Hdf5 { path: path.to_path_buf(), source: e })?,
+        4 => ds
+            .read::<u8, ndarray::Ix4>()
+            .map_err(|e| data::DataError::Hdf5 {
+                path: path.to_path_buf(),
+                source: e,
+            })?,
         n => {
             return Err(data::DataError::Layout {
                 path: path.to_path_buf(),
-                message: format!("/{split}/images has {n} dimensions, expected [N,H,W] or [N,H,W,C]"),
+                message: format!(
+                    "/{split}/images has {n} dimensions, expected [N,H,W] or [N,H,W,C]"
+                ),
             }
             .into())
         }
@@ -52,12 +64,20 @@ pub fn load_images(path: &Path, split: &str) -> Result<ImageData> {
     if labels.len() != images.dim().0 {
         return Err(data::DataError::Layout {
             path: path.to_path_buf(),
-            message: format!("/{split}: {} images but {} labels", images.dim().0, labels.len()),
+            message: format!(
+                "/{split}: {} images but {} labels",
+                images.dim().0,
+                labels.len()
+            ),
         }
         .into());
     }
     let num_classes = labels.iter().copied().max().map_or(0, |m| m + 1);
-    Ok(ImageData { images, labels, num_classes })
+    Ok(ImageData {
+        images,
+        labels,
+        num_classes,
+    })
 }
 
 impl ImageData {
@@ -84,7 +104,9 @@ impl ImageData {
         for &i in idx {
             buf.extend(self.images.index_axis(Axis(0), i).iter().copied());
         }
-        let x = Tensor::from_slice(&buf).view([idx.len() as i64, h as i64, w as i64, c as i64]).permute([0, 3, 1, 2]);
+        let x = Tensor::from_slice(&buf)
+            .view([idx.len() as i64, h as i64, w as i64, c as i64])
+            .permute([0, 3, 1, 2]);
         let y = Tensor::from_slice(&idx.iter().map(|&i| self.labels[i]).collect::<Vec<_>>());
         (x, y)
     }
@@ -117,14 +139,22 @@ pub struct BatchSampler {
 impl BatchSampler {
     /// A sampler over `n` examples.
     pub fn new(n: usize, batch: usize, seed: u64) -> Self {
-        let mut s = Self { n, batch, seed, epoch: usize::MAX, perm: Vec::new() };
+        let mut s = Self {
+            n,
+            batch,
+            seed,
+            epoch: usize::MAX,
+            perm: Vec::new(),
+        };
         s.ensure_epoch(0);
         s
     }
 
     fn ensure_epoch(&mut self, epoch: usize) {
         if self.epoch != epoch {
-            let mut rng = StdRng::seed_from_u64(self.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut rng = StdRng::seed_from_u64(
+                self.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            );
             self.perm = (0..self.n).collect();
             self.perm.shuffle(&mut rng);
             self.epoch = epoch;
@@ -145,16 +175,28 @@ impl BatchSampler {
 /// Flips a random half of the batch horizontally (host RNG seeded by step).
 pub fn random_flip(x: &Tensor, seed: u64, step: usize) -> Tensor {
     let n = x.size()[0];
-    let mut rng = StdRng::seed_from_u64(seed ^ 0xF11F ^ (step as u64).wrapping_mul(0x2545_F491_4F6C_DD1D));
-    let mask: Vec<f32> = (0..n).map(|_| if rng.gen_bool(0.5) { 1.0 } else { 0.0 }).collect();
-    let m = Tensor::from_slice(&mask).to_device(x.device()).view([n, 1, 1, 1]);
+    let mut rng =
+        StdRng::seed_from_u64(seed ^ 0xF11F ^ (step as u64).wrapping_mul(0x2545_F491_4F6C_DD1D));
+    let mask: Vec<f32> = (0..n)
+        .map(|_| if rng.gen_bool(0.5) { 1.0 } else { 0.0 })
+        .collect();
+    let m = Tensor::from_slice(&mask)
+        .to_device(x.device())
+        .view([n, 1, 1, 1]);
     &m * x.flip([3]) + (1.0 - &m) * x
 }
 
 /// Checks that a config's data settings fit the data (errors name the key).
 pub fn check_data(cfg: &DataConfig, data: &ImageData) -> Result<()> {
     if data.is_empty() {
-        return Err(TrainError::config("data.path", format!("{} has no images in split {}", cfg.path.display(), cfg.split)));
+        return Err(TrainError::config(
+            "data.path",
+            format!(
+                "{} has no images in split {}",
+                cfg.path.display(),
+                cfg.split
+            ),
+        ));
     }
     Ok(())
 }

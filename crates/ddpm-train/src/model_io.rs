@@ -3,7 +3,9 @@
 //! safetensors, and `scheduler_config.json` when present) — and writing sample files.
 use std::path::{Path, PathBuf};
 
-use ddpm_math::{user_betas, BetaSchedule, GaussianDiffusion, LossType, ModelMeanType, ModelVarType};
+use ddpm_math::{
+    user_betas, BetaSchedule, GaussianDiffusion, LossType, ModelMeanType, ModelVarType,
+};
 use ddpm_nets::{diffusers, UNet2DModel};
 use hdf5::types::VarLenUnicode;
 use serde_json::Value;
@@ -47,7 +49,8 @@ pub fn load_ddpm(dir: &Path, weights: Weights, device: Device) -> Result<LoadedD
     } else {
         Err(TrainError::Checkpoint {
             path: dir.to_path_buf(),
-            message: "neither a run directory (config.toml) nor a diffusers folder (config.json)".into(),
+            message: "neither a run directory (config.toml) nor a diffusers folder (config.json)"
+                .into(),
         })
     }
 }
@@ -61,10 +64,12 @@ fn load_run(dir: &Path, weights: Weights, device: Device) -> Result<LoadedDdpm> 
             message: format!("holds a {:?} run, not a DDPM", cfg.model.kind),
         });
     }
-    let ckpt = run.latest_checkpoint()?.ok_or_else(|| TrainError::Checkpoint {
-        path: dir.to_path_buf(),
-        message: "has no checkpoint yet".into(),
-    })?;
+    let ckpt = run
+        .latest_checkpoint()?
+        .ok_or_else(|| TrainError::Checkpoint {
+            path: dir.to_path_buf(),
+            message: "has no checkpoint yet".into(),
+        })?;
     let state = RunDir::read_state(&ckpt)?;
     let mut vs = nn::VarStore::new(device);
     let unet = UNet2DModel::new(vs.root(), &cfg.model.unet)?;
@@ -84,13 +89,23 @@ fn load_run(dir: &Path, weights: Weights, device: Device) -> Result<LoadedDdpm> 
 }
 
 fn load_diffusers(dir: &Path, device: Device) -> Result<LoadedDdpm> {
-    let unet_dir = if dir.join("unet/config.json").is_file() { dir.join("unet") } else { dir.to_path_buf() };
+    let unet_dir = if dir.join("unet/config.json").is_file() {
+        dir.join("unet")
+    } else {
+        dir.to_path_buf()
+    };
     let (vs, unet) = diffusers::load_pretrained(&unet_dir, device)?;
-    let sched_path = [dir.join("scheduler/scheduler_config.json"), dir.join("scheduler_config.json")]
-        .into_iter()
-        .find(|p| p.is_file());
+    let sched_path = [
+        dir.join("scheduler/scheduler_config.json"),
+        dir.join("scheduler_config.json"),
+    ]
+    .into_iter()
+    .find(|p| p.is_file());
     let diffusion = match &sched_path {
-        Some(p) => diffusion_from_scheduler(p, unet.config().out_channels == 2 * unet.config().in_channels)?,
+        Some(p) => diffusion_from_scheduler(
+            p,
+            unet.config().out_channels == 2 * unet.config().in_channels,
+        )?,
         None => {
             tracing::warn!(dir = %dir.display(), "no scheduler_config.json: assuming DDPM's linear T=1000, fixed-large, epsilon");
             GaussianDiffusion::new(
@@ -106,33 +121,64 @@ fn load_diffusers(dir: &Path, device: Device) -> Result<LoadedDdpm> {
         Some(ddpm_nets::unet::SampleSize::Rect([h, w])) => (h, w),
         None => (32, 32),
     };
-    Ok(LoadedDdpm { vs, unet, diffusion, hw, source: unet_dir, step: None })
+    Ok(LoadedDdpm {
+        vs,
+        unet,
+        diffusion,
+        hw,
+        source: unet_dir,
+        step: None,
+    })
 }
 
 /// Builds the diffusion described by a diffusers `DDPMScheduler` config (errors name the key).
 pub fn diffusion_from_scheduler(path: &Path, learned_variance: bool) -> Result<GaussianDiffusion> {
     let text = std::fs::read_to_string(path).map_err(TrainError::io(path))?;
-    let v: Value = serde_json::from_str(&text)
-        .map_err(|e| TrainError::Checkpoint { path: path.to_path_buf(), message: e.to_string() })?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
     let key = |k: &str| format!("{}: {k}", path.display());
     let t = v["num_train_timesteps"].as_u64().unwrap_or(1000) as usize;
     let start = v["beta_start"].as_f64().unwrap_or(1e-4);
     let end = v["beta_end"].as_f64().unwrap_or(0.02);
     let betas = match v["beta_schedule"].as_str().unwrap_or("linear") {
-        "linear" => user_betas((0..t).map(|i| start + (end - start) * i as f64 / (t - 1).max(1) as f64).collect())?,
+        "linear" => user_betas(
+            (0..t)
+                .map(|i| start + (end - start) * i as f64 / (t - 1).max(1) as f64)
+                .collect(),
+        )?,
         "scaled_linear" => user_betas(
-            (0..t).map(|i| (start.sqrt() + (end.sqrt() - start.sqrt()) * i as f64 / (t - 1).max(1) as f64).powi(2)).collect(),
+            (0..t)
+                .map(|i| {
+                    (start.sqrt() + (end.sqrt() - start.sqrt()) * i as f64 / (t - 1).max(1) as f64)
+                        .powi(2)
+                })
+                .collect(),
         )?,
         "squaredcos_cap_v2" => BetaSchedule::Cosine.betas(t)?,
-        other => return Err(TrainError::config(&key("beta_schedule"), format!("`{other}` is not supported (linear, scaled_linear, squaredcos_cap_v2)"))),
+        other => {
+            return Err(TrainError::config(
+                &key("beta_schedule"),
+                format!("`{other}` is not supported (linear, scaled_linear, squaredcos_cap_v2)"),
+            ))
+        }
     };
     let mean = match v["prediction_type"].as_str().unwrap_or("epsilon") {
         "epsilon" => ModelMeanType::Epsilon,
         "sample" => ModelMeanType::StartX,
         "v_prediction" => ModelMeanType::V,
-        other => return Err(TrainError::config(&key("prediction_type"), format!("`{other}` is not supported"))),
+        other => {
+            return Err(TrainError::config(
+                &key("prediction_type"),
+                format!("`{other}` is not supported"),
+            ))
+        }
     };
-    let var = match (v["variance_type"].as_str().unwrap_or("fixed_small"), learned_variance) {
+    let var = match (
+        v["variance_type"].as_str().unwrap_or("fixed_small"),
+        learned_variance,
+    ) {
         ("fixed_small" | "fixed_small_log", false) => ModelVarType::FixedSmall,
         ("fixed_large" | "fixed_large_log", false) => ModelVarType::FixedLarge,
         ("learned", true) => ModelVarType::Learned,
@@ -140,21 +186,34 @@ pub fn diffusion_from_scheduler(path: &Path, learned_variance: bool) -> Result<G
         (other, l) => {
             return Err(TrainError::config(
                 &key("variance_type"),
-                format!("`{other}` does not fit a UNet with{} a variance output", if l { "" } else { "out" }),
+                format!(
+                    "`{other}` does not fit a UNet with{} a variance output",
+                    if l { "" } else { "out" }
+                ),
             ))
         }
     };
-    let loss = if var.is_learned() { LossType::Hybrid } else { LossType::Simple };
+    let loss = if var.is_learned() {
+        LossType::Hybrid
+    } else {
+        LossType::Simple
+    };
     Ok(GaussianDiffusion::new(betas, mean, var, loss)?)
 }
 
 /// Writes uint8 samples `[N, H, W, C]` to an HDF5 file as dataset `images` (h5py-readable), with
 /// string attributes describing how they were made; atomically.
 pub fn write_samples(path: &Path, images_nhwc: &Tensor, attrs: &[(&str, String)]) -> Result<()> {
-    let t = images_nhwc.to_device(Device::Cpu).to_kind(tch::Kind::Uint8).contiguous();
+    let t = images_nhwc
+        .to_device(Device::Cpu)
+        .to_kind(tch::Kind::Uint8)
+        .contiguous();
     let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
     if shape.len() != 4 {
-        return Err(TrainError::Checkpoint { path: path.to_path_buf(), message: format!("samples must be [N,H,W,C], got {shape:?}") });
+        return Err(TrainError::Checkpoint {
+            path: path.to_path_buf(),
+            message: format!("samples must be [N,H,W,C], got {shape:?}"),
+        });
     }
     let data = Vec::<u8>::try_from(t.view([-1]))?;
     let arr = ndarray::Array4::from_shape_vec((shape[0], shape[1], shape[2], shape[3]), data)
@@ -162,15 +221,27 @@ pub fn write_samples(path: &Path, images_nhwc: &Tensor, attrs: &[(&str, String)]
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(TrainError::io(dir))?;
     }
-    let h5 = |e: hdf5::Error| ddpm_nets::Error::Io { path: path.to_path_buf(), source: std::io::Error::other(e.to_string()) };
+    let h5 = |e: hdf5::Error| ddpm_nets::Error::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    };
     ddpm_nets::checkpoint::write_atomically(path, |tmp| {
         let f = hdf5::File::create(tmp).map_err(h5)?;
-        f.new_dataset_builder().with_data(&arr).create("images").map_err(h5)?;
+        f.new_dataset_builder()
+            .with_data(&arr)
+            .create("images")
+            .map_err(h5)?;
         for (k, v) in attrs {
-            let v: VarLenUnicode = v.parse().map_err(|e: hdf5::types::StringError| {
-                ddpm_nets::Error::Io { path: path.to_path_buf(), source: std::io::Error::other(e.to_string()) }
-            })?;
-            f.new_attr::<VarLenUnicode>().create(*k).and_then(|a| a.write_scalar(&v)).map_err(h5)?;
+            let v: VarLenUnicode =
+                v.parse()
+                    .map_err(|e: hdf5::types::StringError| ddpm_nets::Error::Io {
+                        path: path.to_path_buf(),
+                        source: std::io::Error::other(e.to_string()),
+                    })?;
+            f.new_attr::<VarLenUnicode>()
+                .create(*k)
+                .and_then(|a| a.write_scalar(&v))
+                .map_err(h5)?;
         }
         f.close().map_err(h5)
     })?;

@@ -27,7 +27,11 @@ pub fn training_losses(
 ) -> LossTerms {
     let (mean_out, var_out) = tables.split_output(model_output);
     let mse = if weights.mse != 0.0 {
-        mean_flat(&(tables.target(x_start, t, noise) - &mean_out).square().to_kind(Kind::Float))
+        mean_flat(
+            &(tables.target(x_start, t, noise) - &mean_out)
+                .square()
+                .to_kind(Kind::Float),
+        )
     } else {
         t.zeros_like().to_kind(Kind::Float)
     };

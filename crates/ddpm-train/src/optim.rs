@@ -21,7 +21,14 @@ impl Adam {
         let zeros = |p: &Tensor| p.zeros_like().detach();
         let exp_avg = params.iter().map(|(_, p)| zeros(p)).collect();
         let exp_avg_sq = params.iter().map(|(_, p)| zeros(p)).collect();
-        Self { params, exp_avg, exp_avg_sq, step: 0, cfg: cfg.clone(), decoupled: cfg.optimizer == "adamw" }
+        Self {
+            params,
+            exp_avg,
+            exp_avg_sq,
+            step: 0,
+            cfg: cfg.clone(),
+            decoupled: cfg.optimizer == "adamw",
+        }
     }
 
     /// The learning rate at optimisation step `step` (0-based): linear warm-up, then constant.
@@ -70,7 +77,12 @@ impl Adam {
     /// One update with learning rate `lr`.
     pub fn step(&mut self, lr: f64) {
         self.step += 1;
-        let (b1, b2, eps, wd) = (self.cfg.beta1, self.cfg.beta2, self.cfg.eps, self.cfg.weight_decay);
+        let (b1, b2, eps, wd) = (
+            self.cfg.beta1,
+            self.cfg.beta2,
+            self.cfg.eps,
+            self.cfg.weight_decay,
+        );
         let bc1 = 1.0 - b1.powi(self.step as i32);
         let bc2 = 1.0 - b2.powi(self.step as i32);
         let step_size = lr / bc1;
@@ -104,7 +116,10 @@ impl Adam {
         let mut out = Vec::with_capacity(2 * self.params.len() + 1);
         for (i, (name, _)) in self.params.iter().enumerate() {
             out.push((format!("exp_avg.{name}"), self.exp_avg[i].shallow_clone()));
-            out.push((format!("exp_avg_sq.{name}"), self.exp_avg_sq[i].shallow_clone()));
+            out.push((
+                format!("exp_avg_sq.{name}"),
+                self.exp_avg_sq[i].shallow_clone(),
+            ));
         }
         out.push(("step".to_string(), Tensor::from_slice(&[self.step])));
         out
@@ -112,18 +127,31 @@ impl Adam {
 
     /// Restores the state written by [`Adam::state_tensors`]; names and shapes must match.
     pub fn load_state(&mut self, tensors: &[(String, Tensor)]) -> Result<(), String> {
-        let map: std::collections::HashMap<&str, &Tensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let map: std::collections::HashMap<&str, &Tensor> =
+            tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
         let expected = 2 * self.params.len() + 1;
         if tensors.len() != expected {
-            return Err(format!("optimiser state has {} tensors, the model needs {expected}", tensors.len()));
+            return Err(format!(
+                "optimiser state has {} tensors, the model needs {expected}",
+                tensors.len()
+            ));
         }
         tch::no_grad(|| {
             for (i, (name, p)) in self.params.iter().enumerate() {
-                for (prefix, dst) in [("exp_avg", &mut self.exp_avg[i]), ("exp_avg_sq", &mut self.exp_avg_sq[i])] {
+                for (prefix, dst) in [
+                    ("exp_avg", &mut self.exp_avg[i]),
+                    ("exp_avg_sq", &mut self.exp_avg_sq[i]),
+                ] {
                     let key = format!("{prefix}.{name}");
-                    let src = map.get(key.as_str()).ok_or_else(|| format!("optimiser state lacks `{key}`"))?;
+                    let src = map
+                        .get(key.as_str())
+                        .ok_or_else(|| format!("optimiser state lacks `{key}`"))?;
                     if src.size() != p.size() {
-                        return Err(format!("optimiser state `{key}` has shape {:?}, parameter has {:?}", src.size(), p.size()));
+                        return Err(format!(
+                            "optimiser state `{key}` has shape {:?}, parameter has {:?}",
+                            src.size(),
+                            p.size()
+                        ));
                     }
                     dst.copy_(src);
                 }
@@ -147,7 +175,10 @@ pub struct Ema {
 impl Ema {
     /// Starts the average at the current parameters.
     pub fn new(params: &[(String, Tensor)], decay: f64) -> Self {
-        let shadow = params.iter().map(|(n, p)| (n.clone(), p.detach().copy())).collect();
+        let shadow = params
+            .iter()
+            .map(|(n, p)| (n.clone(), p.detach().copy()))
+            .collect();
         Self { decay, shadow }
     }
 
@@ -175,7 +206,13 @@ mod tests {
     use super::*;
 
     fn cfg(opt: &str, wd: f64) -> OptimConfig {
-        OptimConfig { optimizer: opt.into(), lr: 0.1, weight_decay: wd, warmup_steps: 0, ..OptimConfig::default() }
+        OptimConfig {
+            optimizer: opt.into(),
+            lr: 0.1,
+            weight_decay: wd,
+            warmup_steps: 0,
+            ..OptimConfig::default()
+        }
     }
 
     /// Reference Adam on f64 scalars.
@@ -221,7 +258,9 @@ mod tests {
     fn clipping_scales_to_the_max_norm_and_state_round_trips() {
         let p = Tensor::from_slice(&[1.0f32, 2.0]).set_requires_grad(true);
         let mut adam = Adam::new(vec![("w".into(), p.shallow_clone())], &cfg("adam", 0.0));
-        (&p * Tensor::from_slice(&[3.0f32, 4.0])).sum(Kind::Float).backward();
+        (&p * Tensor::from_slice(&[3.0f32, 4.0]))
+            .sum(Kind::Float)
+            .backward();
         let norm = adam.grad_norm();
         assert!((norm.double_value(&[]) - 5.0).abs() < 1e-6);
         adam.clip_grad_norm(&norm, 1.0);
@@ -239,7 +278,11 @@ mod tests {
 
     #[test]
     fn warmup_is_linear_then_flat() {
-        let c = OptimConfig { lr: 1.0, warmup_steps: 4, ..OptimConfig::default() };
+        let c = OptimConfig {
+            lr: 1.0,
+            warmup_steps: 4,
+            ..OptimConfig::default()
+        };
         let lrs: Vec<f64> = (0..6).map(|s| Adam::lr_at(&c, s)).collect();
         assert_eq!(lrs, vec![0.25, 0.5, 0.75, 1.0, 1.0, 1.0]);
     }

@@ -40,13 +40,19 @@ pub struct RunDir {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |source| TrainError::Io { path: path.to_path_buf(), source }
+    move |source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Writes text atomically (temporary file + rename).
 pub fn write_text_atomic(path: &Path, text: &str) -> Result<()> {
     ddpm_nets::checkpoint::write_atomically(path, |tmp| {
-        fs::write(tmp, text).map_err(|source| ddpm_nets::Error::Io { path: tmp.to_path_buf(), source })
+        fs::write(tmp, text).map_err(|source| ddpm_nets::Error::Io {
+            path: tmp.to_path_buf(),
+            source,
+        })
     })
     .map_err(TrainError::from)
 }
@@ -58,12 +64,15 @@ impl RunDir {
         if path.join("config.toml").exists() {
             return Err(TrainError::Checkpoint {
                 path: path.to_path_buf(),
-                message: "already holds a run; use --resume to continue it or choose another --out".into(),
+                message: "already holds a run; use --resume to continue it or choose another --out"
+                    .into(),
             });
         }
         fs::create_dir_all(path.join("checkpoints")).map_err(io(path))?;
         fs::create_dir_all(path.join("samples")).map_err(io(path))?;
-        let dir = Self { path: path.to_path_buf() };
+        let dir = Self {
+            path: path.to_path_buf(),
+        };
         write_text_atomic(&dir.path.join("config.toml"), &config.to_toml())?;
         Ok(dir)
     }
@@ -76,7 +85,9 @@ impl RunDir {
                 message: "is not a run directory (no config.toml)".into(),
             });
         }
-        Ok(Self { path: path.to_path_buf() })
+        Ok(Self {
+            path: path.to_path_buf(),
+        })
     }
 
     /// Rewrites `config.toml` (a resumed run may change run settings such as `run.steps`).
@@ -149,8 +160,14 @@ impl RunDir {
         tensors: &[(&str, Vec<(String, tch::Tensor)>)],
         keep: usize,
     ) -> Result<PathBuf> {
-        let final_dir = self.checkpoints_dir().join(format!("step_{:07}", state.step));
-        let tmp = self.checkpoints_dir().join(format!(".tmp_step_{:07}_{}", state.step, std::process::id()));
+        let final_dir = self
+            .checkpoints_dir()
+            .join(format!("step_{:07}", state.step));
+        let tmp = self.checkpoints_dir().join(format!(
+            ".tmp_step_{:07}_{}",
+            state.step,
+            std::process::id()
+        ));
         let result = (|| -> Result<()> {
             fs::create_dir_all(&tmp).map_err(io(&tmp))?;
             for (name, ts) in tensors {
@@ -181,15 +198,21 @@ impl RunDir {
     pub fn read_state(ckpt: &Path) -> Result<TrainState> {
         let p = ckpt.join("state.json");
         let text = fs::read_to_string(&p).map_err(io(&p))?;
-        serde_json::from_str(&text)
-            .map_err(|e| TrainError::Checkpoint { path: p.clone(), message: format!("unreadable state: {e}") })
+        serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint {
+            path: p.clone(),
+            message: format!("unreadable state: {e}"),
+        })
     }
 
     /// Appends one JSON line to `metrics.jsonl`.
     pub fn append_metrics(&self, record: &serde_json::Value) -> Result<()> {
         use std::io::Write;
         let p = self.path.join("metrics.jsonl");
-        let mut f = fs::OpenOptions::new().create(true).append(true).open(&p).map_err(io(&p))?;
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p)
+            .map_err(io(&p))?;
         writeln!(f, "{record}").map_err(io(&p))
     }
 
@@ -200,6 +223,9 @@ impl RunDir {
             return Ok(Vec::new());
         }
         let text = fs::read_to_string(&p).map_err(io(&p))?;
-        Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+        Ok(text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect())
     }
 }

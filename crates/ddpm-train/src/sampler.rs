@@ -31,8 +31,15 @@ impl SamplerSpec {
     /// Parses a config-style spec: `ddimN` = DDIM (η = 0) on the `ddimN` respacing; anything else
     /// (`1000`, `100`, `10,20,30`) = ancestral sampling on that respacing.
     pub fn parse(spec: &str, num_timesteps: usize) -> Result<Self> {
-        let kind = if spec.starts_with("ddim") { SamplerKind::Ddim { eta: 0.0 } } else { SamplerKind::Ddpm };
-        Ok(Self { kind, timesteps: space_timesteps(num_timesteps, spec)? })
+        let kind = if spec.starts_with("ddim") {
+            SamplerKind::Ddim { eta: 0.0 }
+        } else {
+            SamplerKind::Ddpm
+        };
+        Ok(Self {
+            kind,
+            timesteps: space_timesteps(num_timesteps, spec)?,
+        })
     }
 
     /// The command line's form: `--sampler ddpm|ddim --steps SPEC [--eta E]`. For DDIM a plain
@@ -41,11 +48,18 @@ impl SamplerSpec {
         let kind = match sampler {
             "ddpm" => SamplerKind::Ddpm,
             "ddim" => SamplerKind::Ddim { eta },
-            other => return Err(TrainError::config("sampler", format!("`{other}` is not ddpm or ddim"))),
+            other => {
+                return Err(TrainError::config(
+                    "sampler",
+                    format!("`{other}` is not ddpm or ddim"),
+                ))
+            }
         };
         let timesteps = match (kind, steps.parse::<usize>()) {
-            (SamplerKind::Ddim { .. }, Ok(n)) => space_timesteps(num_timesteps, &format!("ddim{n}"))
-                .or_else(|_| space_timesteps(num_timesteps, steps))?,
+            (SamplerKind::Ddim { .. }, Ok(n)) => {
+                space_timesteps(num_timesteps, &format!("ddim{n}"))
+                    .or_else(|_| space_timesteps(num_timesteps, steps))?
+            }
             _ => space_timesteps(num_timesteps, steps)?,
         };
         Ok(Self { kind, timesteps })
@@ -90,7 +104,10 @@ impl Sampler {
     /// Respaces `diffusion` to the spec's timesteps and moves the tables to `device`.
     pub fn new(diffusion: &GaussianDiffusion, spec: &SamplerSpec, device: Device) -> Result<Self> {
         let spaced = SpacedDiffusion::new(diffusion, &spec.timesteps)?;
-        Ok(Self { tables: DeviceTables::new(spaced.diffusion(), spaced.timestep_map(), device), kind: spec.kind })
+        Ok(Self {
+            tables: DeviceTables::new(spaced.diffusion(), spaced.timestep_map(), device),
+            kind: spec.kind,
+        })
     }
 
     /// Number of network evaluations per image (doubled by guidance).
@@ -116,7 +133,11 @@ impl Sampler {
             let n = noise.size()[0];
             let device = noise.device();
             let steps = self.tables.num_timesteps();
-            let every = if keep_trajectory > 0 { steps.div_ceil(keep_trajectory).max(1) } else { usize::MAX };
+            let every = if keep_trajectory > 0 {
+                steps.div_ceil(keep_trajectory).max(1)
+            } else {
+                usize::MAX
+            };
             let mut x = noise;
             let mut trajectory = Vec::new();
             if keep_trajectory > 0 {
@@ -136,14 +157,19 @@ impl Sampler {
                     SamplerKind::Ddim { eta } if eta == 0.0 || k == 0 => {
                         self.tables.ddim_step(&p, &x, &t, 0.0, &x.zeros_like())
                     }
-                    SamplerKind::Ddim { eta } => self.tables.ddim_step(&p, &x, &t, eta, &x.randn_like()),
+                    SamplerKind::Ddim { eta } => {
+                        self.tables.ddim_step(&p, &x, &t, eta, &x.randn_like())
+                    }
                 };
                 if keep_trajectory > 0 && ((done + 1) % every == 0 || k == 0) {
                     trajectory.push(x.narrow(0, 0, 1).copy());
                 }
                 on_step(done + 1);
             }
-            Samples { images: x.clamp(-1.0, 1.0), trajectory }
+            Samples {
+                images: x.clamp(-1.0, 1.0),
+                trajectory,
+            }
         })
     }
 }
@@ -157,10 +183,17 @@ where
     let n = x.size()[0];
     let device = x.device();
     let labels = Tensor::cat(
-        &[Tensor::full([n], g.class, (Kind::Int64, device)), Tensor::full([n], g.null_class, (Kind::Int64, device))],
+        &[
+            Tensor::full([n], g.class, (Kind::Int64, device)),
+            Tensor::full([n], g.null_class, (Kind::Int64, device)),
+        ],
         0,
     );
-    let out = model(&Tensor::cat(&[x, x], 0), &Tensor::cat(&[t, t], 0), Some(&labels));
+    let out = model(
+        &Tensor::cat(&[x, x], 0),
+        &Tensor::cat(&[t, t], 0),
+        Some(&labels),
+    );
     let cond = out.narrow(0, 0, n);
     let uncond = out.narrow(0, n, n);
     let (c_mean, c_var) = tables.split_output(&cond);
@@ -174,5 +207,9 @@ where
 
 /// uint8 images `[N, H, W, C]` from samples in [−1, 1] `[N, C, H, W]` (p = round((x + 1)·127.5)).
 pub fn to_uint8_nhwc(x: &Tensor) -> Tensor {
-    ((x.clamp(-1.0, 1.0) + 1.0) * 127.5).round().to_kind(Kind::Uint8).permute([0, 2, 3, 1]).contiguous()
+    ((x.clamp(-1.0, 1.0) + 1.0) * 127.5)
+        .round()
+        .to_kind(Kind::Uint8)
+        .permute([0, 2, 3, 1])
+        .contiguous()
 }

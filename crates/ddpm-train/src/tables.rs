@@ -30,7 +30,9 @@ pub struct DeviceTables {
 }
 
 fn to_device(a: &ndarray::Array1<f64>, device: Device, kind: Kind) -> Tensor {
-    Tensor::from_slice(a.as_slice().expect("ddpm-math tables are contiguous")).to_kind(kind).to_device(device)
+    Tensor::from_slice(a.as_slice().expect("ddpm-math tables are contiguous"))
+        .to_kind(kind)
+        .to_device(device)
 }
 
 /// A distribution's mean, variance and log-variance, each `[N, …]`.
@@ -59,8 +61,17 @@ impl DeviceTables {
     }
 
     /// As [`DeviceTables::new`] with tables of another floating kind (f64 for reference checks).
-    pub fn with_kind(diffusion: &GaussianDiffusion, timestep_map: &[usize], device: Device, kind: Kind) -> Self {
-        assert_eq!(timestep_map.len(), diffusion.num_timesteps(), "one original index per step");
+    pub fn with_kind(
+        diffusion: &GaussianDiffusion,
+        timestep_map: &[usize],
+        device: Device,
+        kind: Kind,
+    ) -> Self {
+        assert_eq!(
+            timestep_map.len(),
+            diffusion.num_timesteps(),
+            "one original index per step"
+        );
         let map: Vec<i64> = timestep_map.iter().map(|&t| t as i64).collect();
         let d = diffusion;
         Self {
@@ -72,11 +83,19 @@ impl DeviceTables {
             alphas_cumprod: to_device(d.alphas_cumprod(), device, kind),
             alphas_cumprod_prev: to_device(d.alphas_cumprod_prev(), device, kind),
             sqrt_alphas_cumprod: to_device(d.sqrt_alphas_cumprod(), device, kind),
-            sqrt_one_minus_alphas_cumprod: to_device(d.sqrt_one_minus_alphas_cumprod(), device, kind),
+            sqrt_one_minus_alphas_cumprod: to_device(
+                d.sqrt_one_minus_alphas_cumprod(),
+                device,
+                kind,
+            ),
             sqrt_recip_alphas_cumprod: to_device(d.sqrt_recip_alphas_cumprod(), device, kind),
             sqrt_recipm1_alphas_cumprod: to_device(d.sqrt_recipm1_alphas_cumprod(), device, kind),
             posterior_variance: to_device(d.posterior_variance(), device, kind),
-            posterior_log_variance_clipped: to_device(d.posterior_log_variance_clipped(), device, kind),
+            posterior_log_variance_clipped: to_device(
+                d.posterior_log_variance_clipped(),
+                device,
+                kind,
+            ),
             posterior_mean_coef1: to_device(d.posterior_mean_coef1(), device, kind),
             posterior_mean_coef2: to_device(d.posterior_mean_coef2(), device, kind),
             fixed_large_variance: to_device(d.fixed_large_variance(), device, kind),
@@ -105,7 +124,10 @@ impl DeviceTables {
     pub fn extract(table: &Tensor, t: &Tensor, like: &Tensor) -> Tensor {
         let mut shape = vec![t.size()[0]];
         shape.extend(std::iter::repeat_n(1, like.dim() - 1));
-        table.index_select(0, t).view(shape.as_slice()).to_kind(like.kind())
+        table
+            .index_select(0, t)
+            .view(shape.as_slice())
+            .to_kind(like.kind())
     }
 
     /// `x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε` (ddpm-math `q_sample`).
@@ -170,7 +192,13 @@ impl DeviceTables {
 
     /// `p_θ(x_{t−1} | x_t)` from a model output (ddpm-math `p_mean_variance`); `clip` clamps x̂_0
     /// to [−1, 1].
-    pub fn p_mean_variance(&self, model_output: &Tensor, x_t: &Tensor, t: &Tensor, clip: bool) -> PMean {
+    pub fn p_mean_variance(
+        &self,
+        model_output: &Tensor,
+        x_t: &Tensor,
+        t: &Tensor,
+        clip: bool,
+    ) -> PMean {
         let (mean_out, var_out) = self.split_output(model_output);
         let (variance, log_variance) = match (self.var_type, var_out) {
             (ModelVarType::Learned, Some(v)) => (v.exp(), v),
@@ -200,7 +228,14 @@ impl DeviceTables {
             pred_xstart = pred_xstart.clamp(-1.0, 1.0);
         }
         let mean = self.q_posterior(&pred_xstart, x_t, t).mean;
-        PMean { dist: Gaussian { mean, variance, log_variance }, pred_xstart }
+        PMean {
+            dist: Gaussian {
+                mean,
+                variance,
+                log_variance,
+            },
+            pred_xstart,
+        }
     }
 
     /// One ancestral step `x_{t−1} = μ + 1[t ≠ 0] σ z`.
@@ -210,22 +245,42 @@ impl DeviceTables {
     }
 
     /// One DDIM step with `η` (Song et al. 2021, eq. 12; ddpm-math `ddim_sample`).
-    pub fn ddim_step(&self, p: &PMean, x_t: &Tensor, t: &Tensor, eta: f64, noise: &Tensor) -> Tensor {
+    pub fn ddim_step(
+        &self,
+        p: &PMean,
+        x_t: &Tensor,
+        t: &Tensor,
+        eta: f64,
+        noise: &Tensor,
+    ) -> Tensor {
         let eps = self.eps_from_xstart(x_t, t, &p.pred_xstart);
         let a = Self::extract(&self.alphas_cumprod, t, x_t);
         let a_prev = Self::extract(&self.alphas_cumprod_prev, t, x_t);
-        let sigma: Tensor = ((-&a_prev + 1.0) / (-&a + 1.0)).sqrt() * (-(&a / &a_prev) + 1.0).sqrt() * eta;
-        let mean = &p.pred_xstart * a_prev.sqrt() + (-&a_prev + 1.0 - sigma.square()).clamp_min(0.0).sqrt() * eps;
+        let sigma: Tensor =
+            ((-&a_prev + 1.0) / (-&a + 1.0)).sqrt() * (-(&a / &a_prev) + 1.0).sqrt() * eta;
+        let mean = &p.pred_xstart * a_prev.sqrt()
+            + (-&a_prev + 1.0 - sigma.square()).clamp_min(0.0).sqrt() * eps;
         mean + nonzero_mask(t, x_t) * sigma * noise
     }
 
     /// Variational-bound term `L_t` in bits/dim per sample `[N]` (ddpm-math `vb_terms_bpd`):
     /// KL(q(x_{t−1}|x_t,x_0) ‖ p_θ) for t > 0 and the discretised decoder NLL at t = 0.
-    pub fn vb_terms_bpd(&self, model_output: &Tensor, x_start: &Tensor, x_t: &Tensor, t: &Tensor, clip: bool) -> Tensor {
+    pub fn vb_terms_bpd(
+        &self,
+        model_output: &Tensor,
+        x_start: &Tensor,
+        x_t: &Tensor,
+        t: &Tensor,
+        clip: bool,
+    ) -> Tensor {
         let q = self.q_posterior(x_start, x_t, t);
         let p = self.p_mean_variance(model_output, x_t, t, clip);
-        let kl = mean_flat(&normal_kl(&q.mean, &q.log_variance, &p.dist.mean, &p.dist.log_variance))
-            / std::f64::consts::LN_2;
+        let kl = mean_flat(&normal_kl(
+            &q.mean,
+            &q.log_variance,
+            &p.dist.mean,
+            &p.dist.log_variance,
+        )) / std::f64::consts::LN_2;
         let nll = -mean_flat(&discretized_gaussian_log_likelihood(
             x_start,
             &p.dist.mean,
@@ -237,9 +292,16 @@ impl DeviceTables {
     /// `L_T`: KL(q(x_{T−1}|x_0) ‖ N(0, I)) in bits/dim per sample (ddpm-math `prior_bpd`).
     pub fn prior_bpd(&self, x_start: &Tensor) -> Tensor {
         let n = x_start.size()[0];
-        let t = Tensor::full([n], self.num_timesteps as i64 - 1, (Kind::Int64, x_start.device()));
+        let t = Tensor::full(
+            [n],
+            self.num_timesteps as i64 - 1,
+            (Kind::Int64, x_start.device()),
+        );
         let mean = Self::extract(&self.sqrt_alphas_cumprod, &t, x_start) * x_start;
-        let log_var = Self::extract(&self.sqrt_one_minus_alphas_cumprod, &t, x_start).square().log().expand_as(x_start);
+        let log_var = Self::extract(&self.sqrt_one_minus_alphas_cumprod, &t, x_start)
+            .square()
+            .log()
+            .expand_as(x_start);
         let zeros = x_start.zeros_like();
         mean_flat(&normal_kl(&mean, &log_var, &zeros, &zeros)) / std::f64::consts::LN_2
     }
@@ -260,7 +322,10 @@ pub fn mean_flat(x: &Tensor) -> Tensor {
 
 /// KL(N(μ₁, e^{lv₁}) ‖ N(μ₂, e^{lv₂})) elementwise, in nats (ddpm-math `normal_kl`).
 pub fn normal_kl(mean1: &Tensor, logvar1: &Tensor, mean2: &Tensor, logvar2: &Tensor) -> Tensor {
-    ((logvar2 - logvar1) - 1.0 + (logvar1 - logvar2).exp() + (mean1 - mean2).square() * (-logvar2).exp()) * 0.5
+    ((logvar2 - logvar1) - 1.0
+        + (logvar1 - logvar2).exp()
+        + (mean1 - mean2).square() * (-logvar2).exp())
+        * 0.5
 }
 
 /// Φ̃(x) = ½(1 + tanh(√(2/π)(x + 0.044715 x³))) (ddpm-math `approx_standard_normal_cdf`).
@@ -271,7 +336,11 @@ pub fn approx_standard_normal_cdf(x: &Tensor) -> Tensor {
 
 /// log-likelihood of x ∈ [−1, 1] (256 bins of width 2/255) under a discretised Gaussian,
 /// elementwise in nats (ddpm-math `discretized_gaussian_log_likelihood`).
-pub fn discretized_gaussian_log_likelihood(x: &Tensor, means: &Tensor, log_scales: &Tensor) -> Tensor {
+pub fn discretized_gaussian_log_likelihood(
+    x: &Tensor,
+    means: &Tensor,
+    log_scales: &Tensor,
+) -> Tensor {
     let centered = x - means;
     let inv_stdv = (-log_scales).exp();
     let cdf_plus = approx_standard_normal_cdf(&(&inv_stdv * (&centered + 1.0 / 255.0)));

@@ -36,13 +36,22 @@ fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
 
 /// Asserts the import fails, the message contains every needle, and nothing is left in out's folder.
 fn assert_fails(raw: &Path, out: &Path, expected: &[Expected], needles: &[&str]) {
-    let err = data::import_idx_dataset("toy", raw, out, expected).unwrap_err().to_string();
+    let err = data::import_idx_dataset("toy", raw, out, expected)
+        .unwrap_err()
+        .to_string();
     for n in needles {
         assert!(err.contains(n), "error `{err}` should mention `{n}`");
     }
-    assert!(!out.exists(), "{} must not exist after a failed import", out.display());
+    assert!(
+        !out.exists(),
+        "{} must not exist after a failed import",
+        out.display()
+    );
     if let Some(dir) = out.parent().filter(|d| d.exists()) {
-        let left: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let left: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert!(left.is_empty(), "temporary files left behind: {left:?}");
     }
 }
@@ -51,9 +60,15 @@ fn assert_fails(raw: &Path, out: &Path, expected: &[Expected], needles: &[&str])
 fn valid_dataset_round_trips_byte_for_byte() {
     let (_dir, raw, out) = setup();
     let md5 = Digests::of(&fs::read(raw.join(IDX_FILES[0].1)).unwrap()).md5;
-    let expected = vec![Expected { file: IDX_FILES[0].1.to_string(), digest: md5.clone() }];
+    let expected = vec![Expected {
+        file: IDX_FILES[0].1.to_string(),
+        digest: md5.clone(),
+    }];
     let s = data::import_idx_dataset("toy", &raw, &out, &expected).unwrap();
-    assert_eq!((s.name.as_str(), s.n_train, s.n_test, s.image_hw), ("toy", 12, 5, (4, 3)));
+    assert_eq!(
+        (s.name.as_str(), s.n_train, s.n_test, s.image_hw),
+        ("toy", 12, 5, (4, 3))
+    );
     assert_eq!(s.sources.len(), 4);
     assert_eq!(s.sources[0].name, IDX_FILES[0].1);
     assert_eq!(s.sources[0].digests.md5, md5);
@@ -61,7 +76,10 @@ fn valid_dataset_round_trips_byte_for_byte() {
     assert_eq!(train.images.shape(), &[12, 4, 3]);
     let want: Vec<u8> = (0..12 * 4 * 3).map(|i| (i * 7 % 256) as u8).collect();
     assert_eq!(train.images.iter().copied().collect::<Vec<_>>(), want);
-    assert_eq!(train.labels.to_vec(), (0..12).map(|i| (i % 10) as u8).collect::<Vec<_>>());
+    assert_eq!(
+        train.labels.to_vec(),
+        (0..12).map(|i| (i % 10) as u8).collect::<Vec<_>>()
+    );
     assert_eq!(data::load_split(&out, "test").unwrap().len(), 5);
     let err = data::load_split(&out, "valid").unwrap_err().to_string();
     assert!(err.contains("/valid/images"), "{err}");
@@ -71,10 +89,26 @@ fn valid_dataset_round_trips_byte_for_byte() {
 fn wrong_checksum_names_file_and_digests() {
     let (_dir, raw, out) = setup();
     let bad = "0".repeat(64);
-    let expected = vec![Expected { file: IDX_FILES[1].2.to_string(), digest: bad.clone() }];
-    assert_fails(&raw, &out, &expected, &[IDX_FILES[1].2, "sha256 checksum mismatch", &bad]);
-    let expected = vec![Expected { file: IDX_FILES[0].1.to_string(), digest: "f".repeat(32) }];
-    assert_fails(&raw, &out, &expected, &[IDX_FILES[0].1, "md5 checksum mismatch"]);
+    let expected = vec![Expected {
+        file: IDX_FILES[1].2.to_string(),
+        digest: bad.clone(),
+    }];
+    assert_fails(
+        &raw,
+        &out,
+        &expected,
+        &[IDX_FILES[1].2, "sha256 checksum mismatch", &bad],
+    );
+    let expected = vec![Expected {
+        file: IDX_FILES[0].1.to_string(),
+        digest: "f".repeat(32),
+    }];
+    assert_fails(
+        &raw,
+        &out,
+        &expected,
+        &[IDX_FILES[0].1, "md5 checksum mismatch"],
+    );
 }
 
 #[test]
@@ -83,7 +117,12 @@ fn truncated_gzip_is_reported() {
     let path = raw.join(IDX_FILES[1].1);
     let bytes = fs::read(&path).unwrap();
     fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
-    assert_fails(&raw, &out, &[], &[IDX_FILES[1].1, "corrupt or truncated gzip"]);
+    assert_fails(
+        &raw,
+        &out,
+        &[],
+        &[IDX_FILES[1].1, "corrupt or truncated gzip"],
+    );
 }
 
 #[test]
@@ -115,7 +154,12 @@ fn bad_idx_dimensions_are_reported() {
     // Header claims 12x4x3 but the payload is one byte short.
     let idx = encode_idx(&[12, 4, 3], Array1::zeros(143).view());
     fs::write(raw.join(IDX_FILES[0].1), gz(&idx)).unwrap();
-    assert_fails(&raw, &out, &[], &[IDX_FILES[0].1, "need 144 data bytes, file has 143"]);
+    assert_fails(
+        &raw,
+        &out,
+        &[],
+        &[IDX_FILES[0].1, "need 144 data bytes, file has 143"],
+    );
     // Images stored with 2 dimensions.
     let idx = encode_idx(&[12, 12], Array1::zeros(144).view());
     fs::write(raw.join(IDX_FILES[0].1), gz(&idx)).unwrap();
@@ -131,8 +175,17 @@ fn bad_idx_dimensions_are_reported() {
 fn label_count_mismatch_is_reported() {
     let (_dir, raw, out) = setup();
     let labs = Array1::from_iter((0..11).map(|i| i as u8));
-    fs::write(raw.join(IDX_FILES[0].2), gz(&encode_idx(&[11], labs.view()))).unwrap();
-    assert_fails(&raw, &out, &[], &[IDX_FILES[0].1, "12 images", IDX_FILES[0].2, "11 labels"]);
+    fs::write(
+        raw.join(IDX_FILES[0].2),
+        gz(&encode_idx(&[11], labs.view())),
+    )
+    .unwrap();
+    assert_fails(
+        &raw,
+        &out,
+        &[],
+        &[IDX_FILES[0].1, "12 images", IDX_FILES[0].2, "11 labels"],
+    );
 }
 
 #[test]
@@ -151,8 +204,15 @@ fn failed_reimport_keeps_the_previous_file() {
     let bytes = fs::read(&path).unwrap();
     fs::write(&path, &bytes[..10]).unwrap();
     assert!(data::import_idx_dataset("toy", &raw, &out, &[]).is_err());
-    assert_eq!(fs::read(&out).unwrap(), before, "the valid file must survive a failed import");
-    let names: Vec<_> = fs::read_dir(out.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(
+        fs::read(&out).unwrap(),
+        before,
+        "the valid file must survive a failed import"
+    );
+    let names: Vec<_> = fs::read_dir(out.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names.len(), 1, "{names:?}");
 }
 
@@ -162,10 +222,15 @@ fn check_rejects_a_file_without_our_layout() {
     let path = dir.path().join("other.h5");
     {
         let f = hdf5::File::create(&path).unwrap();
-        f.new_dataset_builder().with_data(&Array1::<u8>::zeros(3)).create("x").unwrap();
+        f.new_dataset_builder()
+            .with_data(&Array1::<u8>::zeros(3))
+            .create("x")
+            .unwrap();
     }
     let err = data::check_dataset(&path).unwrap_err().to_string();
     assert!(err.contains("other.h5") && err.contains("dataset"), "{err}");
-    let err = data::check_dataset(&dir.path().join("absent.h5")).unwrap_err().to_string();
+    let err = data::check_dataset(&dir.path().join("absent.h5"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("absent.h5"), "{err}");
 }

@@ -19,17 +19,46 @@ fn check_real(name: &str) {
         raw.display()
     );
     let summary = data::check_dataset(&h5).unwrap();
-    assert_eq!((summary.n_train, summary.n_test, summary.image_hw), (60_000, 10_000, (28, 28)));
+    assert_eq!(
+        (summary.n_train, summary.n_test, summary.image_hw),
+        (60_000, 10_000, (28, 28))
+    );
     assert_eq!(summary.name, name);
     for (split, images, labels) in IDX_FILES {
         let stored = data::load_split(&h5, split).unwrap();
         let (digests, idx) = data::read_gz(&raw.join(images)).unwrap();
         let recorded = summary.sources.iter().find(|s| s.name == images).unwrap();
         assert_eq!(recorded.digests, digests, "{images}");
-        assert_eq!(&idx[..16], &[0, 0, 8, 3, 0, 0, if split == "train" { 0xea } else { 0x27 }, if split == "train" { 0x60 } else { 0x10 }, 0, 0, 0, 28, 0, 0, 0, 28]);
-        assert!(stored.images.as_slice().unwrap() == &idx[16..], "{split} images differ from {images}");
+        assert_eq!(
+            &idx[..16],
+            &[
+                0,
+                0,
+                8,
+                3,
+                0,
+                0,
+                if split == "train" { 0xea } else { 0x27 },
+                if split == "train" { 0x60 } else { 0x10 },
+                0,
+                0,
+                0,
+                28,
+                0,
+                0,
+                0,
+                28
+            ]
+        );
+        assert!(
+            stored.images.as_slice().unwrap() == &idx[16..],
+            "{split} images differ from {images}"
+        );
         let (_, idx) = data::read_gz(&raw.join(labels)).unwrap();
-        assert!(stored.labels.as_slice().unwrap() == &idx[8..], "{split} labels differ from {labels}");
+        assert!(
+            stored.labels.as_slice().unwrap() == &idx[8..],
+            "{split} labels differ from {labels}"
+        );
         assert!(stored.labels.iter().all(|&l| l < 10));
     }
 }

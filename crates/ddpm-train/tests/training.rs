@@ -13,14 +13,22 @@ use ddpm_train::TrainError;
 use tch::Tensor;
 
 fn tensors(path: &Path) -> BTreeMap<String, Tensor> {
-    Tensor::read_safetensors(path).unwrap().into_iter().collect()
+    Tensor::read_safetensors(path)
+        .unwrap()
+        .into_iter()
+        .collect()
 }
 
 fn assert_same(a: &Path, b: &Path) {
     let (ta, tb) = (tensors(a), tensors(b));
     assert_eq!(ta.keys().collect::<Vec<_>>(), tb.keys().collect::<Vec<_>>());
     for (k, x) in &ta {
-        assert!(x.equal(&tb[k]), "{k} differs between {} and {}", a.display(), b.display());
+        assert!(
+            x.equal(&tb[k]),
+            "{k} differs between {} and {}",
+            a.display(),
+            b.display()
+        );
     }
 }
 
@@ -43,10 +51,21 @@ fn resumed_run_matches_an_uninterrupted_one_exactly() {
         assert_same(&last(&full).join(f), &last(&split).join(f));
     }
     // Each step is logged once, checkpoints are pruned to keep_checkpoints (3).
-    let steps: Vec<u64> =
-        RunDir::open(&split).unwrap().read_metrics().unwrap().iter().map(|r| r["step"].as_u64().unwrap()).collect();
+    let steps: Vec<u64> = RunDir::open(&split)
+        .unwrap()
+        .read_metrics()
+        .unwrap()
+        .iter()
+        .map(|r| r["step"].as_u64().unwrap())
+        .collect();
     assert_eq!(steps, vec![2, 4, 6, 8]);
-    let kept: Vec<usize> = RunDir::open(&split).unwrap().checkpoints().unwrap().into_iter().map(|(s, _)| s).collect();
+    let kept: Vec<usize> = RunDir::open(&split)
+        .unwrap()
+        .checkpoints()
+        .unwrap()
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
     assert_eq!(kept, vec![4, 6, 8]);
     assert!(split.join("loss.png").exists() && split.join("samples/step_8.png").exists());
 }
@@ -60,7 +79,10 @@ fn stop_request_saves_and_resume_continues_identically() {
     cfg.run.checkpoint_every = 100; // only the stop and the end write checkpoints
     train_ddpm(&full, &cfg, false, &TrainOptions::default()).unwrap();
     // A stop requested before the first step: one step is taken, checkpointed, and the run ends.
-    let opts = TrainOptions { progress: false, stop: Arc::new(AtomicBool::new(true)) };
+    let opts = TrainOptions {
+        progress: false,
+        stop: Arc::new(AtomicBool::new(true)),
+    };
     let s = train_ddpm(&stopped, &cfg, false, &opts).unwrap();
     assert_eq!((s.step, s.interrupted), (1, true));
     assert!(s.checkpoint.ends_with("step_0000001"));
@@ -82,22 +104,43 @@ fn non_finite_loss_names_the_step_and_keeps_the_last_good_checkpoint() {
     cfg.optim.warmup_steps = 0;
     cfg.optim.grad_clip = 0.0;
     match train_ddpm(&run, &cfg, false, &TrainOptions::default()) {
-        Err(TrainError::NonFinite { what, step, value, last_checkpoint }) => {
+        Err(TrainError::NonFinite {
+            what,
+            step,
+            value,
+            last_checkpoint,
+        }) => {
             assert!(!value.is_finite() && ["loss", "weights"].contains(&what));
             assert!((1..=40).contains(&step), "{step}");
             let kept = RunDir::open(&run).unwrap().checkpoints().unwrap();
             // Every checkpoint on disk precedes the bad step and holds finite weights.
             for (s, p) in &kept {
-                assert!(*s < step, "checkpoint {s} was written at or after the bad step {step}");
+                assert!(
+                    *s < step,
+                    "checkpoint {s} was written at or after the bad step {step}"
+                );
                 for (name, t) in tensors(&p.join("model.safetensors")) {
-                    assert!(t.isfinite().all().int64_value(&[]) == 1, "{name} in {} is not finite", p.display());
+                    assert!(
+                        t.isfinite().all().int64_value(&[]) == 1,
+                        "{name} in {} is not finite",
+                        p.display()
+                    );
                 }
             }
             assert_eq!(last_checkpoint, kept.last().map(|(_, p)| p.clone()));
-            let msg = TrainError::NonFinite { what, step, value, last_checkpoint: None }.to_string();
+            let msg = TrainError::NonFinite {
+                what,
+                step,
+                value,
+                last_checkpoint: None,
+            }
+            .to_string();
             assert!(msg.contains(&format!("step {step}")), "{msg}");
         }
-        other => panic!("expected a non-finite loss error, got {:?}", other.map(|s| s.step)),
+        other => panic!(
+            "expected a non-finite loss error, got {:?}",
+            other.map(|s| s.step)
+        ),
     }
 }
 
@@ -106,12 +149,23 @@ fn resuming_with_a_mismatched_checkpoint_names_the_tensor() {
     let _rng = common::torch_rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    train_ddpm(&run, &common::tiny_config(2), false, &TrainOptions::default()).unwrap();
+    train_ddpm(
+        &run,
+        &common::tiny_config(2),
+        false,
+        &TrainOptions::default(),
+    )
+    .unwrap();
     // Change the architecture of the run, then resume: the checkpoint no longer fits.
     let mut cfg = common::tiny_config(4);
     cfg.model.unet.block_out_channels = vec![8, 24];
-    let err = train_ddpm(&run, &cfg, true, &TrainOptions::default()).unwrap_err().to_string();
-    assert!(err.contains("model.safetensors") && err.contains("down_blocks.1"), "{err}");
+    let err = train_ddpm(&run, &cfg, true, &TrainOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("model.safetensors") && err.contains("down_blocks.1"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -120,14 +174,32 @@ fn unwritable_run_directory_fails_before_training() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("a-file");
     std::fs::write(&file, b"x").unwrap();
-    let err = train_ddpm(&file.join("run"), &common::tiny_config(2), false, &TrainOptions::default())
-        .unwrap_err()
-        .to_string();
+    let err = train_ddpm(
+        &file.join("run"),
+        &common::tiny_config(2),
+        false,
+        &TrainOptions::default(),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("a-file"), "{err}");
     // A second run into an existing run directory is refused rather than mixed in.
     let run = dir.path().join("run");
-    train_ddpm(&run, &common::tiny_config(2), false, &TrainOptions::default()).unwrap();
-    let err = train_ddpm(&run, &common::tiny_config(2), false, &TrainOptions::default()).unwrap_err().to_string();
+    train_ddpm(
+        &run,
+        &common::tiny_config(2),
+        false,
+        &TrainOptions::default(),
+    )
+    .unwrap();
+    let err = train_ddpm(
+        &run,
+        &common::tiny_config(2),
+        false,
+        &TrainOptions::default(),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("already holds a run"), "{err}");
 }
 
@@ -135,8 +207,13 @@ fn unwritable_run_directory_fails_before_training() {
 fn resume_of_a_missing_run_is_an_error() {
     let _rng = common::torch_rng_lock();
     let dir = tempfile::tempdir().unwrap();
-    let err = train_ddpm(&dir.path().join("none"), &common::tiny_config(2), true, &TrainOptions::default())
-        .unwrap_err()
-        .to_string();
+    let err = train_ddpm(
+        &dir.path().join("none"),
+        &common::tiny_config(2),
+        true,
+        &TrainOptions::default(),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("not a run directory"), "{err}");
 }

@@ -8,7 +8,11 @@ use ddpm_train::TrainConfig;
 /// `datasets/mnist.h5` of the workspace; fails loudly when `cargo xtask fetch-data` has not run.
 pub fn mnist_h5() -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../datasets/mnist.h5");
-    assert!(p.exists(), "{} is missing: run `cargo xtask fetch-data` first", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo xtask fetch-data` first",
+        p.display()
+    );
     p
 }
 
