@@ -37,6 +37,11 @@ fn mnist() -> PathBuf {
 
 /// A DDPM small enough for a CPU test, as a TOML file.
 fn tiny_config(dir: &Path, steps: usize) -> PathBuf {
+    tiny_config_with(dir, steps, &[])
+}
+
+fn tiny_config_with(dir: &Path, steps: usize, extra: &[&str]) -> PathBuf {
+    let mut overrides: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
     let cfg = TrainConfig::preset("mnist-cpu")
         .unwrap()
         .with_overrides(&[
@@ -55,6 +60,7 @@ fn tiny_config(dir: &Path, steps: usize) -> PathBuf {
             "run.sample_num=4".into(),
             "run.sample_steps=\"ddim5\"".into(),
         ])
+        .and_then(|c| c.with_overrides(&std::mem::take(&mut overrides)))
         .unwrap();
     let path = dir.join("tiny.toml");
     std::fs::write(&path, cfg.to_toml()).unwrap();
@@ -283,4 +289,75 @@ fn bad_invocations_fail_with_clear_messages() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("neither a run directory"));
+}
+
+#[test]
+fn class_conditional_training_and_guided_sampling() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("cond");
+    let config = tiny_config_with(
+        dir.path(),
+        4,
+        &["data.conditional=true", "model.unet.num_class_embeds=11"],
+    );
+    ok(
+        cli()
+            .args(["train", "--no-progress", "--config"])
+            .arg(&config)
+            .arg("--out")
+            .arg(&run)
+            .output()
+            .unwrap(),
+        "conditional train",
+    );
+    let out = dir.path().join("sevens.h5");
+    let text = ok(
+        cli()
+            .args([
+                "sample",
+                "--device",
+                "cpu",
+                "--num",
+                "3",
+                "--steps",
+                "5",
+                "--class",
+                "7",
+                "--guidance",
+                "3",
+            ])
+            .arg("--model")
+            .arg(&run)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap(),
+        "guided sample",
+    );
+    assert!(text.contains("3 images"), "{text}");
+    assert_eq!(read_images(&out).0, vec![3, 28, 28, 1]);
+    let f = hdf5::File::open(&out).unwrap();
+    let class = f
+        .attr("class")
+        .unwrap()
+        .read_scalar::<hdf5::types::VarLenUnicode>()
+        .unwrap();
+    assert_eq!(class.as_str(), "7");
+    // A conditional model needs a class, and the class must exist.
+    for args in [vec![], vec!["--class", "10"]] {
+        let o = cli()
+            .args(["sample", "--device", "cpu", "--num", "1", "--steps", "2"])
+            .args(&args)
+            .arg("--model")
+            .arg(&run)
+            .arg("--out")
+            .arg(dir.path().join("x.h5"))
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{args:?} should fail");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("class"),
+            "{args:?}"
+        );
+    }
 }
