@@ -109,5 +109,17 @@ fn present_files(dir: &std::path::Path) -> Vec<(String, String)> {
         Err(_) => "missing (cargo xtask fetch-weights)".to_string(),
     };
     out.push(("FID Inception".to_string(), state));
+    for dataset in ["mnist", "fashion-mnist"] {
+        let folder = dir.join("weights").join(format!("classifier-{dataset}"));
+        let state = match ddpm_train::classifier::read_report(&folder) {
+            Ok(r) => format!(
+                "present (test accuracy {:.4}): {}",
+                r.test_accuracy,
+                folder.display()
+            ),
+            Err(_) => format!("missing (ddpm-cli train-classifier --dataset {dataset})"),
+        };
+        out.push((format!("classifier {dataset}"), state));
+    }
     out
 }
