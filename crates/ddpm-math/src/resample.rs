@@ -293,6 +293,32 @@ mod tests {
     use rand::{rngs::StdRng, SeedableRng};
 
     #[test]
+    fn history_round_trips_and_restores_the_weights() {
+        let mut s = LossSecondMomentSampler::with_params(3, 2, 0.001).unwrap();
+        s.update_with_losses(&[0, 1, 2, 0, 1, 2, 0], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])
+            .unwrap();
+        let h = s.history();
+        assert_eq!(h, vec![vec![4.0, 7.0], vec![2.0, 5.0], vec![3.0, 6.0]]);
+        let mut r = LossSecondMomentSampler::with_params(3, 2, 0.001).unwrap();
+        r.set_history(h.clone()).unwrap();
+        assert!(r.is_warmed_up());
+        assert_eq!(r.weights(), s.weights());
+        assert_eq!(r.history(), h);
+        assert!(
+            r.set_history(vec![vec![1.0]; 2]).is_err(),
+            "wrong number of timesteps"
+        );
+        assert!(
+            r.set_history(vec![vec![1.0, 2.0, 3.0]; 3]).is_err(),
+            "too many losses"
+        );
+        assert!(
+            r.set_history(vec![vec![f64::NAN]; 3]).is_err(),
+            "non-finite loss"
+        );
+    }
+
+    #[test]
     fn warm_up_is_uniform_until_every_term_is_full() {
         let mut sampler = LossSecondMomentSampler::new(3);
         for _ in 0..9 {

@@ -217,3 +217,45 @@ fn resume_of_a_missing_run_is_an_error() {
     .to_string();
     assert!(err.contains("not a run directory"), "{err}");
 }
+
+#[test]
+fn hybrid_and_vlb_objectives_train_and_resume_exactly() {
+    let _rng = common::torch_rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let learned = |steps: usize, loss: &str, importance: bool| {
+        let mut c = common::tiny_config(steps);
+        c.model.unet.out_channels = 2;
+        c.diffusion.var_type = "learned-range".into();
+        c.diffusion.loss_type = loss.into();
+        c.diffusion.importance_sampling = importance;
+        c
+    };
+    let opts = TrainOptions::default();
+    let s = train_ddpm(
+        &dir.path().join("hybrid"),
+        &learned(4, "hybrid", false),
+        false,
+        &opts,
+    )
+    .unwrap();
+    assert!(s.last_loss.is_finite() && s.last_loss > 0.0);
+    // L_vlb with the importance sampler: its loss history is checkpointed, so resuming is exact.
+    let (full, split) = (dir.path().join("vlb-full"), dir.path().join("vlb-split"));
+    train_ddpm(&full, &learned(6, "vlb", true), false, &opts).unwrap();
+    train_ddpm(&split, &learned(4, "vlb", true), false, &opts).unwrap();
+    let state = RunDir::read_state(&split.join("checkpoints/step_0000004")).unwrap();
+    let history = state
+        .sampler_history
+        .expect("the importance sampler's history is saved");
+    assert_eq!(history.len(), 50);
+    assert_eq!(
+        history.iter().map(Vec::len).sum::<usize>(),
+        16,
+        "4 steps × batch 4 losses recorded"
+    );
+    train_ddpm(&split, &learned(6, "vlb", true), true, &opts).unwrap();
+    assert_same(
+        &full.join("checkpoints/step_0000006/model.safetensors"),
+        &split.join("checkpoints/step_0000006/model.safetensors"),
+    );
+}
