@@ -1,9 +1,13 @@
 //! The GAN and VAE baselines on real MNIST with tiny networks: checkpoints and run files, sampling,
 //! exact resume, stop on request and NaN detection.
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{assert_same, tensors};
+use common::{mnist_h5, torch_rng_lock as serial};
+
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use ddpm_train::baselines::{
     load_baseline_for_sampling, sample_baseline, train_gan, train_vae, NETWORKS_FILE,
@@ -12,27 +16,9 @@ use ddpm_train::config::ModelKind;
 use ddpm_train::run_dir::RunDir;
 use ddpm_train::trainer::{TrainOptions, TrainSummary};
 use ddpm_train::{Result, TrainConfig, TrainError};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind};
 
 type Train = fn(&Path, &TrainConfig, bool, &TrainOptions) -> Result<TrainSummary>;
-
-/// libtorch's generator is global and training reseeds it every step: tests that train run one at a
-/// time so that their random streams do not interleave.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// `datasets/mnist.h5` of the workspace; fails loudly when `cargo xtask fetch-data` has not run.
-fn mnist_h5() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../datasets/mnist.h5");
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo xtask fetch-data` first",
-        p.display()
-    );
-    p
-}
 
 /// A baseline small enough to take a step in milliseconds on one CPU thread.
 fn tiny(kind: ModelKind, steps: usize) -> TrainConfig {
@@ -49,26 +35,6 @@ fn tiny(kind: ModelKind, steps: usize) -> TrainConfig {
     c.run.sample_every = 0;
     c.run.sample_num = 4;
     c
-}
-
-fn tensors(path: &Path) -> BTreeMap<String, Tensor> {
-    Tensor::read_safetensors(path)
-        .unwrap()
-        .into_iter()
-        .collect()
-}
-
-fn assert_same(a: &Path, b: &Path) {
-    let (ta, tb) = (tensors(a), tensors(b));
-    assert_eq!(ta.keys().collect::<Vec<_>>(), tb.keys().collect::<Vec<_>>());
-    for (k, x) in &ta {
-        assert!(
-            x.equal(&tb[k]),
-            "{k} differs between {} and {}",
-            a.display(),
-            b.display()
-        );
-    }
 }
 
 /// Trains 6 steps in one go and 3 + 3 with a resume; checks the run files, the checkpoint groups,

@@ -2,7 +2,8 @@
 //! mismatched checkpoints and unwritable run directories.
 mod common;
 
-use std::collections::BTreeMap;
+use common::{assert_same, tensors};
+
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -10,27 +11,6 @@ use std::sync::Arc;
 use ddpm_train::run_dir::RunDir;
 use ddpm_train::trainer::{train_ddpm, TrainOptions};
 use ddpm_train::TrainError;
-use tch::Tensor;
-
-fn tensors(path: &Path) -> BTreeMap<String, Tensor> {
-    Tensor::read_safetensors(path)
-        .unwrap()
-        .into_iter()
-        .collect()
-}
-
-fn assert_same(a: &Path, b: &Path) {
-    let (ta, tb) = (tensors(a), tensors(b));
-    assert_eq!(ta.keys().collect::<Vec<_>>(), tb.keys().collect::<Vec<_>>());
-    for (k, x) in &ta {
-        assert!(
-            x.equal(&tb[k]),
-            "{k} differs between {} and {}",
-            a.display(),
-            b.display()
-        );
-    }
-}
 
 #[test]
 fn resumed_run_matches_an_uninterrupted_one_exactly() {

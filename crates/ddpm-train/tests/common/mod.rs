@@ -1,6 +1,7 @@
 //! Shared helpers of ddpm-train's integration tests: a tiny DDPM config on the real MNIST file.
 #![allow(dead_code)]
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use ddpm_nets::unet::{DownBlockType, SampleSize, UpBlockType};
 use ddpm_train::TrainConfig;
@@ -46,4 +47,26 @@ pub fn tiny_config(steps: usize) -> TrainConfig {
 pub fn torch_rng_lock() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The tensors of a safetensors file by name.
+pub fn tensors(path: &Path) -> BTreeMap<String, tch::Tensor> {
+    tch::Tensor::read_safetensors(path)
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+/// Asserts two safetensors files hold the same names and bit-identical tensors.
+pub fn assert_same(a: &Path, b: &Path) {
+    let (ta, tb) = (tensors(a), tensors(b));
+    assert_eq!(ta.keys().collect::<Vec<_>>(), tb.keys().collect::<Vec<_>>());
+    for (k, x) in &ta {
+        assert!(
+            x.equal(&tb[k]),
+            "{k} differs between {} and {}",
+            a.display(),
+            b.display()
+        );
+    }
 }
