@@ -22,7 +22,8 @@ use crate::loader;
 use crate::optim::Adam;
 use crate::run_dir::{RunDir, TrainState};
 use crate::trainer::{
-    all_finite, named_trainables, progress_bar, setup_device, step_seed, TrainOptions, TrainSummary,
+    all_finite, finish_run, named_trainables, progress_bar, setup_device, step_seed, TrainOptions,
+    TrainSummary,
 };
 use crate::viz;
 
@@ -654,25 +655,7 @@ fn drive<B: Baseline>(
             break;
         }
     }
-    if let Some(b) = bar {
-        b.finish();
-    }
-    let checkpoint = match last_checkpoint {
-        Some(c) => c,
-        None => run
-            .latest_checkpoint()?
-            .ok_or_else(|| TrainError::Checkpoint {
-                path: run.path.clone(),
-                message: "no checkpoint was written".into(),
-            })?,
-    };
-    Ok(TrainSummary {
-        step: state.step,
-        last_loss,
-        elapsed_secs: state.elapsed_secs,
-        interrupted,
-        checkpoint,
-    })
+    finish_run(&run, bar, last_checkpoint, &state, last_loss, interrupted)
 }
 
 fn metrics_line(names: &[&str], values: &[f64]) -> String {

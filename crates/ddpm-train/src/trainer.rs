@@ -462,6 +462,19 @@ pub fn train_ddpm(
             break;
         }
     }
+    finish_run(&run, bar, last_checkpoint, &state, last_loss, interrupted)
+}
+
+/// Ends a training loop (DDPM or baseline): closes the progress bar and reports the run, whose
+/// newest checkpoint is `last_checkpoint` or, when this session wrote none, the newest on disk.
+pub(crate) fn finish_run(
+    run: &RunDir,
+    bar: Option<indicatif::ProgressBar>,
+    last_checkpoint: Option<PathBuf>,
+    state: &TrainState,
+    last_loss: f64,
+    interrupted: bool,
+) -> Result<TrainSummary> {
     if let Some(b) = bar {
         b.finish();
     }
