@@ -47,6 +47,10 @@ pub struct BenchArgs {
     /// Write the initial weights as a diffusers folder here (for scripts/bench_pytorch.py).
     #[arg(long)]
     weights_out: Option<PathBuf>,
+    /// Use the textbook layers (upsample then 3×3 conv; direct conv_out) instead of the exact faster
+    /// reformulations, to measure what those buy.
+    #[arg(long)]
+    reference_layers: bool,
     /// Print the report as JSON (otherwise a short summary and the JSON).
     #[arg(long)]
     json: bool,
@@ -72,6 +76,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         weights_out: args.weights_out,
         profile: args.profile,
         seed: args.seed,
+        reference_layers: args.reference_layers,
     };
     let report = run_bench(&opts)?;
     if !args.json {

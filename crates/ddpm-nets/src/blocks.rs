@@ -22,6 +22,18 @@ fn conv(p: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64, padding: i64) -
     nn::conv2d(p, c_in, c_out, k, cfg)
 }
 
+/// `silu(norm(xs))`; the SiLU runs in place when nothing records gradients (sampling), where the normalised
+/// activation is not needed afterwards.
+pub(crate) fn norm_silu(norm: &nn::GroupNorm, xs: &Tensor) -> Tensor {
+    let mut hs = norm.forward(xs);
+    if hs.requires_grad() {
+        hs.silu()
+    } else {
+        let _ = hs.silu_();
+        hs
+    }
+}
+
 /// Hyper-parameters of [`ResnetBlock2D`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -97,22 +109,21 @@ impl ResnetBlock2D {
     /// # Shapes
     /// `xs`: `[N, in_channels, H, W]`, `temb`: `[N, temb_channels]` → `[N, out_channels, H, W]`.
     pub fn forward_t(&self, xs: &Tensor, temb: &Tensor, train: bool) -> Tensor {
-        let hs = self.conv1.forward(&self.norm1.forward(xs).silu());
+        let mut hs = self.conv1.forward(&norm_silu(&self.norm1, xs));
         let temb = self
             .time_emb_proj
             .forward(&temb.silu())
             .unsqueeze(-1)
             .unsqueeze(-1);
-        let hs = (hs + temb)
-            .apply(&self.norm2)
-            .silu()
-            .dropout(self.dropout, train);
-        let hs = self.conv2.forward(&hs);
-        let shortcut = match &self.conv_shortcut {
-            Some(c) => c.forward(xs),
-            None => xs.shallow_clone(),
-        };
-        let ys = shortcut + hs;
+        // In place: a convolution's backward needs its input and weight, never its output, so adding into the
+        // fresh output is safe under autograd and saves an activation-sized buffer per add.
+        hs += temb;
+        let hs = norm_silu(&self.norm2, &hs).dropout(self.dropout, train);
+        let mut ys = self.conv2.forward(&hs);
+        match &self.conv_shortcut {
+            Some(c) => ys += c.forward(xs),
+            None => ys += xs,
+        }
         if self.output_scale_factor == 1.0 {
             ys
         } else {
@@ -249,6 +260,7 @@ impl Downsample2D {
 }
 
 /// Nearest-neighbour ×2 upsampling (or to a given size) followed by a 3×3 convolution (diffusers `Upsample2D`).
+/// An exact ×2 runs as [`crate::fast::upsample2x_conv3x3`] (2.25× fewer multiply-adds).
 #[derive(Debug)]
 pub struct Upsample2D {
     conv: nn::Conv2D,
@@ -267,6 +279,9 @@ impl Upsample2D {
     pub fn forward_t(&self, xs: &Tensor, size: Option<[i64; 2]>, _train: bool) -> Tensor {
         let (_, _, h, w) = xs.size4().expect("upsample input must be [N, C, H, W]");
         let size = size.unwrap_or([2 * h, 2 * w]);
+        if size == [2 * h, 2 * w] && crate::fast::enabled() {
+            return crate::fast::upsample2x_conv3x3(xs, &self.conv.ws, self.conv.bs.as_ref());
+        }
         self.conv
             .forward(&xs.upsample_nearest2d(size, None::<f64>, None::<f64>))
     }

@@ -10,6 +10,7 @@ pub mod device;
 pub mod diffusers;
 pub mod embeddings;
 pub mod error;
+pub mod fast;
 pub mod gan;
 pub mod unet;
 pub mod vae;

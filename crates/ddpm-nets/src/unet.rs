@@ -447,7 +447,15 @@ impl UNet2DModel {
             });
             xs = block.forward_t(&xs, &block_skips, &emb, upsample_size, train);
         }
-        let xs = self.conv_norm_out.forward(&xs).silu();
+        let xs = crate::blocks::norm_silu(&self.conv_norm_out, &xs);
+        let (c_out, c_in) = (self.conv_out.ws.size()[0], self.conv_out.ws.size()[1]);
+        if crate::fast::enabled() && crate::fast::conv3x3_few_outputs_pays(c_in, c_out) {
+            return Ok(crate::fast::conv3x3_few_outputs(
+                &xs,
+                &self.conv_out.ws,
+                self.conv_out.bs.as_ref(),
+            ));
+        }
         Ok(self.conv_out.forward(&xs))
     }
 }

@@ -52,6 +52,8 @@ pub struct BenchOptions {
     pub profile: bool,
     /// Seed of the weights and of all draws.
     pub seed: u64,
+    /// Run the textbook layers instead of `ddpm_nets::fast`'s reformulations (to measure what they buy).
+    pub reference_layers: bool,
 }
 
 impl Default for BenchOptions {
@@ -69,6 +71,7 @@ impl Default for BenchOptions {
             bf16: true,
             weights_out: None,
             profile: false,
+            reference_layers: false,
             seed: 0,
         }
     }
@@ -159,6 +162,7 @@ pub fn bench_config(opts: &BenchOptions) -> Result<TrainConfig> {
 /// Runs the benchmark and returns its JSON report.
 pub fn run_bench(opts: &BenchOptions) -> Result<Value> {
     let cfg = bench_config(opts)?;
+    ddpm_nets::fast::set_enabled(!opts.reference_layers);
     let device = setup_device(&cfg)?;
     let diffusion = cfg.diffusion.build()?;
     let u = &cfg.model.unet;
@@ -368,6 +372,7 @@ pub fn run_bench(opts: &BenchOptions) -> Result<Value> {
 
     Ok(json!({
         "impl": "ddpm-rs",
+        "layers": if ddpm_nets::fast::enabled() { "fast (ddpm_nets::fast)" } else { "reference" },
         "preset": opts.preset,
         "device": format!("{device:?}"),
         "dtype": if autocast { "bf16-autocast" } else { "f32" },
