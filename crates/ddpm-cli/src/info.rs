@@ -23,6 +23,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
             "ddpm_cli": env!("CARGO_PKG_VERSION"),
             "tch": "0.24",
             "device": report,
+            "host_allocator": ddpm_nets::host_memory::current().to_string(),
             "files": files.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -50,6 +51,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
         }
     );
     println!("cpu: {} threads", report.cpu_threads);
+    println!("  host memory: {}", ddpm_nets::host_memory::current());
     println!(
         "cuda: {} ({} device(s)){}",
         if report.cuda_available {

@@ -51,6 +51,8 @@ enum Command {
 }
 
 fn main() -> Result<()> {
+    // Before any tensor exists: keep freed CPU blocks for reuse (see ddpm_nets::host_memory).
+    ddpm_nets::host_memory::retain_freed_memory();
     let cli = Cli::parse();
     init_tracing(match &cli.command {
         Command::Train(args) => Some(args.run_dir()?),

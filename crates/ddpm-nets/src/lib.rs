@@ -12,6 +12,7 @@ pub mod embeddings;
 pub mod error;
 pub mod fast;
 pub mod gan;
+pub mod host_memory;
 pub mod unet;
 pub mod vae;
 

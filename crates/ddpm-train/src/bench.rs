@@ -372,6 +372,7 @@ pub fn run_bench(opts: &BenchOptions) -> Result<Value> {
 
     Ok(json!({
         "impl": "ddpm-rs",
+        "host_allocator": ddpm_nets::host_memory::current().to_string(),
         "layers": if ddpm_nets::fast::enabled() { "fast (ddpm_nets::fast)" } else { "reference" },
         "preset": opts.preset,
         "device": format!("{device:?}"),
