@@ -107,6 +107,13 @@ def load_average():
         return None
 
 
+def malloc_settings():
+    """glibc malloc settings from the environment (ddpm-cli sets the same ones on itself with mallopt)."""
+    keys = ["MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_"]
+    set_ = [f"{k}={os.environ[k]}" for k in keys if k in os.environ]
+    return ("glibc malloc, " + " ".join(set_)) if set_ else "system default"
+
+
 def linear_betas(t_len):
     # ddpm-math's linear schedule (Ho et al.): scale = 1000 / T, betas from scale*1e-4 to scale*0.02.
     import torch
@@ -306,6 +313,7 @@ def bench(args):
         "params": num_params,
         "weights_abs_sum": weights_abs_sum,
         "adam": adam_impl,
+        "host_allocator": malloc_settings(),
         "load_avg_before": load_before,
         "load_avg_after": load_average(),
         "train": {
@@ -351,6 +359,8 @@ def compare(ours_files, pt_files):
     if wa is not None and wb is not None:
         same = abs(wa - wb) <= 1e-6 * max(abs(wa), 1.0)
         print(f"initial weights: sum|w| ddpm-rs {wa:.6f} / pytorch {wb:.6f} ({'same' if same else 'DIFFERENT'})")
+    print(f"host memory: ddpm-rs {o.get('host_allocator', 'n/a')} / pytorch {p.get('host_allocator', 'n/a')}; "
+          f"ddpm-rs layers: {o.get('layers', 'n/a')}")
     if loads:
         print(f"1-min load average at the start of each run: {', '.join(f'{l[0]:.2f}' for l in loads)}")
     rows = [

@@ -51,6 +51,13 @@ pub struct BenchArgs {
     /// Also time the phases of our training step.
     #[arg(long)]
     profile: bool,
+    /// Give the PyTorch process the same glibc malloc settings ddpm-cli applies to itself (freed memory
+    /// kept for reuse; see ddpm_nets::host_memory), to see how much of the difference they make.
+    #[arg(long)]
+    pytorch_retain_memory: bool,
+    /// Run our side with the textbook layers instead of ddpm_nets::fast's exact reformulations.
+    #[arg(long)]
+    reference_layers: bool,
     /// Where the weights and the JSON reports go (default target/bench/<preset>).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -203,6 +210,9 @@ pub fn bench_pytorch(ctx: &Ctx, args: &BenchArgs) -> Result<()> {
         if args.profile {
             cmd.arg("--profile");
         }
+        if args.reference_layers {
+            cmd.arg("--reference-layers");
+        }
         eprintln!(
             "\n==> repeat {}/{} ddpm-rs ({}): {cmd:?}",
             r + 1,
@@ -239,6 +249,12 @@ pub fn bench_pytorch(ctx: &Ctx, args: &BenchArgs) -> Result<()> {
             ])
             .arg("--out")
             .arg(&pt_json);
+        if args.pytorch_retain_memory {
+            // The values ddpm_nets::host_memory sets through mallopt.
+            cmd.env("MALLOC_MMAP_THRESHOLD_", "1073741824")
+                .env("MALLOC_TRIM_THRESHOLD_", "2147483647")
+                .env("MALLOC_TOP_PAD_", "67108864");
+        }
         eprintln!(
             "==> repeat {}/{} pytorch ({}): {cmd:?}",
             r + 1,

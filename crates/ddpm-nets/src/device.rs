@@ -62,7 +62,18 @@ impl fmt::Display for DeviceSpec {
 
 impl DeviceSpec {
     /// Resolves the request against what libtorch reports; asking for an absent GPU is an error.
+    ///
+    /// On CUDA this also turns on cuDNN's autotuner (`cudnn.benchmark`): every workload here runs the same
+    /// shapes step after step, so the fastest convolution algorithm is found once and reused.
     pub fn resolve(self) -> Result<Device, DeviceError> {
+        let device = self.resolve_device()?;
+        if device.is_cuda() {
+            Cuda::cudnn_set_benchmark(true);
+        }
+        Ok(device)
+    }
+
+    fn resolve_device(self) -> Result<Device, DeviceError> {
         match self {
             Self::Auto => Ok(Device::cuda_if_available()),
             Self::Cpu => Ok(Device::Cpu),

@@ -1,6 +1,74 @@
 //! Adam / AdamW with inspectable state (so checkpoints hold it exactly), global grad-norm clipping,
 //! linear LR warm-up, and an EMA of the parameters.
+//!
+//! libtorch's multi-tensor kernels (`_fused_adam_`, `_foreach_*`) are not bound by tch, so the same effect
+//! comes from memory layout: [`Adam::new`] moves all parameters into one contiguous buffer (each parameter
+//! becomes a view of it, values unchanged), the gradients are moved likewise after the first backward pass
+//! (autograd then accumulates into those views in place), and the moments and the EMA copy are single
+//! buffers too. Zeroing, the global norm, clipping, the Adam update and the EMA are then a handful of
+//! whole-buffer operations per step instead of about ten per parameter tensor (a few thousand kernel
+//! launches per step for the CIFAR-10 UNet). When the parameters cannot share a buffer (mixed kinds or
+//! devices) everything falls back to the per-tensor loop, with the same arithmetic.
 use tch::{Kind, Tensor};
+
+/// The 1-D view over `tensors` when they lie back to back, in order, in one storage (contiguous, same kind
+/// and device), as [`pack`] leaves them.
+pub fn flat_span(tensors: &[Tensor]) -> Option<Tensor> {
+    let first = tensors.first()?;
+    if !first.defined() {
+        return None;
+    }
+    let (kind, device) = (first.kind(), first.device());
+    let elt = kind.elt_size_in_bytes();
+    let mut expected = first.data_ptr() as usize;
+    let mut total = 0i64;
+    for t in tensors {
+        if !t.defined() || t.kind() != kind || t.device() != device || !t.is_contiguous() {
+            return None;
+        }
+        if t.data_ptr() as usize != expected {
+            return None;
+        }
+        let n = t.numel() as i64;
+        expected += n as usize * elt;
+        total += n;
+    }
+    Some(first.detach().as_strided([total], [1], None::<i64>))
+}
+
+/// Moves `tensors` into one new contiguous buffer (values kept); each becomes a view of it (`set_data`, so
+/// every handle to the same tensor sees the move). Returns the buffer, or `None` (nothing moved) when the
+/// tensors differ in kind or device or there are none.
+pub fn pack(tensors: &[Tensor]) -> Option<Tensor> {
+    let first = tensors.first()?;
+    if tensors
+        .iter()
+        .any(|t| !t.defined() || t.kind() != first.kind() || t.device() != first.device())
+    {
+        return None;
+    }
+    let total: i64 = tensors.iter().map(|t| t.numel() as i64).sum();
+    tch::no_grad(|| {
+        let buffer = Tensor::empty([total], (first.kind(), first.device()));
+        let mut offset = 0;
+        for t in tensors {
+            let n = t.numel() as i64;
+            let view = buffer.narrow(0, offset, n).view(t.size().as_slice());
+            view.shallow_clone().copy_(t);
+            t.shallow_clone().set_data(&view);
+            offset += n;
+        }
+        Some(buffer)
+    })
+}
+
+/// [`flat_span`], packing the tensors first when they are not yet in one buffer.
+fn flat_or_pack(tensors: &[Tensor]) -> Option<Tensor> {
+    flat_span(tensors).or_else(|| {
+        let _buffer = pack(tensors)?;
+        flat_span(tensors)
+    })
+}
 
 use crate::config::OptimConfig;
 
@@ -9,22 +77,64 @@ pub struct Adam {
     params: Vec<(String, Tensor)>,
     exp_avg: Vec<Tensor>,
     exp_avg_sq: Vec<Tensor>,
+    /// Whole-buffer views of the parameters and moments when they could be packed.
+    flat: Option<FlatState>,
     /// Number of updates taken (bias correction uses it).
     pub step: i64,
     cfg: OptimConfig,
     decoupled: bool,
 }
 
+/// One buffer each for the parameters and the two moments.
+struct FlatState {
+    params: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+}
+
 impl Adam {
-    /// State for `params` (name, trainable tensor), zero moments.
+    /// State for `params` (name, trainable tensor), zero moments. The parameters are moved into one
+    /// contiguous buffer (see the module documentation); their values do not change.
     pub fn new(params: Vec<(String, Tensor)>, cfg: &OptimConfig) -> Self {
-        let zeros = |p: &Tensor| p.zeros_like().detach();
-        let exp_avg = params.iter().map(|(_, p)| zeros(p)).collect();
-        let exp_avg_sq = params.iter().map(|(_, p)| zeros(p)).collect();
+        let tensors: Vec<Tensor> = params.iter().map(|(_, p)| p.shallow_clone()).collect();
+        let (flat, exp_avg, exp_avg_sq) = match flat_or_pack(&tensors) {
+            Some(flat_params) => {
+                let m = flat_params.zeros_like();
+                let v = flat_params.zeros_like();
+                let views = |buf: &Tensor| -> Vec<Tensor> {
+                    let mut offset = 0;
+                    tensors
+                        .iter()
+                        .map(|p| {
+                            let n = p.numel() as i64;
+                            let view = buf.narrow(0, offset, n).view(p.size().as_slice());
+                            offset += n;
+                            view
+                        })
+                        .collect()
+                };
+                let (mv, vv) = (views(&m), views(&v));
+                let state = FlatState {
+                    params: flat_params,
+                    exp_avg: m,
+                    exp_avg_sq: v,
+                };
+                (Some(state), mv, vv)
+            }
+            None => {
+                let zeros = |p: &Tensor| p.zeros_like().detach();
+                (
+                    None,
+                    tensors.iter().map(zeros).collect(),
+                    tensors.iter().map(zeros).collect(),
+                )
+            }
+        };
         Self {
             params,
             exp_avg,
             exp_avg_sq,
+            flat,
             step: 0,
             cfg: cfg.clone(),
             decoupled: cfg.optimizer == "adamw",
@@ -40,10 +150,25 @@ impl Adam {
         }
     }
 
-    /// Sets all gradients to zero (or drops them).
+    /// The gradients, in parameter order (undefined tensors where a parameter has none).
+    fn grads(&self) -> Vec<Tensor> {
+        self.params.iter().map(|(_, p)| p.grad()).collect()
+    }
+
+    /// The gradients as one buffer when the parameters are packed and every one has a gradient (packing the
+    /// gradients on first use).
+    fn flat_grads(&self) -> Option<Tensor> {
+        self.flat.as_ref()?;
+        flat_or_pack(&self.grads())
+    }
+
+    /// Sets all gradients to zero.
     pub fn zero_grad(&mut self) {
-        for (_, p) in &self.params {
-            let mut g = p.grad();
+        if let Some(mut g) = self.flat_grads() {
+            let _ = g.zero_();
+            return;
+        }
+        for mut g in self.grads() {
             if g.defined() {
                 let _ = g.zero_();
             }
@@ -52,10 +177,12 @@ impl Adam {
 
     /// The global L2 norm of the gradients, as a 0-d tensor on the device (no host sync).
     pub fn grad_norm(&self) -> Tensor {
+        if let Some(g) = self.flat_grads() {
+            return g.to_kind(Kind::Float).square().sum(Kind::Float).sqrt();
+        }
         let norms: Vec<Tensor> = self
-            .params
-            .iter()
-            .map(|(_, p)| p.grad())
+            .grads()
+            .into_iter()
             .filter(Tensor::defined)
             .map(|g| g.to_kind(Kind::Float).square().sum(Kind::Float))
             .collect();
@@ -66,8 +193,11 @@ impl Adam {
     /// device without a host sync. Returns nothing; `norm` is the pre-clipping norm.
     pub fn clip_grad_norm(&mut self, norm: &Tensor, max: f64) {
         let scale = (norm + 1e-6).reciprocal().g_mul_scalar(max).clamp_max(1.0);
-        for (_, p) in &self.params {
-            let mut g = p.grad();
+        if let Some(mut g) = self.flat_grads() {
+            let _ = g.g_mul_(&scale);
+            return;
+        }
+        for mut g in self.grads() {
             if g.defined() {
                 let _ = g.g_mul_(&scale);
             }
@@ -86,27 +216,35 @@ impl Adam {
         let bc1 = 1.0 - b1.powi(self.step as i32);
         let bc2 = 1.0 - b2.powi(self.step as i32);
         let step_size = lr / bc1;
+        let flat_grads = self.flat_grads();
+        let decoupled = self.decoupled;
+        // The same update on one (parameter, gradient, m, v) quadruple of tensors.
+        let update = |p: &mut Tensor, g: Tensor, m: &mut Tensor, v: &mut Tensor| {
+            let mut g = g;
+            if wd != 0.0 {
+                if decoupled {
+                    let _ = p.g_mul_scalar_(1.0 - lr * wd);
+                } else {
+                    g += &*p * wd;
+                }
+            }
+            let _ = m.lerp_(&g, 1.0 - b1);
+            let _ = v.g_mul_scalar_(b2);
+            let _ = v.addcmul_(&g, &g.g_mul_scalar(1.0 - b2));
+            let denom = (v.sqrt() / bc2.sqrt()).g_add_scalar(eps);
+            let _ = p.addcdiv_(&(&*m * -step_size), &denom);
+        };
         tch::no_grad(|| {
+            if let (Some(flat), Some(g)) = (self.flat.as_mut(), flat_grads) {
+                update(&mut flat.params, g, &mut flat.exp_avg, &mut flat.exp_avg_sq);
+                return;
+            }
             for (i, (_, p)) in self.params.iter_mut().enumerate() {
                 let g = p.grad();
                 if !g.defined() {
                     continue;
                 }
-                let mut g = g;
-                if wd != 0.0 {
-                    if self.decoupled {
-                        let _ = p.g_mul_scalar_(1.0 - lr * wd);
-                    } else {
-                        g += &*p * wd;
-                    }
-                }
-                let m = &mut self.exp_avg[i];
-                let _ = m.lerp_(&g, 1.0 - b1);
-                let v = &mut self.exp_avg_sq[i];
-                let _ = v.g_mul_scalar_(b2);
-                let _ = v.addcmul_(&g, &g.g_mul_scalar(1.0 - b2));
-                let denom = (v.sqrt() / bc2.sqrt()).g_add_scalar(eps);
-                let _ = p.addcdiv_(&(&*m * -step_size), &denom);
+                update(p, g, &mut self.exp_avg[i], &mut self.exp_avg_sq[i]);
             }
         });
     }
@@ -182,9 +320,26 @@ impl Ema {
         Self { decay, shadow }
     }
 
+    fn shadow_tensors(&self) -> Vec<Tensor> {
+        self.shadow.iter().map(|(_, t)| t.shallow_clone()).collect()
+    }
+
+    /// The shadow and live parameters as two buffers of equal length, when both can be had as one (the
+    /// shadow is packed on first use; the live ones are packed by [`Adam::new`]).
+    fn flat_pair(&self, params: &[(String, Tensor)]) -> Option<(Tensor, Tensor)> {
+        let live: Vec<Tensor> = params.iter().map(|(_, p)| p.shallow_clone()).collect();
+        let live = flat_span(&live)?;
+        let shadow = flat_or_pack(&self.shadow_tensors())?;
+        (shadow.size() == live.size() && shadow.kind() == live.kind()).then_some((shadow, live))
+    }
+
     /// Sets the average to the live parameters (decay 0).
     pub fn copy_from(&mut self, params: &[(String, Tensor)]) {
         tch::no_grad(|| {
+            if let Some((mut s, p)) = self.flat_pair(params) {
+                s.copy_(&p);
+                return;
+            }
             for ((_, s), (_, p)) in self.shadow.iter_mut().zip(params) {
                 s.copy_(p);
             }
@@ -194,6 +349,10 @@ impl Ema {
     /// One update from the live parameters (same order as at construction).
     pub fn update(&mut self, params: &[(String, Tensor)]) {
         tch::no_grad(|| {
+            if let Some((mut s, p)) = self.flat_pair(params) {
+                let _ = s.lerp_(&p, 1.0 - self.decay);
+                return;
+            }
             for ((_, s), (_, p)) in self.shadow.iter_mut().zip(params) {
                 let _ = s.lerp_(p, 1.0 - self.decay);
             }
@@ -297,5 +456,112 @@ mod tests {
         });
         ema.update(&params);
         assert!((ema.shadow[0].1.double_value(&[0]) - 0.1).abs() < 1e-7);
+    }
+
+    #[test]
+    fn pack_keeps_values_and_makes_views_of_one_buffer() {
+        let a = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]).view([2, 2]);
+        let b = Tensor::from_slice(&[5.0f32]);
+        let c = Tensor::from_slice(&[6.0f32, 7.0]);
+        let tensors = vec![a.shallow_clone(), b.shallow_clone(), c.shallow_clone()];
+        assert!(
+            flat_span(&tensors).is_none(),
+            "separate tensors are not one span"
+        );
+        let buffer = pack(&tensors).unwrap();
+        assert_eq!(buffer.size(), [7]);
+        // The original handles see the move: same values, now inside the buffer.
+        assert_eq!(a.size(), [2, 2]);
+        assert_eq!(
+            Vec::<f32>::try_from(&a.view([-1])).unwrap(),
+            [1.0, 2.0, 3.0, 4.0]
+        );
+        let span = flat_span(&[a.shallow_clone(), b.shallow_clone(), c.shallow_clone()]).unwrap();
+        assert_eq!(
+            Vec::<f32>::try_from(&span).unwrap(),
+            [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
+        );
+        let _ = span.shallow_clone().fill_(0.5);
+        assert_eq!(c.double_value(&[1]), 0.5);
+        // Out of order, or mixed kinds: no span, and pack refuses mixed kinds.
+        assert!(flat_span(&[b.shallow_clone(), a.shallow_clone()]).is_none());
+        let d = Tensor::from_slice(&[1.0f64]);
+        assert!(pack(&[b.shallow_clone(), d]).is_none());
+    }
+
+    #[test]
+    fn packed_adam_matches_the_reference_elementwise_and_packs_gradients() {
+        let opt = "adamw";
+        let wd = 0.1;
+        let p0 = [[0.5f64, -1.0], [2.0, 0.25]];
+        let w = Tensor::from_slice(&p0[0]).set_requires_grad(true);
+        let v = Tensor::from_slice(&p0[1]).set_requires_grad(true);
+        let mut adam = Adam::new(
+            vec![
+                ("w".into(), w.shallow_clone()),
+                ("v".into(), v.shallow_clone()),
+            ],
+            &cfg(opt, wd),
+        );
+        assert!(adam.flat.is_some());
+        let coef = [[0.3, -0.2], [0.7, 1.5]];
+        let grad_of = |k: usize, j: usize, i: usize| coef[j][i] * (k + 1) as f64;
+        for k in 0..3 {
+            adam.zero_grad();
+            let gw = Tensor::from_slice(&[grad_of(k, 0, 0), grad_of(k, 0, 1)]);
+            let gv = Tensor::from_slice(&[grad_of(k, 1, 0), grad_of(k, 1, 1)]);
+            ((&w * gw).sum(Kind::Double) + (&v * gv).sum(Kind::Double)).backward();
+            if k > 0 {
+                assert!(
+                    adam.flat_grads().is_some(),
+                    "gradients packed after the first step"
+                );
+            }
+            adam.step(0.1);
+        }
+        for (j, t) in [&w, &v].into_iter().enumerate() {
+            for (i, &start) in p0[j].iter().enumerate() {
+                let grads: Vec<f64> = (0..3).map(|k| grad_of(k, j, i)).collect();
+                let want = reference(opt, wd, &grads, start);
+                let got = t.double_value(&[i as i64]);
+                assert!(
+                    (got - want).abs() < 1e-12,
+                    "param {j}[{i}]: {got} vs {want}"
+                );
+            }
+        }
+        // Autograd accumulates into the packed gradient views in place.
+        adam.zero_grad();
+        for _ in 0..2 {
+            (&w * 2.0).sum(Kind::Double).backward();
+        }
+        assert_eq!(Vec::<f64>::try_from(&w.grad()).unwrap(), [4.0, 4.0]);
+        assert!(adam.flat_grads().is_some());
+    }
+
+    #[test]
+    fn packed_ema_follows_the_packed_parameters() {
+        let a = Tensor::from_slice(&[0.0f32, 1.0]).set_requires_grad(true);
+        let b = Tensor::from_slice(&[2.0f32]).set_requires_grad(true);
+        let params = vec![
+            ("a".to_string(), a.shallow_clone()),
+            ("b".to_string(), b.shallow_clone()),
+        ];
+        let handles = params
+            .iter()
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .collect();
+        let _adam = Adam::new(handles, &cfg("adam", 0.0));
+        let mut ema = Ema::new(&params, 0.5);
+        tch::no_grad(|| {
+            let _ = a.shallow_clone().fill_(4.0);
+            let _ = b.shallow_clone().fill_(-2.0);
+        });
+        ema.update(&params);
+        assert!(flat_span(&ema.shadow_tensors()).is_some(), "shadow packed");
+        assert_eq!(Vec::<f32>::try_from(&ema.shadow[0].1).unwrap(), [2.0, 2.5]);
+        assert_eq!(ema.shadow[1].1.double_value(&[0]), 0.0);
+        ema.copy_from(&params);
+        assert_eq!(ema.shadow[1].1.double_value(&[0]), -2.0);
     }
 }
