@@ -145,7 +145,7 @@ def bench(args):
     random_flip = ours.get("random_flip", False)
     device = torch.device(args.device)
     torch.set_num_threads(threads)
-    autocast = args.dtype == "bf16" and device.type == "cuda"
+    autocast = args.dtype == "bf16" or (args.dtype == "auto" and device.type == "cuda")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -204,7 +204,7 @@ def bench(args):
         t = torch.randint(0, t_len, (batch,), device=device)
         noise = torch.randn_like(x0)
         x_t = sqrt_ab[t].view(-1, 1, 1, 1) * x0 + sqrt_1mab[t].view(-1, 1, 1, 1) * noise
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             out = model(x_t, t).sample
         loss = (noise - out.float()).square().mean(dim=(1, 2, 3)).mean()
         opt.zero_grad(set_to_none=False)
@@ -252,7 +252,7 @@ def bench(args):
         torch.cuda.reset_peak_memory_stats(device)
 
     def evaluate(x, t):
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             return ema(x, t).sample.float()
 
     sample_times = []
@@ -409,7 +409,8 @@ def main():
     ap.add_argument("--warmup", type=int)
     ap.add_argument("--chain", help="ddimN, or none")
     ap.add_argument("--chain-batch", type=int)
-    ap.add_argument("--dtype", choices=["f32", "bf16"], default="bf16", help="bf16 = autocast on CUDA; the CPU runs f32")
+    ap.add_argument("--dtype", choices=["auto", "f32", "bf16"], default="auto",
+                    help="auto = bf16 autocast on CUDA, f32 on the CPU; bf16 = torch.autocast on the device (CUDA or CPU)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--adam", choices=["fused", "foreach", "for-loop"], default="fused")
     ap.add_argument("--seed", type=int, default=0)

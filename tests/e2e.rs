@@ -164,7 +164,7 @@ fn train_checkpoint_sample_and_inspect() {
         assert!(img.width() > 28 && img.height() >= 28, "{}", png.display());
     }
     // Respaced ancestral sampling with the same seed is reproducible.
-    let sample = |name: &str| {
+    let sample = |name: &str, extra: &[&str]| {
         let out = dir.path().join(name);
         ok(
             cli()
@@ -181,6 +181,7 @@ fn train_checkpoint_sample_and_inspect() {
                     "--seed",
                     "3",
                 ])
+                .args(extra)
                 .arg("--model")
                 .arg(&run)
                 .arg("--out")
@@ -191,7 +192,23 @@ fn train_checkpoint_sample_and_inspect() {
         );
         read_images(&out)
     };
-    assert_eq!(sample("a.h5"), sample("b.h5"));
+    let f32_images = sample("a.h5", &[]);
+    assert_eq!(f32_images, sample("b.h5", &[]));
+    // bf16 autocast of the network on the CPU: other arithmetic, the same chains to within a few grey levels.
+    let bf16_images = sample("c.h5", &["--dtype", "bf16"]);
+    assert_eq!(bf16_images.0, f32_images.0);
+    let diffs: Vec<f64> = (f32_images.1.iter().zip(&bf16_images.1))
+        .map(|(&a, &b)| (a as f64 - b as f64).abs())
+        .collect();
+    let mean_diff = diffs.iter().sum::<f64>() / diffs.len() as f64;
+    assert!(
+        diffs.iter().any(|&d| d > 0.0),
+        "--dtype bf16 changed nothing"
+    );
+    assert!(
+        mean_diff < 8.0,
+        "bf16 samples differ from f32 by {mean_diff} grey levels on average"
+    );
 
     // The forward process picture.
     let fwd = dir.path().join("forward.png");

@@ -39,7 +39,7 @@ pub struct BenchArgs {
     /// Images of the full chain (default: the batch).
     #[arg(long)]
     chain_batch: Option<usize>,
-    /// f32, or bf16 (autocast on CUDA; the CPU runs f32).
+    /// f32, or bf16 (autocast, on CUDA or the CPU, on both sides).
     #[arg(long, default_value = "f32")]
     dtype: String,
     /// Back-to-back repeats (ours, then PyTorch); the table shows medians.

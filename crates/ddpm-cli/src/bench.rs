@@ -35,8 +35,8 @@ pub struct BenchArgs {
     /// Images in the full chain (default: --batch).
     #[arg(long)]
     chain_batch: Option<usize>,
-    /// f32, or bf16 (autocast; CUDA only, the CPU runs f32).
-    #[arg(long, default_value = "bf16")]
+    /// auto (bf16 autocast on CUDA, f32 on the CPU), f32, or bf16 (autocast on either device).
+    #[arg(long, default_value = "auto")]
     dtype: String,
     /// Also time the phases of a training step (forward+loss, backward, clip, Adam, EMA).
     #[arg(long)]
@@ -58,9 +58,10 @@ pub struct BenchArgs {
 
 pub fn run(args: BenchArgs) -> Result<()> {
     let bf16 = match args.dtype.as_str() {
-        "bf16" => true,
-        "f32" => false,
-        other => bail!("--dtype {other}: expected f32 or bf16"),
+        "auto" => None,
+        "bf16" => Some(true),
+        "f32" => Some(false),
+        other => bail!("--dtype {other}: expected auto, f32 or bf16"),
     };
     let opts = BenchOptions {
         preset: args.preset,

@@ -43,8 +43,9 @@ pub struct BenchOptions {
     pub chain: Option<String>,
     /// Images of the full chain (default: `batch`).
     pub chain_batch: Option<usize>,
-    /// bf16 autocast (CUDA only; on the CPU the run is f32 whatever this says).
-    pub bf16: bool,
+    /// bf16 autocast of the network: `None` = on CUDA only (the presets' default), `Some(b)` = `b` on any
+    /// device.
+    pub bf16: Option<bool>,
     /// Write the initial weights as a diffusers folder here (for `scripts/bench_pytorch.py`).
     pub weights_out: Option<PathBuf>,
     /// Also time the phases of a training step separately (forward+loss, backward, clip, Adam,
@@ -68,7 +69,7 @@ impl Default for BenchOptions {
             warmup: 2,
             chain: None,
             chain_batch: None,
-            bf16: true,
+            bf16: None,
             weights_out: None,
             profile: false,
             reference_layers: false,
@@ -153,7 +154,12 @@ pub fn bench_config(opts: &BenchOptions) -> Result<TrainConfig> {
     if let Some(d) = &opts.device {
         cfg.run.device = d.clone();
     }
-    cfg.run.bf16 = opts.bf16;
+    if let Some(b) = opts.bf16 {
+        cfg.run.bf16 = b;
+        cfg.run.cpu_bf16 = b;
+    } else {
+        cfg.run.cpu_bf16 = false;
+    }
     cfg.run.seed = opts.seed;
     cfg.validate()?;
     Ok(cfg)
@@ -286,13 +292,13 @@ pub fn run_bench(opts: &BenchOptions) -> Result<Value> {
 
     // Sampling: network evaluations of the EMA model at batch B under no_grad.
     let _ = reset_peak_rss();
-    let autocast = opts.bf16 && device.is_cuda();
+    let autocast = crate::trainer::uses_bf16(&cfg, device);
     let class = u
         .num_class_embeds
         .map(|k| Tensor::arange(batch, (Kind::Int64, device)).remainder(k - 1));
     let eval = |x: &Tensor, t: &Tensor, labels: Option<&Tensor>| -> Tensor {
         let y = if autocast {
-            tch::autocast(true, || model.ema_unet.forward_t(x, t, labels, false))
+            ddpm_nets::autocast::bf16(device, || model.ema_unet.forward_t(x, t, labels, false))
         } else {
             model.ema_unet.forward_t(x, t, labels, false)
         };
@@ -461,7 +467,7 @@ fn profile_steps(
             .null_class
             .map(|_| Tensor::zeros([n], (Kind::Int64, device)));
         let out = if ctx.autocast {
-            tch::autocast(true, || {
+            ddpm_nets::autocast::bf16(device, || {
                 model.unet.f_forward_t(&x_t, &t, labels.as_ref(), true)
             })
         } else {

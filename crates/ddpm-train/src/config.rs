@@ -233,8 +233,11 @@ pub struct RunConfig {
     pub seed: u64,
     /// `auto`, `cpu`, `cuda`, `cuda:N`.
     pub device: String,
-    /// bf16 autocast of the network on CUDA (ignored on CPU).
+    /// bf16 autocast of the network on CUDA.
     pub bf16: bool,
+    /// bf16 autocast of the network on the CPU too (off by default: it changes the arithmetic; it pays
+    /// on CPUs with AVX512-BF16 or AMX).
+    pub cpu_bf16: bool,
     /// libtorch intra-op CPU threads (0 = libtorch's default).
     pub cpu_threads: usize,
     /// Steps between log lines / metrics records (the only host synchronisation of the loss).
@@ -258,6 +261,7 @@ impl Default for RunConfig {
             seed: 0,
             device: "auto".into(),
             bf16: true,
+            cpu_bf16: false,
             cpu_threads: 0,
             log_every: 100,
             sample_every: 10_000,

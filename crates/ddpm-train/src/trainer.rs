@@ -67,6 +67,15 @@ pub fn setup_device(cfg: &TrainConfig) -> Result<Device> {
     Ok(spec.resolve()?)
 }
 
+/// Whether the network runs under bf16 autocast on `device`: `run.bf16` on CUDA, `run.cpu_bf16` on the CPU.
+pub fn uses_bf16(cfg: &TrainConfig, device: Device) -> bool {
+    if device.is_cuda() {
+        cfg.run.bf16
+    } else {
+        cfg.run.cpu_bf16
+    }
+}
+
 /// The networks and their variable stores: the live model and its EMA copy.
 pub struct DdpmModel {
     /// Trainable variables.
@@ -128,7 +137,7 @@ pub struct StepContext<'a> {
     pub weights: LossWeights,
     /// The training device.
     pub device: Device,
-    /// bf16 autocast of the network (CUDA only).
+    /// bf16 autocast of the network (`run.bf16` on CUDA, `run.cpu_bf16` on the CPU).
     pub autocast: bool,
     /// The null label of a class-conditional model.
     pub null_class: Option<i64>,
@@ -149,7 +158,7 @@ impl<'a> StepContext<'a> {
             tables,
             weights: diffusion.loss_weights(),
             device,
-            autocast: cfg.run.bf16 && device.is_cuda(),
+            autocast: uses_bf16(cfg, device),
             null_class: cfg.model.unet.num_class_embeds.map(|n| n - 1),
             t_len: diffusion.num_timesteps() as i64,
         }
@@ -231,7 +240,9 @@ pub fn train_step(
         )
     });
     let out = if ctx.autocast {
-        tch::autocast(true, || unet.f_forward_t(&x_t, &t, class.as_ref(), true))
+        ddpm_nets::autocast::bf16(ctx.device, || {
+            unet.f_forward_t(&x_t, &t, class.as_ref(), true)
+        })
     } else {
         unet.f_forward_t(&x_t, &t, class.as_ref(), true)
     }?
