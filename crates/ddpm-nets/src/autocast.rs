@@ -128,7 +128,7 @@ mod tests {
         let b = Tensor::randn([8, 3], (Kind::Float, Device::Cpu));
         let x = Tensor::randn([1, 2, 5, 5], (Kind::Float, Device::Cpu));
         let w = Tensor::randn([3, 2, 3, 3], (Kind::Float, Device::Cpu));
-        assert_eq!(state(Device::Cpu).0, false);
+        assert!(!state(Device::Cpu).0);
         let (mm, conv, inner) = with_autocast(Device::Cpu, Kind::BFloat16, || {
             (
                 a.matmul(&b).kind(),
@@ -140,7 +140,7 @@ mod tests {
         assert_eq!(mm, Kind::BFloat16);
         assert_eq!(conv, Kind::BFloat16);
         assert_eq!(inner, (true, Some(Kind::BFloat16)));
-        assert_eq!(state(Device::Cpu).0, false);
+        assert!(!state(Device::Cpu).0);
         assert_eq!(a.matmul(&b).kind(), Kind::Float);
     }
 
@@ -160,6 +160,6 @@ mod tests {
     fn restores_after_a_panic() {
         let r = std::panic::catch_unwind(|| bf16(Device::Cpu, || panic!("inside")));
         assert!(r.is_err());
-        assert_eq!(state(Device::Cpu).0, false);
+        assert!(!state(Device::Cpu).0);
     }
 }
