@@ -222,7 +222,9 @@ impl Attention {
             .forward(&hs)
             .transpose(1, 2)
             .reshape([n, c, h, w]);
-        let ys = hs + xs;
+        // Input first: the sum then takes the input's NCHW layout rather than the channels-last strides of
+        // the transposed projection, so the next GroupNorm runs its fast contiguous kernel.
+        let ys = xs + hs;
         if self.rescale_output_factor == 1.0 {
             ys
         } else {
@@ -686,7 +688,12 @@ mod tests {
         };
         let attn = Attention::new(vs.root(), &cfg);
         let xs = randn(&[2, 16, 3, 5]);
-        assert_eq!(attn.forward_t(&xs, false).size(), [2, 16, 3, 5]);
+        let ys = attn.forward_t(&xs, false);
+        assert_eq!(ys.size(), [2, 16, 3, 5]);
+        assert!(
+            ys.is_contiguous(),
+            "attention output must keep the NCHW layout"
+        );
         for name in [
             "group_norm.weight",
             "to_q.bias",

@@ -12,7 +12,7 @@
 use tch::{Kind, Tensor};
 
 /// The 1-D view over `tensors` when they lie back to back, in order, in one storage (contiguous, same kind
-/// and device), as [`pack`] leaves them.
+/// and device), as [`pack`] leaves them; `None` otherwise.
 pub fn flat_span(tensors: &[Tensor]) -> Option<Tensor> {
     let first = tensors.first()?;
     if !first.defined() {
@@ -33,7 +33,10 @@ pub fn flat_span(tensors: &[Tensor]) -> Option<Tensor> {
         expected += n as usize * elt;
         total += n;
     }
-    Some(first.detach().as_strided([total], [1], None::<i64>))
+    // Adjacent addresses alone do not make one storage (a caching allocator can place separate blocks back
+    // to back); a view past the end of the first tensor's storage is refused by libtorch, and then the
+    // tensors are not one span.
+    first.detach().f_as_strided([total], [1], None::<i64>).ok()
 }
 
 /// Moves `tensors` into one new contiguous buffer (values kept); each becomes a view of it (`set_data`, so
