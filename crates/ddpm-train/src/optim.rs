@@ -80,17 +80,16 @@ pub struct Adam {
     params: Vec<(String, Tensor)>,
     exp_avg: Vec<Tensor>,
     exp_avg_sq: Vec<Tensor>,
-    /// Whole-buffer views of the parameters and moments when they could be packed.
-    flat: Option<FlatState>,
+    /// The moments as whole buffers when the parameters could be packed.
+    flat: Option<FlatMoments>,
     /// Number of updates taken (bias correction uses it).
     pub step: i64,
     cfg: OptimConfig,
     decoupled: bool,
 }
 
-/// One buffer each for the parameters and the two moments.
-struct FlatState {
-    params: Tensor,
+/// One buffer each for the two moments, laid out like the packed parameters.
+struct FlatMoments {
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
 }
@@ -117,8 +116,7 @@ impl Adam {
                         .collect()
                 };
                 let (mv, vv) = (views(&m), views(&v));
-                let state = FlatState {
-                    params: flat_params,
+                let state = FlatMoments {
                     exp_avg: m,
                     exp_avg_sq: v,
                 };
@@ -156,6 +154,14 @@ impl Adam {
     /// The gradients, in parameter order (undefined tensors where a parameter has none).
     fn grads(&self) -> Vec<Tensor> {
         self.params.iter().map(|(_, p)| p.grad()).collect()
+    }
+
+    /// The parameters as one buffer, read from the live tensors each time: if anything moved a parameter
+    /// out of the packed buffer since [`Adam::new`], this is `None` and the per-tensor path runs.
+    fn flat_params(&self) -> Option<Tensor> {
+        self.flat.as_ref()?;
+        let tensors: Vec<Tensor> = self.params.iter().map(|(_, p)| p.shallow_clone()).collect();
+        flat_span(&tensors)
     }
 
     /// The gradients as one buffer when the parameters are packed and every one has a gradient (packing the
@@ -219,7 +225,7 @@ impl Adam {
         let bc1 = 1.0 - b1.powi(self.step as i32);
         let bc2 = 1.0 - b2.powi(self.step as i32);
         let step_size = lr / bc1;
-        let flat_grads = self.flat_grads();
+        let flat = self.flat_params().zip(self.flat_grads());
         let decoupled = self.decoupled;
         // The same update on one (parameter, gradient, m, v) quadruple of tensors.
         let update = |p: &mut Tensor, g: Tensor, m: &mut Tensor, v: &mut Tensor| {
@@ -238,8 +244,8 @@ impl Adam {
             let _ = p.addcdiv_(&(&*m * -step_size), &denom);
         };
         tch::no_grad(|| {
-            if let (Some(flat), Some(g)) = (self.flat.as_mut(), flat_grads) {
-                update(&mut flat.params, g, &mut flat.exp_avg, &mut flat.exp_avg_sq);
+            if let (Some((mut p, g)), Some(m)) = (flat, self.flat.as_mut()) {
+                update(&mut p, g, &mut m.exp_avg, &mut m.exp_avg_sq);
                 return;
             }
             for (i, (_, p)) in self.params.iter_mut().enumerate() {
@@ -566,5 +572,26 @@ mod tests {
         assert_eq!(ema.shadow[1].1.double_value(&[0]), 0.0);
         ema.copy_from(&params);
         assert_eq!(ema.shadow[1].1.double_value(&[0]), -2.0);
+    }
+
+    #[test]
+    fn a_parameter_moved_out_of_the_buffer_is_still_updated() {
+        let w = Tensor::from_slice(&[0.5f64, -1.0]).set_requires_grad(true);
+        let v = Tensor::from_slice(&[2.0f64]).set_requires_grad(true);
+        let mut adam = Adam::new(
+            vec![
+                ("w".into(), w.shallow_clone()),
+                ("v".into(), v.shallow_clone()),
+            ],
+            &cfg("adam", 0.0),
+        );
+        // Something outside the optimiser gives `v` new storage (as `.data = ...` would).
+        tch::no_grad(|| v.shallow_clone().set_data(&Tensor::from_slice(&[2.0f64])));
+        assert!(adam.flat_params().is_none());
+        ((&w * 0.3).sum(Kind::Double) + (&v * -0.2).sum(Kind::Double)).backward();
+        adam.step(0.1);
+        let want = |g: f64, p0: f64| reference("adam", 0.0, &[g], p0);
+        assert!((w.double_value(&[0]) - want(0.3, 0.5)).abs() < 1e-12);
+        assert!((v.double_value(&[0]) - want(-0.2, 2.0)).abs() < 1e-12);
     }
 }
