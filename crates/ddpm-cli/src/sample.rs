@@ -79,6 +79,13 @@ pub fn run(args: SampleArgs) -> Result<()> {
     if args.model.join("config.toml").is_file() {
         let kind = RunDir::open(&args.model)?.config()?.model.kind;
         if kind != ModelKind::Ddpm {
+            if args.dtype != "auto" {
+                bail!(
+                    "--dtype applies to DDPM models; {} is a {} run",
+                    args.model.display(),
+                    format!("{kind:?}").to_lowercase()
+                );
+            }
             return run_baseline(&args, device);
         }
     }
@@ -138,12 +145,8 @@ pub fn run(args: SampleArgs) -> Result<()> {
         let base = bar.position();
         let samples = sampler.sample(
             |x, t, y| {
-                if bf16 {
-                    ddpm_nets::autocast::bf16(device, || model.unet.forward_t(x, t, y, false))
-                        .to_kind(Kind::Float)
-                } else {
-                    model.unet.forward_t(x, t, y, false)
-                }
+                ddpm_nets::autocast::bf16_if(bf16, device, || model.unet.forward_t(x, t, y, false))
+                    .to_kind(Kind::Float)
             },
             noise,
             guidance,

@@ -81,6 +81,22 @@ fn train_then_sample(model: &str, dir: &Path) {
     let pixels = images.read_raw::<u8>().unwrap();
     assert_eq!(pixels.len(), 4 * 28 * 28);
     assert!(grid.is_file());
+    // The network dtype switch is a DDPM option: asked of a baseline it is refused, naming the run.
+    let refused = Command::new(env!("CARGO_BIN_EXE_ddpm-cli"))
+        .args([
+            "sample", "--model", run_s, "--num", "1", "--device", "cpu", "--dtype", "bf16",
+        ])
+        .arg("--out")
+        .arg(dir.join("refused.h5"))
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("--dtype applies to DDPM models") && err.contains(model),
+        "{err}"
+    );
+    assert!(!dir.join("refused.h5").exists());
 
     // Resume extends the run exactly where it stopped.
     cli(&["train", "--resume", run_s, "--steps", "6", "--no-progress"]);

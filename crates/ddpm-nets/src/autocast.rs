@@ -117,6 +117,15 @@ pub fn bf16<T>(device: Device, f: impl FnOnce() -> T) -> T {
     with_autocast(device, Kind::BFloat16, f)
 }
 
+/// `f` under bf16 autocast on `device` when `on`, plainly otherwise.
+pub fn bf16_if<T>(on: bool, device: Device, f: impl FnOnce() -> T) -> T {
+    if on {
+        bf16(device, f)
+    } else {
+        f()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

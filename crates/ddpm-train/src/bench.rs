@@ -157,8 +157,6 @@ pub fn bench_config(opts: &BenchOptions) -> Result<TrainConfig> {
     if let Some(b) = opts.bf16 {
         cfg.run.bf16 = b;
         cfg.run.cpu_bf16 = b;
-    } else {
-        cfg.run.cpu_bf16 = false;
     }
     cfg.run.seed = opts.seed;
     cfg.validate()?;
@@ -297,12 +295,10 @@ pub fn run_bench(opts: &BenchOptions) -> Result<Value> {
         .num_class_embeds
         .map(|k| Tensor::arange(batch, (Kind::Int64, device)).remainder(k - 1));
     let eval = |x: &Tensor, t: &Tensor, labels: Option<&Tensor>| -> Tensor {
-        let y = if autocast {
-            ddpm_nets::autocast::bf16(device, || model.ema_unet.forward_t(x, t, labels, false))
-        } else {
+        ddpm_nets::autocast::bf16_if(autocast, device, || {
             model.ema_unet.forward_t(x, t, labels, false)
-        };
-        y.to_kind(Kind::Float)
+        })
+        .to_kind(Kind::Float)
     };
     let mut sample_times = Vec::with_capacity(opts.sample_steps);
     let mut sample_cpu = None;
@@ -466,13 +462,9 @@ fn profile_steps(
         let labels = ctx
             .null_class
             .map(|_| Tensor::zeros([n], (Kind::Int64, device)));
-        let out = if ctx.autocast {
-            ddpm_nets::autocast::bf16(device, || {
-                model.unet.f_forward_t(&x_t, &t, labels.as_ref(), true)
-            })
-        } else {
+        let out = ddpm_nets::autocast::bf16_if(ctx.autocast, device, || {
             model.unet.f_forward_t(&x_t, &t, labels.as_ref(), true)
-        }?
+        })?
         .to_kind(Kind::Float);
         let terms =
             crate::objective::training_losses(ctx.tables, ctx.weights, &out, &x0, &x_t, &t, &noise);

@@ -239,13 +239,9 @@ pub fn train_step(
             &Tensor::full([n], null, (Kind::Int64, device)),
         )
     });
-    let out = if ctx.autocast {
-        ddpm_nets::autocast::bf16(ctx.device, || {
-            unet.f_forward_t(&x_t, &t, class.as_ref(), true)
-        })
-    } else {
+    let out = ddpm_nets::autocast::bf16_if(ctx.autocast, ctx.device, || {
         unet.f_forward_t(&x_t, &t, class.as_ref(), true)
-    }?
+    })?
     .to_kind(Kind::Float);
     let terms = training_losses(tables, ctx.weights, &out, x0, &x_t, &t, &noise);
     let weighted = match &is_weights {
