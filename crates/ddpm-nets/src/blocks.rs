@@ -289,6 +289,32 @@ impl Upsample2D {
     }
 }
 
+/// `attentions.0 … attentions.{n-1}` under `p` (none when `on` is false): the attention layers of a down or
+/// up block, one after each residual block.
+fn attention_layers(
+    p: &nn::Path,
+    on: bool,
+    n: i64,
+    channels: i64,
+    head_dim: i64,
+    groups: i64,
+    eps: f64,
+) -> Vec<Attention> {
+    if !on {
+        return Vec::new();
+    }
+    let cfg = AttentionConfig {
+        channels,
+        head_dim,
+        groups,
+        eps,
+        rescale_output_factor: 1.0,
+    };
+    (0..n)
+        .map(|i| Attention::new(p / "attentions" / i, &cfg))
+        .collect()
+}
+
 /// Hyper-parameters of [`DownBlock2D`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -366,20 +392,15 @@ impl DownBlock2D {
                 ResnetBlock2D::new(&p / "resnets" / i, &rcfg)
             })
             .collect();
-        let acfg = AttentionConfig {
-            channels: cfg.out_channels,
-            head_dim: cfg.attention_head_dim,
-            groups: cfg.groups,
-            eps: cfg.eps,
-            rescale_output_factor: 1.0,
-        };
-        let attentions = if cfg.attention {
-            (0..cfg.num_layers)
-                .map(|i| Attention::new(&p / "attentions" / i, &acfg))
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let attentions = attention_layers(
+            &p,
+            cfg.attention,
+            cfg.num_layers,
+            cfg.out_channels,
+            cfg.attention_head_dim,
+            cfg.groups,
+            cfg.eps,
+        );
         let downsampler = cfg.add_downsample.then(|| {
             Downsample2D::new(
                 &p / "downsamplers" / 0,
@@ -501,20 +522,15 @@ impl UpBlock2D {
                 ResnetBlock2D::new(&p / "resnets" / i, &rcfg)
             })
             .collect();
-        let acfg = AttentionConfig {
-            channels: cfg.out_channels,
-            head_dim: cfg.attention_head_dim,
-            groups: cfg.groups,
-            eps: cfg.eps,
-            rescale_output_factor: 1.0,
-        };
-        let attentions = if cfg.attention {
-            (0..n)
-                .map(|i| Attention::new(&p / "attentions" / i, &acfg))
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let attentions = attention_layers(
+            &p,
+            cfg.attention,
+            n,
+            cfg.out_channels,
+            cfg.attention_head_dim,
+            cfg.groups,
+            cfg.eps,
+        );
         let upsampler = cfg
             .add_upsample
             .then(|| Upsample2D::new(&p / "upsamplers" / 0, cfg.out_channels));
