@@ -26,10 +26,7 @@ fn resumed_run_matches_an_uninterrupted_one_exactly() {
     train_ddpm(&split, &common::tiny_config(4), false, &opts).unwrap();
     let s = train_ddpm(&split, &common::tiny_config(8), true, &opts).unwrap();
     assert_eq!(s.step, 8);
-    let last = |d: &Path| d.join("checkpoints/step_0000008");
-    for f in ["model.safetensors", "ema.safetensors", "optim.safetensors"] {
-        assert_same(&last(&full).join(f), &last(&split).join(f));
-    }
+    common::assert_same_checkpoint(&full, &split, 8);
     // Each step is logged once, checkpoints are pruned to keep_checkpoints (3).
     let steps: Vec<u64> = RunDir::open(&split)
         .unwrap()
@@ -277,10 +274,5 @@ fn cpu_bf16_autocast_changes_the_arithmetic_and_still_resumes_exactly() {
     );
     train_ddpm(&split, &bf16(2), false, &opts).unwrap();
     train_ddpm(&split, &bf16(4), true, &opts).unwrap();
-    for f in ["model.safetensors", "ema.safetensors", "optim.safetensors"] {
-        assert_same(
-            &bf16_dir.join("checkpoints/step_0000004").join(f),
-            &split.join("checkpoints/step_0000004").join(f),
-        );
-    }
+    common::assert_same_checkpoint(&bf16_dir, &split, 4);
 }

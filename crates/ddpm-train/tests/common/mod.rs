@@ -70,3 +70,11 @@ pub fn assert_same(a: &Path, b: &Path) {
         );
     }
 }
+
+/// Asserts that two DDPM runs hold bit-identical model, EMA and optimiser files at checkpoint `step`.
+pub fn assert_same_checkpoint(a_run: &Path, b_run: &Path, step: usize) {
+    let dir = format!("checkpoints/step_{step:07}");
+    for f in ["model.safetensors", "ema.safetensors", "optim.safetensors"] {
+        assert_same(&a_run.join(&dir).join(f), &b_run.join(&dir).join(f));
+    }
+}
