@@ -1,12 +1,11 @@
 //! `ddpm-cli train`: train a DDPM (or the GAN / VAE baselines) into a run directory, or resume one.
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use ddpm_train::baselines;
 use ddpm_train::config::{ModelKind, TrainConfig};
-use ddpm_train::trainer::{self, TrainOptions};
+use ddpm_train::engine::TrainOptions;
 
 /// Arguments of `ddpm-cli train`.
 #[derive(clap::Args)]
@@ -82,31 +81,31 @@ fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
     Ok(cfg)
 }
 
+/// A flag that the first Ctrl-C sets (the engine then checkpoints after the current step and
+/// stops); a second Ctrl-C exits at once with status 130.
+pub fn stop_on_interrupt() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("\nsecond interrupt: exiting without saving");
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupt: saving a checkpoint after this step (Ctrl-C again to abort)");
+    })
+    .context("cannot install the Ctrl-C handler")?;
+    Ok(stop)
+}
+
 pub fn run(args: TrainArgs) -> Result<()> {
     let dir = args.run_dir()?;
     let cfg = resolve_config(&args)?;
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
-                eprintln!("\nsecond interrupt: exiting without saving");
-                std::process::exit(130);
-            }
-            eprintln!("\ninterrupt: saving a checkpoint after this step (Ctrl-C again to abort)");
-        })
-        .context("cannot install the Ctrl-C handler")?;
-    }
     let opts = TrainOptions {
         progress: !args.no_progress,
-        stop,
+        stop: stop_on_interrupt()?,
     };
     let resume = args.resume.is_some();
-    let summary = match cfg.model.kind {
-        ModelKind::Ddpm => trainer::train_ddpm(&dir, &cfg, resume, &opts)?,
-        ModelKind::Gan => baselines::train_gan(&dir, &cfg, resume, &opts)?,
-        ModelKind::Vae => baselines::train_vae(&dir, &cfg, resume, &opts)?,
-    };
+    let summary = ddpm_train::train(&dir, &cfg, resume, &opts)?;
     println!(
         "{} {} at step {} ({:.0} s of training), last loss {:.5}",
         if summary.interrupted {

@@ -6,8 +6,10 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use ddpm_nets::classifier::ClassifierConfig;
 use ddpm_nets::device::DeviceSpec;
-use ddpm_train::classifier::{self, ClassifierTrainConfig, ACCURACY_FILE};
+use ddpm_train::classifier::{self, ACCURACY_FILE};
+use ddpm_train::engine::TrainOptions;
 use ddpm_train::loader;
+use ddpm_train::tasks::classifier::{train_classifier, ClassifierRunConfig, ClassifierTrainConfig};
 
 /// Arguments of `ddpm-cli train-classifier`.
 #[derive(clap::Args)]
@@ -18,12 +20,19 @@ pub struct TrainClassifierArgs {
     /// The HDF5 file (default `datasets/<dataset>.h5`).
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Output folder (default `datasets/weights/classifier-<dataset>`).
-    #[arg(long)]
+    /// Output folder, also the training run directory (default
+    /// `datasets/weights/classifier-<dataset>`); it must not hold a run yet.
+    #[arg(long, conflicts_with = "resume")]
     out: Option<PathBuf>,
+    /// Continue the interrupted classifier run in this folder from its newest checkpoint.
+    #[arg(long)]
+    resume: Option<PathBuf>,
     /// Passes over the training set (default 5 for mnist, 15 for fashion-mnist).
     #[arg(long)]
     epochs: Option<usize>,
+    /// Exact number of optimisation steps (instead of epochs).
+    #[arg(long)]
+    steps: Option<usize>,
     /// Images per step.
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
@@ -41,6 +50,11 @@ pub struct TrainClassifierArgs {
     no_progress: bool,
 }
 
+/// Where the classifier of `dataset` is saved by default (and where `eval` looks for it).
+pub fn default_dir(dataset: &str) -> PathBuf {
+    PathBuf::from("datasets/weights").join(format!("classifier-{dataset}"))
+}
+
 pub fn run(args: TrainClassifierArgs) -> Result<()> {
     let default_epochs = match args.dataset.as_str() {
         "mnist" => 5,
@@ -51,10 +65,27 @@ pub fn run(args: TrainClassifierArgs) -> Result<()> {
         .data
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("datasets/{}.h5", args.dataset)));
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| classifier::default_dir(&args.dataset));
+    let (out, resume) = match (&args.out, &args.resume) {
+        (_, Some(r)) => (r.clone(), true),
+        (Some(o), None) => (o.clone(), false),
+        (None, None) => (default_dir(&args.dataset), false),
+    };
+    let run_cfg = if resume {
+        ClassifierRunConfig::from_run_dir(&out)?
+    } else {
+        ClassifierRunConfig {
+            dataset: args.dataset.clone(),
+            net: ClassifierConfig::default(),
+            train: ClassifierTrainConfig {
+                epochs: args.epochs.unwrap_or(default_epochs),
+                steps: args.steps,
+                batch_size: args.batch_size,
+                lr: args.lr,
+                seed: args.seed,
+                ..ClassifierTrainConfig::default()
+            },
+        }
+    };
     let device = args.device.parse::<DeviceSpec>()?.resolve()?;
     let train = loader::load_images(&data, "train").with_context(|| {
         format!(
@@ -64,23 +95,22 @@ pub fn run(args: TrainClassifierArgs) -> Result<()> {
     })?;
     let test = loader::load_images(&data, "test")
         .with_context(|| format!("cannot read the test split of {}", data.display()))?;
-    let cfg = ClassifierTrainConfig {
-        epochs: args.epochs.unwrap_or(default_epochs),
-        batch_size: args.batch_size,
-        lr: args.lr,
-        seed: args.seed,
-        ..ClassifierTrainConfig::default()
+    let opts = TrainOptions {
+        progress: !args.no_progress,
+        stop: crate::train::stop_on_interrupt()?,
     };
-    let (vs, clf, report) = classifier::train_classifier(
-        &args.dataset,
-        &train,
-        &test,
-        &ClassifierConfig::default(),
-        &cfg,
-        device,
-        !args.no_progress,
-    )?;
-    classifier::save_classifier(&out, &vs, &clf, &report)?;
+    let trained = train_classifier(&out, resume, &run_cfg, &train, &test, device, &opts)?;
+    let report = &trained.report;
+    if trained.summary.interrupted {
+        println!(
+            "stopped at step {}; continue with: ddpm-cli train-classifier --dataset {} --resume {}",
+            report.steps,
+            args.dataset,
+            out.display()
+        );
+        return Ok(());
+    }
+    classifier::save_classifier(&out, &trained.vs, &trained.net, report)?;
     println!(
         "{}: test accuracy {:.4} ({} test images) after {} steps ({:.1} epochs) in {:.0} s, last train loss {:.4}",
         args.dataset,

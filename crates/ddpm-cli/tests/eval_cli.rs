@@ -236,8 +236,8 @@ fn nll_json(run: &Path) -> Value {
 fn nll_of_tiny_ddpm_and_vae_runs_as_json() {
     let dir = tempfile::tempdir().unwrap();
     let ddpm = dir.path().join("ddpm");
-    let opts = ddpm_train::trainer::TrainOptions::default();
-    ddpm_train::trainer::train_ddpm(&ddpm, &tiny_ddpm_config(), false, &opts).unwrap();
+    let opts = ddpm_train::engine::TrainOptions::default();
+    ddpm_train::tasks::train_ddpm(&ddpm, &tiny_ddpm_config(), false, &opts).unwrap();
     let v = nll_json(&ddpm);
     assert_eq!(v["n"], 3);
     assert_eq!(v["nll_model"], "ddpm");
@@ -267,7 +267,7 @@ fn nll_of_tiny_ddpm_and_vae_runs_as_json() {
     c.run.checkpoint_every = 2;
     c.run.sample_every = 0;
     c.run.sample_num = 4;
-    ddpm_train::baselines::train_vae(&vae, &c, false, &opts).unwrap();
+    ddpm_train::tasks::train_vae(&vae, &c, false, &opts).unwrap();
     let v = nll_json(&vae);
     assert_eq!(v["nll_model"], "vae");
     assert!(v["bpd_vb"].is_null(), "{v}");

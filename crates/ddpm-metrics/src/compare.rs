@@ -10,12 +10,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use ddpm_train::baselines::{self, load_baseline_for_sampling, Generative};
+use ddpm_train::baselines::{load_baseline_for_sampling, LatentGenerator};
 use ddpm_train::config::ModelKind;
+use ddpm_train::engine::TrainOptions;
 use ddpm_train::model_io::{load_ddpm, write_samples, Weights};
 use ddpm_train::run_dir::RunDir;
 use ddpm_train::sampler::{to_uint8_nhwc, Sampler, SamplerSpec};
-use ddpm_train::trainer::{self, TrainOptions};
 use ddpm_train::{viz, TrainConfig};
 use ndarray::{Array4, ArrayView4};
 use serde::{Deserialize, Serialize};
@@ -301,11 +301,7 @@ fn ensure_run(cfg: &CompareConfig, entry: &ModelEntry, kind: ModelKind) -> Resul
     };
     tracing::info!(dir = %dir.display(), ?kind, steps = tc.run.steps, resume, "training a missing run");
     let opts = TrainOptions::default();
-    match kind {
-        ModelKind::Ddpm => trainer::train_ddpm(dir, &tc, resume, &opts)?,
-        ModelKind::Gan => baselines::train_gan(dir, &tc, resume, &opts)?,
-        ModelKind::Vae => baselines::train_vae(dir, &tc, resume, &opts)?,
-    };
+    ddpm_train::train(dir, &tc, resume, &opts)?;
     Ok(())
 }
 
@@ -564,7 +560,7 @@ pub fn run_compare(cfg: &CompareConfig) -> Result<CompareReport> {
         }
         let (steps, train_secs) = train_state(&entry.run)?;
         let bpd = match (&m.net, nll_images > 0) {
-            (Generative::Vae(vae), true) => {
+            (LatentGenerator::Vae(vae), true) => {
                 let s = vae.config().image_size;
                 let r = vae_bits_per_dim(
                     vae,

@@ -16,7 +16,7 @@ use std::path::Path;
 
 use ddpm_math::GaussianDiffusion;
 use ddpm_nets::vae::Vae;
-use ddpm_train::baselines::{load_baseline_for_sampling, Generative};
+use ddpm_train::baselines::{load_baseline_for_sampling, LatentGenerator};
 use ddpm_train::config::ModelKind;
 use ddpm_train::loader::to_model_input;
 use ddpm_train::model_io::{load_ddpm, Weights};
@@ -272,7 +272,7 @@ pub fn run_bits_per_dim(
         }
         ModelKind::Vae => {
             let m = load_baseline_for_sampling(dir, device)?;
-            let Generative::Vae(vae) = &m.net else {
+            let LatentGenerator::Vae(vae) = &m.net else {
                 unreachable!("a VAE run loads a VAE")
             };
             let s = vae.config().image_size;

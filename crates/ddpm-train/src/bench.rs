@@ -1,5 +1,6 @@
-//! Benchmarks of a preset's DDPM: training images/s through the trainer's own step code
-//! ([`crate::trainer::train_step`]), sampling network evaluations/s under `no_grad`, a full
+//! Benchmarks of a preset's DDPM: training images/s through the engine's own step
+//! ([`crate::engine::train_step`] on [`crate::tasks::ddpm::DdpmTask`], phase timings through its
+//! [`Probe`] hook), sampling network evaluations/s under `no_grad`, a full
 //! chain's images/s for the preset's (fast, DDIM) sampler, and peak memory.
 //!
 //! These are measurements, not tests: nothing here asserts a speed. The report is JSON with the
@@ -12,14 +13,12 @@ use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
 use crate::config::TrainConfig;
+use crate::engine::{step_seed, train_step, Probe};
 use crate::error::{Result, TrainError};
-use crate::loader;
-use crate::optim::{Adam, Ema};
+use crate::optim::named_trainables;
 use crate::sampler::{Sampler, SamplerSpec};
-use crate::tables::DeviceTables;
-use crate::trainer::{
-    named_trainables, setup_device, step_seed, train_step, DdpmModel, StepContext,
-};
+use crate::tasks::ddpm::{sample_hw, DdpmTask};
+use crate::tasks::{loop_settings, setup_device};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -176,44 +175,23 @@ pub fn run_bench(opts: &BenchOptions) -> Result<Value> {
         Some(ddpm_nets::unet::SampleSize::Rect([h, w])) => (h, w),
         None => (32, 32),
     };
-    let (sh, sw) = crate::trainer::sample_hw(&cfg);
+    let (sh, sw) = sample_hw(&cfg);
     let load_before = load_average();
 
-    tch::manual_seed(cfg.run.seed as i64);
-    let model = DdpmModel::new(&cfg, device)?;
-    let num_params = ddpm_nets::unet::num_parameters(&model.vs);
+    let mut task = DdpmTask::new(&cfg, device)?;
+    let settings = loop_settings(&cfg);
+    let num_params = ddpm_nets::unet::num_parameters(&task.model.vs);
     if let Some(dir) = &opts.weights_out {
-        ddpm_nets::diffusers::save_pretrained(dir, u, &model.vs)?;
+        ddpm_nets::diffusers::save_pretrained(dir, u, &task.model.vs)?;
     }
-    let params = named_trainables(&model.vs);
     // Σ|θ| of the initial weights: PyTorch's report shows the same number when it loaded them.
-    let weights_abs_sum: f64 = params
+    let weights_abs_sum: f64 = named_trainables(&task.model.vs)
         .iter()
         .map(|(_, p)| p.abs().sum(Kind::Double).double_value(&[]))
         .sum();
-    let mut adam = Adam::new(
-        params
-            .iter()
-            .map(|(n, t)| (n.clone(), t.shallow_clone()))
-            .collect(),
-        &cfg.optim,
-    );
-    let ema_params: Vec<(String, Tensor)> = {
-        let all = model.ema_vs.variables();
-        params
-            .iter()
-            .map(|(n, _)| (n.clone(), all[n].shallow_clone()))
-            .collect()
-    };
-    let mut ema = Ema {
-        decay: cfg.optim.ema_decay,
-        shadow: ema_params,
-    };
-    let tables = DeviceTables::full(&diffusion, device);
-    let ctx = StepContext::new(&cfg, &diffusion, &tables, device);
 
     // Synthetic uint8 images of the preset's shape stand in for the dataset (the gather from the
-    // in-memory array is not timed); the conversion to the model input is the trainer's.
+    // in-memory array is not timed); the conversion to the model input is the engine's.
     tch::manual_seed(step_seed(cfg.run.seed, 0) as i64);
     let images_u8 = Tensor::randint(
         256,
@@ -225,7 +203,7 @@ pub fn run_bench(opts: &BenchOptions) -> Result<Value> {
     // Training.
     let _ = reset_peak_rss();
     let mut train_times = Vec::with_capacity(opts.steps);
-    let mut last_loss = Tensor::zeros([], (Kind::Float, device));
+    let mut last_loss = Tensor::zeros([1], (Kind::Float, device));
     let mut block_start = Instant::now();
     let mut cpu_start = process_cpu_secs();
     for step in 0..opts.warmup + opts.steps {
@@ -234,24 +212,16 @@ pub fn run_bench(opts: &BenchOptions) -> Result<Value> {
             block_start = Instant::now();
             cpu_start = process_cpu_secs();
         }
-        tch::manual_seed(step_seed(cfg.run.seed, step) as i64);
         let start = Instant::now();
-        let mut x0 = loader::to_model_input(&images_u8, cfg.data.pad_to_32, device);
-        if cfg.data.random_flip {
-            x0 = loader::random_flip(&x0, cfg.run.seed, step);
-        }
-        last_loss = train_step(
-            &ctx,
-            &model.unet,
-            &mut adam,
-            &mut ema,
-            &params,
-            None,
-            &x0,
-            &labels,
+        let rec = train_step(
+            &mut task,
+            &settings,
+            &images_u8,
+            labels.shallow_clone(),
             step,
-        )?
-        .loss;
+            &mut Probe::none(),
+        )?;
+        last_loss = rec.values.get(0);
         if !device.is_cuda() && step >= opts.warmup {
             // On the CPU every op has finished when it returns: per-step times are exact.
             train_times.push(start.elapsed().as_secs_f64());
@@ -281,24 +251,21 @@ pub fn run_bench(opts: &BenchOptions) -> Result<Value> {
     let train_median = train_summary["median_s"].as_f64().unwrap_or(f64::NAN);
 
     let profile = if opts.profile {
-        Some(profile_steps(
-            &ctx, &model, &mut adam, &mut ema, &params, &images_u8, opts,
-        )?)
+        Some(profile_steps(&mut task, &cfg, &images_u8, &labels, opts)?)
     } else {
         None
     };
 
     // Sampling: network evaluations of the EMA model at batch B under no_grad.
     let _ = reset_peak_rss();
-    let autocast = crate::trainer::uses_bf16(&cfg, device);
+    let autocast = task.autocast();
+    let ema_unet = &task.model.ema_unet;
     let class = u
         .num_class_embeds
         .map(|k| Tensor::arange(batch, (Kind::Int64, device)).remainder(k - 1));
     let eval = |x: &Tensor, t: &Tensor, labels: Option<&Tensor>| -> Tensor {
-        ddpm_nets::autocast::bf16_if(autocast, device, || {
-            model.ema_unet.forward_t(x, t, labels, false)
-        })
-        .to_kind(Kind::Float)
+        ddpm_nets::autocast::bf16_if(autocast, device, || ema_unet.forward_t(x, t, labels, false))
+            .to_kind(Kind::Float)
     };
     let mut sample_times = Vec::with_capacity(opts.sample_steps);
     let mut sample_cpu = None;
@@ -422,20 +389,17 @@ pub fn run_bench(opts: &BenchOptions) -> Result<Value> {
     }))
 }
 
-/// Times the phases of `opts.steps` extra training steps separately (the same operations as
-/// [`train_step`] without importance sampling or class labels).
+/// Times the phases of `opts.steps` extra training steps separately (data, forward+loss,
+/// backward, grad-norm clip, Adam, EMA) through the engine's [`Probe`] hook, synchronising the
+/// device at each mark.
 fn profile_steps(
-    ctx: &StepContext,
-    model: &DdpmModel,
-    adam: &mut Adam,
-    ema: &mut Ema,
-    params: &[(String, Tensor)],
+    task: &mut DdpmTask,
+    cfg: &TrainConfig,
     images_u8: &Tensor,
+    labels: &Tensor,
     opts: &BenchOptions,
 ) -> Result<Value> {
-    let cfg = ctx.cfg;
-    let device = ctx.device;
-    let names = [
+    const NAMES: [&str; 6] = [
         "data",
         "forward_loss",
         "backward",
@@ -443,49 +407,31 @@ fn profile_steps(
         "adam",
         "ema",
     ];
-    let mut acc = vec![Vec::with_capacity(opts.steps); names.len()];
+    let device = task.model.vs.device();
+    let settings = loop_settings(cfg);
+    let mut acc: Vec<Vec<f64>> = vec![Vec::with_capacity(opts.steps); NAMES.len()];
     let base = 10 * (opts.warmup + opts.steps + 1);
     for step in base..base + opts.steps {
-        tch::manual_seed(step_seed(cfg.run.seed, step) as i64);
         let mut mark = Instant::now();
-        let mut lap = |k: usize, mark: &mut Instant| {
+        let mut hook = |name: &'static str| {
             sync(device);
-            acc[k].push(mark.elapsed().as_secs_f64());
-            *mark = Instant::now();
+            if let Some(k) = NAMES.iter().position(|n| *n == name) {
+                acc[k].push(mark.elapsed().as_secs_f64());
+            }
+            mark = Instant::now();
         };
-        let x0 = loader::to_model_input(images_u8, cfg.data.pad_to_32, device);
-        lap(0, &mut mark);
-        let n = x0.size()[0];
-        let t = Tensor::randint(ctx.t_len, [n], (Kind::Int64, device));
-        let noise = x0.randn_like();
-        let x_t = ctx.tables.q_sample(&x0, &t, &noise);
-        let labels = ctx
-            .null_class
-            .map(|_| Tensor::zeros([n], (Kind::Int64, device)));
-        let out = ddpm_nets::autocast::bf16_if(ctx.autocast, device, || {
-            model.unet.f_forward_t(&x_t, &t, labels.as_ref(), true)
-        })?
-        .to_kind(Kind::Float);
-        let terms =
-            crate::objective::training_losses(ctx.tables, ctx.weights, &out, &x0, &x_t, &t, &noise);
-        let loss = terms.loss.mean(Kind::Float);
-        lap(1, &mut mark);
-        adam.zero_grad();
-        loss.backward();
-        lap(2, &mut mark);
-        let norm = adam.grad_norm();
-        if cfg.optim.grad_clip > 0.0 {
-            adam.clip_grad_norm(&norm, cfg.optim.grad_clip);
-        }
-        lap(3, &mut mark);
-        adam.step(Adam::lr_at(&cfg.optim, step));
-        lap(4, &mut mark);
-        ema.update(params);
-        lap(5, &mut mark);
+        train_step(
+            task,
+            &settings,
+            images_u8,
+            labels.shallow_clone(),
+            step,
+            &mut Probe::with(&mut hook),
+        )?;
     }
     let mut out = serde_json::Map::new();
     let mut total = 0.0;
-    for (k, name) in names.iter().enumerate() {
+    for (k, name) in NAMES.iter().enumerate() {
         let s = summary(&acc[k]);
         total += s["median_s"].as_f64().unwrap_or(0.0);
         out.insert(format!("{name}_s"), s["median_s"].clone());

@@ -149,6 +149,17 @@ impl DiffusionConfig {
     }
 }
 
+/// The shape of the learning rate after the warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    /// Constant (Ho et al. 2020).
+    #[default]
+    Constant,
+    /// A half cosine from the peak to 0 at the last step (Loshchilov & Hutter 2017, no restarts).
+    Cosine,
+}
+
 /// The optimiser and its schedule.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -167,6 +178,11 @@ pub struct OptimConfig {
     pub weight_decay: f64,
     /// Linear warm-up of the learning rate over this many steps.
     pub warmup_steps: usize,
+    /// After the warm-up: `constant` or `cosine` (decay to 0 at `run.steps`).
+    pub lr_schedule: LrSchedule,
+    /// Gradient accumulation: each step runs this many micro-batches of
+    /// `data.batch_size / grad_accum` images and updates once (must divide the batch size).
+    pub grad_accum: usize,
     /// Clip the global gradient norm to this value (0 = off).
     pub grad_clip: f64,
     /// EMA decay of the parameters (0 = no EMA).
@@ -183,6 +199,8 @@ impl Default for OptimConfig {
             eps: 1e-8,
             weight_decay: 0.0,
             warmup_steps: 5000,
+            lr_schedule: LrSchedule::Constant,
+            grad_accum: 1,
             grad_clip: 1.0,
             ema_decay: 0.9999,
         }
@@ -543,6 +561,15 @@ impl TrainConfig {
         }
         if self.data.batch_size == 0 {
             return Err(TrainError::config("data.batch_size", "must be ≥ 1"));
+        }
+        if o.grad_accum == 0 || self.data.batch_size % o.grad_accum != 0 {
+            return Err(TrainError::config(
+                "optim.grad_accum",
+                format!(
+                    "must be ≥ 1 and divide data.batch_size {}, got {}",
+                    self.data.batch_size, o.grad_accum
+                ),
+            ));
         }
         if !(0.0..1.0).contains(&self.data.label_dropout) {
             return Err(TrainError::config(

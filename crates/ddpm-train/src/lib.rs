@@ -3,14 +3,16 @@
 //! [`data`] imports the official IDX files into HDF5 and loads them; [`loader`] turns a split into
 //! seeded training batches; [`tables`] is the one place where ddpm-math's f64 tables become device
 //! tensors; [`objective`] and [`sampler`] are the training losses and reverse processes on tensors;
-//! [`trainer`] runs the loop with [`optim`] (Adam/AdamW, EMA) and [`run_dir`] (checkpoints, logs);
-//! [`baselines`] trains and samples the GAN and VAE the same way, and [`classifier`] trains the
-//! digit classifier of the domain metrics.
+//! [`engine`] is the one training loop, which drives the [`tasks`] (DDPM, GAN, VAE, digit
+//! classifier) with [`optim`] (Adam/AdamW, EMA) and writes [`run_dir`] (checkpoints, logs);
+//! [`baselines`] loads and samples the GAN and VAE, [`classifier`] saves, loads and scores the
+//! digit classifier of the domain metrics, and [`bench`] times the engine's step.
 pub mod baselines;
 pub mod bench;
 pub mod classifier;
 pub mod config;
 pub mod data;
+pub mod engine;
 pub mod error;
 pub mod loader;
 pub mod model_io;
@@ -19,8 +21,9 @@ pub mod optim;
 pub mod run_dir;
 pub mod sampler;
 pub mod tables;
-pub mod trainer;
+pub mod tasks;
 pub mod viz;
 
 pub use config::TrainConfig;
 pub use error::{Result, TrainError};
+pub use tasks::train;

@@ -82,7 +82,7 @@ fn load_run(dir: &Path, weights: Weights, device: Device) -> Result<LoadedDdpm> 
         vs,
         unet,
         diffusion: cfg.diffusion.build()?,
-        hw: crate::trainer::sample_hw(&cfg),
+        hw: crate::tasks::ddpm::sample_hw(&cfg),
         source: file,
         step: Some(state.step),
     })

@@ -1,5 +1,5 @@
 //! Adam / AdamW with inspectable state (so checkpoints hold it exactly), global grad-norm clipping,
-//! linear LR warm-up, and an EMA of the parameters.
+//! and an EMA of the parameters.
 //!
 //! libtorch's multi-tensor kernels (`_fused_adam_`, `_foreach_*`) are not bound by tch, so the same effect
 //! comes from memory layout: [`Adam::new`] moves all parameters into one contiguous buffer (each parameter
@@ -75,6 +75,17 @@ fn flat_or_pack(tensors: &[Tensor]) -> Option<Tensor> {
 
 use crate::config::OptimConfig;
 
+/// Named trainable variables of a store, sorted by name (a stable order for the optimiser and EMA).
+pub fn named_trainables(vs: &tch::nn::VarStore) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter(|(_, t)| t.requires_grad())
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
 /// Adam (Kingma & Ba 2015) or AdamW (Loshchilov & Hutter 2019) over named parameters.
 pub struct Adam {
     params: Vec<(String, Tensor)>,
@@ -142,13 +153,25 @@ impl Adam {
         }
     }
 
-    /// The learning rate at optimisation step `step` (0-based): linear warm-up, then constant.
-    pub fn lr_at(cfg: &OptimConfig, step: usize) -> f64 {
-        if cfg.warmup_steps == 0 {
-            cfg.lr
-        } else {
-            cfg.lr * ((step + 1) as f64 / cfg.warmup_steps as f64).min(1.0)
+    /// Adam over the trainable variables of `vs` ([`named_trainables`]).
+    pub fn for_store(vs: &tch::nn::VarStore, cfg: &OptimConfig) -> Self {
+        Self::new(named_trainables(vs), cfg)
+    }
+
+    /// The parameters (name, tensor) in optimiser order.
+    pub fn params(&self) -> &[(String, Tensor)] {
+        &self.params
+    }
+
+    /// The global gradient norm (0-d, on the device), clipping to `max_norm` when it is > 0, then
+    /// one update with learning rate `lr`. Returns the norm before clipping. No host sync.
+    pub fn clipped_step(&mut self, max_norm: f64, lr: f64) -> Tensor {
+        let norm = self.grad_norm();
+        if max_norm > 0.0 {
+            self.clip_grad_norm(&norm, max_norm);
         }
+        self.step(lr);
+        norm
     }
 
     /// The gradients, in parameter order (undefined tensors where a parameter has none).
@@ -442,17 +465,6 @@ mod tests {
         assert!(other.exp_avg[0].equal(&adam.exp_avg[0]));
         let bad = vec![("step".to_string(), Tensor::from_slice(&[1i64]))];
         assert!(other.load_state(&bad).unwrap_err().contains("tensors"));
-    }
-
-    #[test]
-    fn warmup_is_linear_then_flat() {
-        let c = OptimConfig {
-            lr: 1.0,
-            warmup_steps: 4,
-            ..OptimConfig::default()
-        };
-        let lrs: Vec<f64> = (0..6).map(|s| Adam::lr_at(&c, s)).collect();
-        assert_eq!(lrs, vec![0.25, 0.5, 0.75, 1.0, 1.0, 1.0]);
     }
 
     #[test]

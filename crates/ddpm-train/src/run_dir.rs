@@ -57,10 +57,29 @@ pub fn write_text_atomic(path: &Path, text: &str) -> Result<()> {
     .map_err(TrainError::from)
 }
 
+impl TrainState {
+    /// The state of a run that has not taken a step.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            step: 0,
+            seed,
+            elapsed_secs: 0.0,
+            images_seen: 0,
+            sampler_history: None,
+        }
+    }
+}
+
 impl RunDir {
     /// Creates a new run directory (it must not hold a run already) and writes `config.toml`.
     /// An unwritable location fails here, before any training.
     pub fn create(path: &Path, config: &TrainConfig) -> Result<Self> {
+        Self::create_with_text(path, &config.to_toml())
+    }
+
+    /// [`RunDir::create`] with the config as TOML text (runs whose config is not a
+    /// [`TrainConfig`], such as the digit classifier's).
+    pub fn create_with_text(path: &Path, config_toml: &str) -> Result<Self> {
         if path.join("config.toml").exists() {
             return Err(TrainError::Checkpoint {
                 path: path.to_path_buf(),
@@ -73,7 +92,7 @@ impl RunDir {
         let dir = Self {
             path: path.to_path_buf(),
         };
-        write_text_atomic(&dir.path.join("config.toml"), &config.to_toml())?;
+        write_text_atomic(&dir.path.join("config.toml"), config_toml)?;
         Ok(dir)
     }
 
@@ -92,7 +111,12 @@ impl RunDir {
 
     /// Rewrites `config.toml` (a resumed run may change run settings such as `run.steps`).
     pub fn write_config(&self, config: &TrainConfig) -> Result<()> {
-        write_text_atomic(&self.path.join("config.toml"), &config.to_toml())
+        self.write_config_text(&config.to_toml())
+    }
+
+    /// Rewrites `config.toml` with TOML text.
+    pub fn write_config_text(&self, config_toml: &str) -> Result<()> {
+        write_text_atomic(&self.path.join("config.toml"), config_toml)
     }
 
     /// Drops `metrics.jsonl` records after `step` (written by a session that was interrupted
@@ -156,7 +180,7 @@ impl RunDir {
     pub fn save_checkpoint(
         &self,
         state: &TrainState,
-        config: &TrainConfig,
+        config_toml: &str,
         tensors: &[(&str, Vec<(String, tch::Tensor)>)],
         keep: usize,
     ) -> Result<PathBuf> {
@@ -175,7 +199,7 @@ impl RunDir {
             }
             let json = serde_json::to_string_pretty(state).expect("state serialises");
             fs::write(tmp.join("state.json"), json).map_err(io(&tmp))?;
-            fs::write(tmp.join("config.toml"), config.to_toml()).map_err(io(&tmp))?;
+            fs::write(tmp.join("config.toml"), config_toml).map_err(io(&tmp))?;
             if final_dir.exists() {
                 fs::remove_dir_all(&final_dir).map_err(io(&final_dir))?;
             }

@@ -9,12 +9,11 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use ddpm_train::baselines::{
-    load_baseline_for_sampling, sample_baseline, train_gan, train_vae, NETWORKS_FILE,
-};
+use ddpm_train::baselines::{load_baseline_for_sampling, sample_baseline, NETWORKS_FILE};
 use ddpm_train::config::ModelKind;
+use ddpm_train::engine::{TrainOptions, TrainSummary};
 use ddpm_train::run_dir::RunDir;
-use ddpm_train::trainer::{TrainOptions, TrainSummary};
+use ddpm_train::tasks::{train_gan, train_vae};
 use ddpm_train::{Result, TrainConfig, TrainError};
 use tch::{Device, Kind};
 

@@ -4,10 +4,11 @@ use std::path::PathBuf;
 
 use ddpm_nets::classifier::ClassifierConfig;
 use ddpm_train::classifier::{
-    accuracy, load_classifier, read_report, save_classifier, train_classifier,
-    ClassifierTrainConfig, ACCURACY_FILE,
+    accuracy, load_classifier, read_report, save_classifier, ACCURACY_FILE,
 };
+use ddpm_train::engine::TrainOptions;
 use ddpm_train::loader::{load_images, to_model_input};
+use ddpm_train::tasks::classifier::{train_classifier, ClassifierRunConfig, ClassifierTrainConfig};
 use tch::Device;
 
 fn mnist_h5() -> PathBuf {
@@ -20,8 +21,15 @@ fn mnist_h5() -> PathBuf {
     p
 }
 
+/// libtorch's generator is global to the process: the two trainings here must not interleave.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn brief_training_beats_chance_and_the_folder_round_trips() {
+    let _serial = serial();
     tch::set_num_threads(2);
     let path = mnist_h5();
     let train = load_images(&path, "train").unwrap();
@@ -40,8 +48,23 @@ fn brief_training_beats_chance_and_the_folder_round_trips() {
         log_every: 50,
         ..ClassifierTrainConfig::default()
     };
-    let (vs, clf, report) =
-        train_classifier("mnist", &train, &test, &net, &cfg, Device::Cpu, false).unwrap();
+    let run = ClassifierRunConfig {
+        dataset: "mnist".into(),
+        net,
+        train: cfg,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let trained = train_classifier(
+        &dir.path().join("run"),
+        false,
+        &run,
+        &train,
+        &test,
+        Device::Cpu,
+        &TrainOptions::default(),
+    )
+    .unwrap();
+    let (vs, clf, report) = (trained.vs, trained.net, trained.report);
     assert_eq!(
         (report.steps, report.test_images, report.train_images),
         (200, 1000, 5000)
@@ -61,7 +84,6 @@ fn brief_training_beats_chance_and_the_folder_round_trips() {
         report.test_accuracy
     );
 
-    let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("classifier-mnist");
     save_classifier(&out, &vs, &clf, &report).unwrap();
     for f in ["config.json", "model.safetensors", ACCURACY_FILE] {
@@ -75,4 +97,78 @@ fn brief_training_beats_chance_and_the_folder_round_trips() {
     assert!(clf.forward_t(&x, false).equal(&clf2.forward_t(&x, false)));
     assert!(clf.features(&x).equal(&clf2.features(&x)));
     assert!(load_classifier(&dir.path().join("missing"), Device::Cpu).is_err());
+}
+
+/// A classifier run stopped on request after its first step and resumed ends with the weights and
+/// optimiser state of an uninterrupted 6-step run, bit for bit (the cosine learning rate depends on
+/// the total, so both sessions run with steps = 6).
+#[test]
+fn resumed_classifier_run_matches_an_uninterrupted_one() {
+    let _serial = serial();
+    tch::set_num_threads(1);
+    let path = mnist_h5();
+    let train = load_images(&path, "train").unwrap();
+    let test = load_images(&path, "test").unwrap();
+    let run = ClassifierRunConfig {
+        dataset: "mnist".into(),
+        net: ClassifierConfig {
+            base_channels: 4,
+            feature_dim: 16,
+            ..ClassifierConfig::default()
+        },
+        train: ClassifierTrainConfig {
+            steps: Some(6),
+            batch_size: 8,
+            train_limit: Some(200),
+            test_limit: Some(50),
+            log_every: 2,
+            ..ClassifierTrainConfig::default()
+        },
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (full, split) = (dir.path().join("full"), dir.path().join("split"));
+    let train_run = |dir: &std::path::Path, resume: bool, stop: bool| {
+        let opts = TrainOptions {
+            progress: false,
+            stop: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(stop)),
+        };
+        train_classifier(dir, resume, &run, &train, &test, Device::Cpu, &opts).unwrap()
+    };
+    let a = train_run(&full, false, false);
+    let stopped = train_run(&split, false, true);
+    assert_eq!(
+        (stopped.summary.step, stopped.summary.interrupted),
+        (1, true)
+    );
+    let b = train_run(&split, true, false);
+    assert_eq!((a.summary.step, b.summary.step), (6, 6));
+    assert!(!b.summary.interrupted);
+    assert_eq!(a.report.test_accuracy, b.report.test_accuracy);
+    for f in ["model.safetensors", "optim.safetensors"] {
+        let read = |run: &std::path::Path| {
+            tch::Tensor::read_safetensors(run.join("checkpoints/step_0000006").join(f))
+                .unwrap()
+                .into_iter()
+                .collect::<std::collections::BTreeMap<_, _>>()
+        };
+        let (tx, ty) = (read(&full), read(&split));
+        assert_eq!(tx.len(), ty.len());
+        for ((nx, vx), (ny, vy)) in tx.iter().zip(&ty) {
+            assert_eq!(nx, ny);
+            assert!(vx.equal(vy), "{f}: {nx} differs after resume");
+        }
+    }
+    // A second run into the same folder is refused (the run is kept).
+    let err = train_classifier(
+        &full,
+        false,
+        &run,
+        &train,
+        &test,
+        Device::Cpu,
+        &TrainOptions::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("--resume"), "{err}");
 }

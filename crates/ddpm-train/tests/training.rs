@@ -8,8 +8,9 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use ddpm_train::engine::TrainOptions;
 use ddpm_train::run_dir::RunDir;
-use ddpm_train::trainer::{train_ddpm, TrainOptions};
+use ddpm_train::tasks::train_ddpm;
 use ddpm_train::TrainError;
 
 #[test]
@@ -275,4 +276,79 @@ fn cpu_bf16_autocast_changes_the_arithmetic_and_still_resumes_exactly() {
     train_ddpm(&split, &bf16(2), false, &opts).unwrap();
     train_ddpm(&split, &bf16(4), true, &opts).unwrap();
     common::assert_same_checkpoint(&bf16_dir, &split, 4);
+}
+
+/// Gradient accumulation: 4 micro-batches of 2 images give the update of one step on the batch of
+/// 8 (same draws of t and ε: they are made for the whole batch), up to summation order.
+#[test]
+fn gradient_accumulation_equals_one_full_batch_step() {
+    let _rng = common::torch_rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, k: usize| {
+        let mut cfg = common::tiny_config(2);
+        cfg.model.unet.dropout = 0.0; // dropout masks are drawn per micro-batch
+                                      // Adam's first update is lr·g/(|g| + ε): with the default ε = 1e-8 it turns rounding noise
+                                      // on parameters whose true gradient is 0 (attention key biases: softmax ignores them) into
+                                      // ±lr. A larger ε makes the update Lipschitz in g, so the comparison sees the gradients.
+        cfg.optim.eps = 1e-3;
+        cfg.data.batch_size = 8;
+        cfg.optim.grad_accum = k;
+        let path = dir.path().join(name);
+        train_ddpm(&path, &cfg, false, &TrainOptions::default()).unwrap();
+        path
+    };
+    let (full, accum) = (run("full", 1), run("accum", 4));
+    let ckpt = "checkpoints/step_0000002";
+    let eight = tensors(&full.join(ckpt).join("model.safetensors"));
+    for f in ["model.safetensors", "ema.safetensors"] {
+        let (a, b) = (
+            tensors(&full.join(ckpt).join(f)),
+            tensors(&accum.join(ckpt).join(f)),
+        );
+        assert_eq!(a.len(), b.len());
+        for (name, x) in &a {
+            let diff = (x - &b[name]).abs().max().double_value(&[]);
+            assert!(diff <= 1e-6, "{f}: {name} differs by {diff}");
+        }
+    }
+    // The runs did train (a different batch size would not give the same weights).
+    let mut other = common::tiny_config(2);
+    other.model.unet.dropout = 0.0;
+    other.data.batch_size = 2;
+    let p = dir.path().join("small");
+    train_ddpm(&p, &other, false, &TrainOptions::default()).unwrap();
+    let small = tensors(&p.join(ckpt).join("model.safetensors"));
+    let moved: f64 = eight
+        .iter()
+        .map(|(n, x)| (x - &small[n]).abs().max().double_value(&[]))
+        .fold(0.0, f64::max);
+    assert!(moved > 1e-5, "batch 2 and batch 8 runs agree to {moved}");
+    // The logged loss is the full batch's mean either way.
+    let loss = |p: &Path| {
+        RunDir::open(p).unwrap().read_metrics().unwrap()[0]["loss"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(
+        (loss(&full) - loss(&accum)).abs() < 1e-5,
+        "{} vs {}",
+        loss(&full),
+        loss(&accum)
+    );
+    // A batch that grad_accum does not divide is refused by name.
+    let mut bad = common::tiny_config(2);
+    bad.optim.grad_accum = 3;
+    let err = train_ddpm(
+        &dir.path().join("bad"),
+        &bad,
+        false,
+        &TrainOptions::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("optim.grad_accum"), "{err}");
+    assert!(
+        !dir.path().join("bad").exists(),
+        "a refused run left its directory"
+    );
 }

@@ -1,0 +1,885 @@
+//! The one training loop. A [`TrainTask`] (the DDPM, the GAN, the VAE, the digit classifier) says
+//! how to take one optimisation step on a batch, which scalars it reports, which tensors make its
+//! checkpoint and how it draws a sample grid; [`train`] owns everything else: the step counter,
+//! the seeded batches, the learning-rate schedule, gradient accumulation, the log window with its
+//! one host read-back every `run.log_every` steps, NaN/inf detection naming the step, stop on
+//! request, checkpoint cadence and keep-N, restore for `--resume`, sample grids, `metrics.jsonl`,
+//! the loss plot and the progress bar.
+//!
+//! One step ([`train_step`], also what `ddpm-cli bench` times) is split like improved-diffusion's
+//! `run_step` → `forward_backward` → `optimize`:
+//!
+//! ```text
+//! seed(seed, step) → batch (uint8 → [−1, 1], flips) → task.prepare (all draws of the full batch)
+//!   → for each phase (the GAN has two: discriminator, generator):
+//!        zero_grad → k × forward_backward(micro-batch, scale 1/k) → optimize(lr)
+//!   → task.finish_step → a [M] tensor of the step's metrics (stays on the device)
+//! ```
+//!
+//! **Invariants.** All randomness of step s derives from (seed, s), so a resumed run reproduces an
+//! uninterrupted one exactly on the CPU. The metrics are read back to the host once per log
+//! window (plus once per checkpoint for the finiteness of the weights). Only the engine writes
+//! the run directory.
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use ddpm_nets::checkpoint::{load_varstore, read_tensors};
+use serde_json::{json, Map, Value};
+use tch::{nn, Device, Kind, Tensor};
+
+use crate::config::{LrSchedule, OptimConfig};
+use crate::error::{Result, TrainError};
+use crate::loader::{self, BatchSampler, ImageData};
+use crate::optim::Adam;
+use crate::run_dir::{write_text_atomic, RunDir, TrainState};
+use crate::viz;
+
+/// How a training call was started and how it should report.
+#[derive(Debug)]
+pub struct TrainOptions {
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+    /// Set to true (e.g. by Ctrl-C) to save a checkpoint and stop after the current step.
+    pub stop: Arc<AtomicBool>,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        Self {
+            progress: false,
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+/// What a finished (or stopped) run reports.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    /// Steps completed in total.
+    pub step: usize,
+    /// Mean of the task's first metric (its loss) over the last log window.
+    pub last_loss: f64,
+    /// Wall-clock training seconds (all sessions).
+    pub elapsed_secs: f64,
+    /// Whether the run stopped early on request.
+    pub interrupted: bool,
+    /// The newest checkpoint.
+    pub checkpoint: PathBuf,
+}
+
+/// How a metric appears in `loss.png`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plot {
+    /// Not plotted.
+    No,
+    /// A panel with a linear y axis.
+    Linear,
+    /// A panel with a logarithmic y axis.
+    Log,
+}
+
+/// One scalar a task reports per step; the log window records its mean.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metric {
+    /// Its key in `metrics.jsonl`.
+    pub name: &'static str,
+    /// Its panel in `loss.png`.
+    pub plot: Plot,
+    /// A non-finite value stops the run with [`TrainError::NonFinite`] naming the step.
+    pub must_be_finite: bool,
+}
+
+impl Metric {
+    /// A loss: plotted, must stay finite.
+    pub const fn loss(name: &'static str, plot: Plot) -> Self {
+        Self {
+            name,
+            plot,
+            must_be_finite: true,
+        }
+    }
+
+    /// A diagnostic that is logged as it comes (not plotted, not checked).
+    pub const fn diagnostic(name: &'static str) -> Self {
+        Self {
+            name,
+            plot: Plot::No,
+            must_be_finite: false,
+        }
+    }
+}
+
+/// A named part of a checkpoint: the variables of a network, or an optimiser's state. The engine
+/// writes each as `NAME.safetensors` and reads it back on `--resume`.
+pub enum StateGroup<'a> {
+    /// All variables of a store (trainable or not), by name.
+    Vars(&'a mut nn::VarStore),
+    /// Adam's step and moments; restoring checks its step against the checkpoint's.
+    Optimizer(&'a mut Adam),
+}
+
+/// Splits a prepared batch into `k` equal micro-batches along dimension 0.
+pub trait MicroBatches: Sized {
+    /// The `k` micro-batches in order (`k = 1`: the batch itself).
+    fn split(self, k: usize) -> Vec<Self>;
+}
+
+/// Splits a tensor into `k` equal parts along dimension 0 (`k = 1`: the tensor itself).
+pub fn split_rows(t: &Tensor, k: usize) -> Vec<Tensor> {
+    if k == 1 {
+        vec![t.shallow_clone()]
+    } else {
+        t.chunk(k as i64, 0)
+    }
+}
+
+/// Splits an optional tensor like [`split_rows`].
+pub fn split_rows_opt(t: &Option<Tensor>, k: usize) -> Vec<Option<Tensor>> {
+    match t {
+        Some(t) => split_rows(t, k).into_iter().map(Some).collect(),
+        None => (0..k).map(|_| None).collect(),
+    }
+}
+
+/// Marks the end of the phases of a step (`data`, `forward_loss`, `backward`, `grad_norm_clip`,
+/// `adam`, `ema`, …) for a timing hook; does nothing without one. `ddpm-cli bench --profile` times
+/// the training step through this instead of a copy of it.
+pub struct Probe<'a> {
+    hook: Option<&'a mut dyn FnMut(&'static str)>,
+}
+
+impl<'a> Probe<'a> {
+    /// No hook: marks cost nothing.
+    pub fn none() -> Probe<'static> {
+        Probe { hook: None }
+    }
+
+    /// Calls `hook(phase)` at the end of every phase.
+    pub fn with(hook: &'a mut dyn FnMut(&'static str)) -> Self {
+        Self { hook: Some(hook) }
+    }
+
+    /// The phase `name` has just ended.
+    pub fn mark(&mut self, name: &'static str) {
+        if let Some(h) = self.hook.as_mut() {
+            h(name);
+        }
+    }
+}
+
+/// Device-side sums of a step's metrics over its micro-batches.
+#[derive(Default)]
+pub struct StepMetrics {
+    sums: Vec<Option<Tensor>>,
+}
+
+impl StepMetrics {
+    /// Adds `value` (0-d or `[1]`, detached) to metric `i`.
+    pub fn add(&mut self, i: usize, value: &Tensor) {
+        if self.sums.len() <= i {
+            self.sums.resize_with(i + 1, || None);
+        }
+        let v = value.detach().to_kind(Kind::Float).reshape([1]);
+        self.sums[i] = Some(match self.sums[i].take() {
+            Some(s) => s + v,
+            None => v,
+        });
+    }
+
+    /// The sums as one `[M]` float tensor (metrics never added are NaN), and resets.
+    pub fn take(&mut self, m: usize, device: Device) -> Tensor {
+        let parts: Vec<Tensor> = (0..m)
+            .map(|i| match self.sums.get_mut(i).and_then(Option::take) {
+                Some(t) => t,
+                None => Tensor::full([1], f64::NAN, (Kind::Float, device)),
+            })
+            .collect();
+        self.sums.clear();
+        Tensor::cat(&parts, 0)
+    }
+}
+
+/// `loss · scale`, skipping the multiplication for a whole batch (`scale = 1`).
+pub fn scaled(loss: &Tensor, scale: f64) -> Tensor {
+    if scale == 1.0 {
+        loss.shallow_clone()
+    } else {
+        loss * scale
+    }
+}
+
+/// What a training task supplies to the loop.
+pub trait TrainTask {
+    /// The prepared batch of one step (images plus every random draw of the step).
+    type Batch: MicroBatches;
+
+    /// The scalars of a step, in the order of [`TrainTask::finish_step`]'s tensor; the first is the
+    /// task's loss.
+    fn metrics(&self) -> &'static [Metric];
+
+    /// Names of the optimisation phases of a step (the GAN: discriminator, then generator).
+    fn phases(&self) -> &'static [&'static str] {
+        &["step"]
+    }
+
+    /// The device of the networks.
+    fn device(&self) -> Device;
+
+    /// Draws everything random of the step for the whole batch (so that gradient accumulation
+    /// sees the same draws as one full-batch step). `x0`: `[N, C, H, W]` in [−1, 1]; `labels`:
+    /// `[N]` int64 on the CPU.
+    fn prepare(&mut self, x0: Tensor, labels: Tensor, step: usize) -> Result<Self::Batch>;
+
+    /// Zeroes the gradients of the networks that `phase` updates.
+    fn zero_grad(&mut self, phase: usize);
+
+    /// Forward pass, loss and backward of one micro-batch in `phase`; the loss is multiplied by
+    /// `scale` (1/k) before backward so that k micro-batches add up to the full batch's gradient.
+    fn forward_backward(
+        &mut self,
+        phase: usize,
+        micro: &Self::Batch,
+        scale: f64,
+        probe: &mut Probe,
+    ) -> Result<()>;
+
+    /// Clipping, optimiser update (learning rate `lr`) and EMA of `phase`.
+    fn optimize(&mut self, phase: usize, lr: f64, probe: &mut Probe) -> Result<()>;
+
+    /// The step's metrics as one `[M]` float tensor on the device (no host sync unless the task
+    /// needs one, e.g. the importance sampler of L_vlb).
+    fn finish_step(&mut self, step: usize) -> Result<Tensor>;
+
+    /// The checkpoint's parts, by file stem.
+    fn state_groups(&mut self) -> Vec<(&'static str, StateGroup<'_>)>;
+
+    /// Extra host state for `state.json` (e.g. the importance sampler's loss history).
+    fn save_extra(&self, _state: &mut TrainState) {}
+
+    /// Restores what [`TrainTask::save_extra`] saved.
+    fn restore_extra(&mut self, _state: &TrainState) -> Result<()> {
+        Ok(())
+    }
+
+    /// `n` uint8 sample images `[n, H, W, C]` on the CPU for a grid; the torch generator has been
+    /// seeded with `seed` (the same at every call of a run). `None`: the task draws no grids.
+    fn sample_images(&self, n: usize, seed: u64) -> Result<Option<Tensor>>;
+
+    /// The `metrics.jsonl` fields of a log window from the window means of [`TrainTask::metrics`].
+    fn summarize(&self, means: &[f64]) -> Map<String, Value> {
+        self.metrics()
+            .iter()
+            .zip(means)
+            .map(|(m, v)| (m.name.to_string(), json!(v)))
+            .collect()
+    }
+}
+
+/// The loop's settings, from a run's config.
+#[derive(Debug, Clone)]
+pub struct LoopSettings {
+    /// Total optimisation steps.
+    pub steps: usize,
+    /// Seed of all draws.
+    pub seed: u64,
+    /// Images per step (the global batch).
+    pub batch_size: usize,
+    /// Micro-batches per step (gradient accumulation); divides `batch_size`.
+    pub grad_accum: usize,
+    /// Draw batches from the first `data_limit` images only (`None`: all).
+    pub data_limit: Option<usize>,
+    /// Pad 28×28 images to 32×32.
+    pub pad_to_32: bool,
+    /// Random horizontal flips.
+    pub random_flip: bool,
+    /// The optimiser's learning-rate schedule.
+    pub optim: OptimConfig,
+    /// Steps per log window.
+    pub log_every: usize,
+    /// Steps between checkpoints (0: only at the end and on stop).
+    pub checkpoint_every: usize,
+    /// Checkpoints kept.
+    pub keep_checkpoints: usize,
+    /// Steps between sample grids (0: only at the end).
+    pub sample_every: usize,
+    /// Images per grid (0: none).
+    pub sample_num: usize,
+}
+
+impl LoopSettings {
+    /// The learning rate of step `step` (0-based): linear warm-up over `optim.warmup_steps`, then
+    /// constant or a half cosine to 0 at `steps`.
+    pub fn lr_at(&self, step: usize) -> f64 {
+        lr_at(&self.optim, step, self.steps)
+    }
+}
+
+/// The learning rate at step `step` of `total` (see [`LoopSettings::lr_at`]).
+pub fn lr_at(o: &OptimConfig, step: usize, total: usize) -> f64 {
+    let warm = if o.warmup_steps == 0 {
+        1.0
+    } else {
+        ((step + 1) as f64 / o.warmup_steps as f64).min(1.0)
+    };
+    let decay = match o.lr_schedule {
+        LrSchedule::Constant => 1.0,
+        LrSchedule::Cosine => {
+            0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total.max(1) as f64).cos())
+        }
+    };
+    o.lr * warm * decay
+}
+
+/// The seed of step `step` (a SplitMix64-style mix of the run seed and the step).
+pub fn step_seed(seed: u64, step: usize) -> u64 {
+    let mut z = seed.wrapping_add((step as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)) & 0x7FFF_FFFF_FFFF_FFFF
+}
+
+/// The seed of the sample grids of a run (the same latents at every grid).
+pub fn grid_seed(seed: u64) -> u64 {
+    step_seed(seed, usize::MAX / 2)
+}
+
+/// What one step leaves: its metrics on the device, the batch size and the learning rate.
+#[derive(Debug)]
+pub struct StepRecord {
+    /// `[M]` float metrics, in the order of [`TrainTask::metrics`].
+    pub values: Tensor,
+    /// Images in the step.
+    pub n: i64,
+    /// The learning rate used.
+    pub lr: f64,
+}
+
+/// One optimisation step of `task` on the uint8 batch `images` (`[N, C, H, W]`, CPU) with
+/// `labels` (`[N]`): seeds the torch generator with (seed, step), converts and flips the batch,
+/// and runs the task's phases over `grad_accum` micro-batches. No host synchronisation.
+pub fn train_step<T: TrainTask>(
+    task: &mut T,
+    s: &LoopSettings,
+    images: &Tensor,
+    labels: Tensor,
+    step: usize,
+    probe: &mut Probe,
+) -> Result<StepRecord> {
+    // All randomness of this step derives from (seed, step): resuming needs no RNG state.
+    tch::manual_seed(step_seed(s.seed, step) as i64);
+    let mut x0 = loader::to_model_input(images, s.pad_to_32, task.device());
+    if s.random_flip {
+        x0 = loader::random_flip(&x0, s.seed, step);
+    }
+    let n = x0.size()[0];
+    let micro = task.prepare(x0, labels, step)?.split(s.grad_accum);
+    probe.mark("data");
+    let lr = s.lr_at(step);
+    let scale = 1.0 / micro.len() as f64;
+    for phase in 0..task.phases().len() {
+        task.zero_grad(phase);
+        for m in &micro {
+            task.forward_backward(phase, m, scale, probe)?;
+        }
+        task.optimize(phase, lr, probe)?;
+    }
+    let values = task.finish_step(step)?;
+    Ok(StepRecord { values, n, lr })
+}
+
+/// Where a run lives and what starts it.
+#[derive(Debug, Clone)]
+pub struct RunTarget<'a> {
+    /// The run directory.
+    pub dir: &'a Path,
+    /// Continue the run in `dir` (else create it; it must not hold a run).
+    pub resume: bool,
+    /// The resolved config, written as `config.toml` (and into every checkpoint).
+    pub config_toml: String,
+    /// Further files of the run (name, text), e.g. the baselines' `networks.json`.
+    pub files: Vec<(&'static str, String)>,
+}
+
+/// Trains `task` on `data` in the run directory of `target` (created, or resumed from its newest
+/// checkpoint) until `s.steps`, or until `opts.stop` is set.
+///
+/// # Errors
+/// Run-directory and checkpoint I/O (naming the path), a checkpoint that does not fit the task
+/// (naming the file or tensor), a seed that differs from the run's, and
+/// [`TrainError::NonFinite`] naming the step of the first non-finite loss.
+pub fn train<T: TrainTask>(
+    task: &mut T,
+    target: RunTarget,
+    s: &LoopSettings,
+    data: &ImageData,
+    opts: &TrainOptions,
+) -> Result<TrainSummary> {
+    if s.grad_accum == 0 || s.batch_size % s.grad_accum != 0 {
+        return Err(TrainError::config(
+            "optim.grad_accum",
+            format!(
+                "{} does not divide data.batch_size {}",
+                s.grad_accum, s.batch_size
+            ),
+        ));
+    }
+    let run = open_run(&target)?;
+    let (mut state, mut last_checkpoint) = if target.resume {
+        restore_latest(task, &run, s.seed)?
+    } else {
+        (TrainState::new(s.seed), None)
+    };
+    let n_data = s.data_limit.map_or(data.len(), |k| k.min(data.len()));
+    let mut batches = BatchSampler::new(n_data, s.batch_size, s.seed);
+    let bar = progress_bar(opts.progress, s.steps, state.step);
+    let session_start = Instant::now();
+    let elapsed_before = state.elapsed_secs;
+    let mut window = LogWindow::new(s.log_every);
+    let mut last_loss = f64::NAN;
+    let mut interrupted = false;
+    while state.step < s.steps {
+        let (images, labels) = data.gather(&batches.indices(state.step));
+        let rec = train_step(task, s, &images, labels, state.step, &mut Probe::none())?;
+        window.push(rec.values, rec.n);
+        state.step += 1;
+        state.images_seen += rec.n as u64;
+        if let Some(b) = &bar {
+            b.inc(1);
+        }
+        let stop = opts.stop.load(Ordering::SeqCst);
+        let last = state.step == s.steps;
+        let at_ckpt = last || stop || every(state.step, s.checkpoint_every);
+        if at_ckpt || every(state.step, s.log_every) {
+            state.elapsed_secs = elapsed_before + session_start.elapsed().as_secs_f64();
+            let ctx = WindowContext {
+                run: &run,
+                state: &state,
+                lr: rec.lr,
+                last_checkpoint: &last_checkpoint,
+                bar: bar.as_ref(),
+            };
+            if let Some(loss) = log_window(task, &mut window, &ctx)? {
+                last_loss = loss;
+            }
+        }
+        if at_ckpt {
+            last_checkpoint = Some(checkpoint(
+                task,
+                &run,
+                &target,
+                s,
+                &mut state,
+                last_checkpoint,
+            )?);
+        }
+        if every(state.step, s.sample_every) || (last && s.sample_num > 0) {
+            write_grid(task, &run, s, state.step)?;
+        }
+        if stop && !last {
+            interrupted = true;
+            tracing::warn!(step = state.step, "stopped on request; checkpoint saved");
+            break;
+        }
+    }
+    if let Some(b) = bar {
+        b.finish();
+    }
+    let checkpoint = match last_checkpoint {
+        Some(c) => c,
+        None => run
+            .latest_checkpoint()?
+            .ok_or_else(|| TrainError::Checkpoint {
+                path: run.path.clone(),
+                message: "no checkpoint was written".into(),
+            })?,
+    };
+    Ok(TrainSummary {
+        step: state.step,
+        last_loss,
+        elapsed_secs: state.elapsed_secs,
+        interrupted,
+        checkpoint,
+    })
+}
+
+/// The training progress bar (steps, ETA and the latest metrics), when `show`.
+fn progress_bar(show: bool, total: usize, start: usize) -> Option<indicatif::ProgressBar> {
+    show.then(|| {
+        let b = indicatif::ProgressBar::new(total as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:30}] {pos}/{len} steps, ETA {eta} | {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        b.set_position(start as u64);
+        b
+    })
+}
+
+fn every(step: usize, period: usize) -> bool {
+    period > 0 && step % period == 0
+}
+
+/// Creates the run directory (or opens it and rewrites its config, when resuming) and writes the
+/// task's further files.
+fn open_run(target: &RunTarget) -> Result<RunDir> {
+    let run = if target.resume {
+        let run = RunDir::open(target.dir)?;
+        run.write_config_text(&target.config_toml)?;
+        run
+    } else {
+        RunDir::create_with_text(target.dir, &target.config_toml)?
+    };
+    for (name, text) in &target.files {
+        write_text_atomic(&run.path.join(name), text)?;
+    }
+    Ok(run)
+}
+
+/// Restores the newest checkpoint of `run` into `task` (step 0 when there is none yet).
+fn restore_latest<T: TrainTask>(
+    task: &mut T,
+    run: &RunDir,
+    seed: u64,
+) -> Result<(TrainState, Option<PathBuf>)> {
+    let Some(ckpt) = run.latest_checkpoint()? else {
+        tracing::warn!(dir = %run.path.display(), "no checkpoint yet; starting from step 0");
+        return Ok((TrainState::new(seed), None));
+    };
+    let state = RunDir::read_state(&ckpt)?;
+    if state.seed != seed {
+        return Err(TrainError::config(
+            "run.seed",
+            format!("the run was started with seed {}, not {seed}", state.seed),
+        ));
+    }
+    for (name, group) in task.state_groups() {
+        let path = ckpt.join(format!("{name}.safetensors"));
+        match group {
+            StateGroup::Vars(vs) => load_varstore(vs, &path)?,
+            StateGroup::Optimizer(adam) => restore_optimizer(adam, &path, state.step)?,
+        }
+    }
+    task.restore_extra(&state)?;
+    tracing::info!(step = state.step, checkpoint = %ckpt.display(), "resumed");
+    run.truncate_metrics(state.step)?;
+    Ok((state, Some(ckpt)))
+}
+
+/// Loads an optimiser's state and checks that it took `step` updates.
+fn restore_optimizer(adam: &mut Adam, path: &Path, step: usize) -> Result<()> {
+    let tensors = read_tensors(path)?;
+    adam.load_state(&tensors)
+        .map_err(|message| TrainError::Checkpoint {
+            path: path.to_path_buf(),
+            message,
+        })?;
+    if adam.step as usize != step {
+        return Err(TrainError::Checkpoint {
+            path: path.to_path_buf(),
+            message: format!(
+                "optimiser step {} differs from the recorded step {step}",
+                adam.step
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Checks the weights, writes a checkpoint (keeping the newest `keep_checkpoints`) and redraws the
+/// loss plot. Returns the checkpoint's folder.
+fn checkpoint<T: TrainTask>(
+    task: &mut T,
+    run: &RunDir,
+    target: &RunTarget,
+    s: &LoopSettings,
+    state: &mut TrainState,
+    last_checkpoint: Option<PathBuf>,
+) -> Result<PathBuf> {
+    // A loss can be finite while the update that followed it was not: never checkpoint
+    // non-finite weights.
+    if !weights_finite(task) {
+        return Err(TrainError::NonFinite {
+            what: "weights",
+            step: state.step,
+            value: f64::NAN,
+            last_checkpoint,
+        });
+    }
+    task.save_extra(state);
+    let groups: Vec<(&str, Vec<(String, Tensor)>)> = task
+        .state_groups()
+        .into_iter()
+        .map(|(name, g)| (name, group_tensors(&g)))
+        .collect();
+    let ckpt = run.save_checkpoint(state, &target.config_toml, &groups, s.keep_checkpoints)?;
+    tracing::info!(step = state.step, checkpoint = %ckpt.display(), "checkpoint");
+    plot_metrics(run, task.metrics())?;
+    Ok(ckpt)
+}
+
+/// The tensors of a checkpoint group, sorted by name.
+fn group_tensors(g: &StateGroup) -> Vec<(String, Tensor)> {
+    match g {
+        StateGroup::Vars(vs) => {
+            let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        }
+        StateGroup::Optimizer(adam) => adam.state_tensors(),
+    }
+}
+
+/// Whether every variable of every network of the task is finite (one host sync).
+fn weights_finite<T: TrainTask>(task: &mut T) -> bool {
+    let flags: Vec<Tensor> = task
+        .state_groups()
+        .iter()
+        .filter_map(|(_, g)| match g {
+            StateGroup::Vars(vs) => Some(vs.variables()),
+            StateGroup::Optimizer(_) => None,
+        })
+        .flat_map(|vars| vars.into_values())
+        .filter(|t| t.is_floating_point())
+        .map(|t| t.isfinite().all())
+        .collect();
+    flags.is_empty() || Tensor::stack(&flags, 0).all().int64_value(&[]) == 1
+}
+
+/// Draws and writes `samples/step_N.png`.
+fn write_grid<T: TrainTask>(task: &T, run: &RunDir, s: &LoopSettings, step: usize) -> Result<()> {
+    let n = s.sample_num.max(1);
+    let seed = grid_seed(s.seed);
+    tch::manual_seed(seed as i64);
+    let Some(images) = task.sample_images(n, seed)? else {
+        return Ok(());
+    };
+    let path = run.path.join("samples").join(format!("step_{step}.png"));
+    let img = viz::grid_nhwc(&images, (n as f64).sqrt().ceil() as usize);
+    viz::save_png(&img, &path)?;
+    tracing::info!(path = %path.display(), "sample grid");
+    Ok(())
+}
+
+/// Redraws `loss.png` from `metrics.jsonl`: one panel per plotted metric, against step.
+pub fn plot_metrics(run: &RunDir, metrics: &[Metric]) -> Result<()> {
+    let records = run.read_metrics()?;
+    if records.len() < 2 {
+        return Ok(());
+    }
+    const COLORS: [[u8; 3]; 4] = [
+        [31, 119, 180],
+        [214, 39, 40],
+        [44, 160, 44],
+        [148, 103, 189],
+    ];
+    let xs: Vec<f64> = records
+        .iter()
+        .map(|r| r["step"].as_f64().unwrap_or(f64::NAN))
+        .collect();
+    let panels: Vec<viz::Panel> = metrics
+        .iter()
+        .filter(|m| m.plot != Plot::No)
+        .enumerate()
+        .map(|(i, m)| viz::Panel {
+            xs: xs.clone(),
+            ys: records
+                .iter()
+                .map(|r| r[m.name].as_f64().unwrap_or(f64::NAN))
+                .collect(),
+            color: COLORS[i % COLORS.len()],
+            log_y: m.plot == Plot::Log,
+        })
+        .collect();
+    if panels.is_empty() {
+        return Ok(());
+    }
+    viz::save_png(&viz::plot_panels(&panels), &run.path.join("loss.png"))
+}
+
+/// The metrics of the steps since the last read-back, on the device.
+struct LogWindow {
+    rows: Vec<Tensor>,
+    images: i64,
+    start: Instant,
+}
+
+/// The means of a log window.
+struct WindowMeans {
+    means: Vec<f64>,
+    steps: usize,
+    images: i64,
+    secs: f64,
+}
+
+impl LogWindow {
+    fn new(every: usize) -> Self {
+        Self {
+            rows: Vec::with_capacity(every),
+            images: 0,
+            start: Instant::now(),
+        }
+    }
+
+    fn push(&mut self, values: Tensor, n: i64) {
+        self.rows.push(values);
+        self.images += n;
+    }
+
+    /// Reads the window back (one host sync) and resets it; the first value of a metric that
+    /// must be finite and is not is an error naming its step (`step_after` is the step count
+    /// after the window's last step).
+    fn flush(
+        &mut self,
+        metrics: &[Metric],
+        step_after: usize,
+        last_checkpoint: &Option<PathBuf>,
+    ) -> Result<Option<WindowMeans>> {
+        if self.rows.is_empty() {
+            return Ok(None);
+        }
+        let (steps, k) = (self.rows.len(), metrics.len());
+        let all = Vec::<f64>::try_from(
+            Tensor::stack(&self.rows, 0)
+                .to_kind(Kind::Double)
+                .to_device(Device::Cpu)
+                .view([-1]),
+        )?;
+        let bad = all
+            .iter()
+            .enumerate()
+            .find(|(i, v)| metrics[i % k].must_be_finite && !v.is_finite());
+        if let Some((i, v)) = bad {
+            return Err(TrainError::NonFinite {
+                what: metrics[i % k].name,
+                step: step_after - steps + i / k + 1,
+                value: *v,
+                last_checkpoint: last_checkpoint.clone(),
+            });
+        }
+        let means = (0..k)
+            .map(|j| all.iter().skip(j).step_by(k).sum::<f64>() / steps as f64)
+            .collect();
+        let out = WindowMeans {
+            means,
+            steps,
+            images: self.images,
+            secs: self.start.elapsed().as_secs_f64(),
+        };
+        self.rows.clear();
+        self.images = 0;
+        self.start = Instant::now();
+        Ok(Some(out))
+    }
+}
+
+/// What writing a log record needs besides the task and the window.
+struct WindowContext<'a> {
+    run: &'a RunDir,
+    state: &'a TrainState,
+    lr: f64,
+    last_checkpoint: &'a Option<PathBuf>,
+    bar: Option<&'a indicatif::ProgressBar>,
+}
+
+/// Flushes the window into one `metrics.jsonl` record, a log line and the progress message;
+/// returns the window's loss (the task's first metric).
+fn log_window<T: TrainTask>(
+    task: &T,
+    window: &mut LogWindow,
+    ctx: &WindowContext,
+) -> Result<Option<f64>> {
+    let Some(w) = window.flush(task.metrics(), ctx.state.step, ctx.last_checkpoint)? else {
+        return Ok(None);
+    };
+    let img_per_s = w.images as f64 / w.secs.max(1e-9);
+    let mut record = Map::new();
+    record.insert("step".into(), json!(ctx.state.step));
+    record.extend(task.summarize(&w.means));
+    record.insert("lr".into(), json!(ctx.lr));
+    record.insert("img_per_s".into(), json!(img_per_s));
+    record.insert("elapsed_s".into(), json!(ctx.state.elapsed_secs));
+    ctx.run.append_metrics(&Value::Object(record))?;
+    let line = metrics_line(task.metrics(), &w.means);
+    tracing::info!(step = ctx.state.step, steps = w.steps, lr = ctx.lr, metrics = %line, "train");
+    if let Some(b) = ctx.bar {
+        b.set_message(format!("{line} | {img_per_s:.1} img/s"));
+    }
+    Ok(w.means.first().copied())
+}
+
+/// `name value | name value` of the plotted and checked metrics.
+fn metrics_line(metrics: &[Metric], means: &[f64]) -> String {
+    metrics
+        .iter()
+        .zip(means)
+        .filter(|(m, _)| m.plot != Plot::No || m.must_be_finite)
+        .map(|(m, v)| format!("{} {v:.4}", m.name))
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lr_schedules() {
+        let mut o = OptimConfig {
+            lr: 1.0,
+            warmup_steps: 4,
+            ..OptimConfig::default()
+        };
+        let warm: Vec<f64> = (0..6).map(|s| lr_at(&o, s, 100)).collect();
+        assert_eq!(warm, vec![0.25, 0.5, 0.75, 1.0, 1.0, 1.0]);
+        assert_eq!(lr_at(&o, 99, 100), 1.0);
+        o.lr_schedule = LrSchedule::Cosine;
+        o.warmup_steps = 0;
+        assert_eq!(lr_at(&o, 0, 100), 1.0);
+        assert!((lr_at(&o, 50, 100) - 0.5).abs() < 1e-15);
+        assert!(lr_at(&o, 99, 100) < 1e-3);
+    }
+
+    #[test]
+    fn step_metrics_sum_micro_batches_and_mark_missing_ones() {
+        let mut m = StepMetrics::default();
+        m.add(0, &Tensor::from(1.5f32));
+        m.add(0, &Tensor::from(2.0f32));
+        m.add(2, &Tensor::from(4.0f32));
+        let v = Vec::<f32>::try_from(m.take(3, Device::Cpu)).unwrap();
+        assert_eq!(v[0], 3.5);
+        assert!(v[1].is_nan());
+        assert_eq!(v[2], 4.0);
+        // Reset after take.
+        let v = Vec::<f32>::try_from(m.take(1, Device::Cpu)).unwrap();
+        assert!(v[0].is_nan());
+    }
+
+    #[test]
+    fn window_names_the_first_bad_step_and_metric() {
+        const M: [Metric; 2] = [
+            Metric::loss("loss", Plot::Log),
+            Metric::diagnostic("grad_norm"),
+        ];
+        let mut w = LogWindow::new(4);
+        for row in [[1.0f32, f32::NAN], [2.0, 1.0], [f32::INFINITY, 1.0]] {
+            w.push(Tensor::from_slice(&row), 2);
+        }
+        match w.flush(&M, 13, &None) {
+            Err(TrainError::NonFinite { what, step, .. }) => {
+                assert_eq!((what, step), ("loss", 13));
+            }
+            other => panic!("{:?}", other.map(|o| o.map(|w| w.means))),
+        }
+        let mut w = LogWindow::new(2);
+        w.push(Tensor::from_slice(&[1.0f32, 3.0]), 2);
+        w.push(Tensor::from_slice(&[2.0f32, 5.0]), 2);
+        let out = w.flush(&M, 2, &None).unwrap().unwrap();
+        assert_eq!((out.means, out.steps, out.images), (vec![1.5, 4.0], 2, 4));
+        assert!(w.flush(&M, 2, &None).unwrap().is_none());
+    }
+}
