@@ -76,13 +76,16 @@ fn main() -> Result<()> {
 
 /// Logs to stderr (filter from `RUST_LOG`, default `info`) and, for a training run, also to
 /// `RUN_DIR/train.log` (the run directory is created here, so an unwritable one fails first).
+/// Colours (ANSI escape codes) only go to a terminal: never into a file or a pipe.
 fn init_tracing(run_dir: Option<std::path::PathBuf>) -> Result<()> {
     use anyhow::Context;
+    use std::io::IsTerminal;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::{fmt, EnvFilter, Layer};
     let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let stderr = fmt::layer()
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .with_filter(filter());
     let file = match run_dir {
