@@ -3,11 +3,13 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bits_per_dim;
 mod compare;
 mod data;
 mod eval;
 mod forward;
 mod info;
+mod models;
 mod png;
 mod sample;
 mod schedule;

@@ -4,9 +4,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use ddpm_train::baselines;
 use ddpm_train::config::{ModelKind, TrainConfig};
-use ddpm_train::trainer::{self, TrainOptions};
+use ddpm_train::trainer::TrainOptions;
+
+use crate::models;
 
 /// Arguments of `ddpm-cli train`.
 #[derive(clap::Args)]
@@ -54,7 +55,7 @@ impl TrainArgs {
 
 fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
     let base = if let Some(dir) = &args.resume {
-        ddpm_train::run_dir::RunDir::open(dir)?.config()?
+        models::run_config(dir)?
     } else if let Some(path) = &args.config {
         TrainConfig::from_file(path)?
     } else {
@@ -102,11 +103,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         stop,
     };
     let resume = args.resume.is_some();
-    let summary = match cfg.model.kind {
-        ModelKind::Ddpm => trainer::train_ddpm(&dir, &cfg, resume, &opts)?,
-        ModelKind::Gan => baselines::train_gan(&dir, &cfg, resume, &opts)?,
-        ModelKind::Vae => baselines::train_vae(&dir, &cfg, resume, &opts)?,
-    };
+    let summary = models::train(&dir, &cfg, resume, &opts)?;
     println!(
         "{} {} at step {} ({:.0} s of training), last loss {:.5}",
         if summary.interrupted {
@@ -120,10 +117,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         summary.last_loss
     );
     if cfg.model.kind != ModelKind::Ddpm {
-        if let Some(last) = ddpm_train::run_dir::RunDir::open(&dir)?
-            .read_metrics()?
-            .last()
-        {
+        if let Some(last) = models::last_metrics(&dir)? {
             println!("last log interval: {last}");
         }
     }

@@ -75,17 +75,9 @@ pub enum MetricsError {
         /// The folder that was looked in.
         dir: PathBuf,
     },
-    /// Loading or running a trained model of ddpm-train failed.
+    /// Loading a model through ddpm-train (the digit classifier) failed.
     #[error(transparent)]
     Train(#[from] ddpm_train::TrainError),
-    /// A compare configuration that cannot be used.
-    #[error("{path}: {message}")]
-    Config {
-        /// The configuration file (or `compare` for built-in settings).
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
 }
 
 /// `Result` with [`MetricsError`].
