@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use ddpm_metrics::domain::{domain_scores, DomainClassifier, DEFAULT_MNIST_CLASSIFIER};
+use ddpm_metrics::domain::domain_scores;
 use ddpm_metrics::inception::{EvalOptions, Inception, FULL_FILE_NAME, POOL3_FILE_NAME};
 use ddpm_metrics::nll::NllOptions;
 use ddpm_metrics::refstats::{reference_stats, source_description};
@@ -16,12 +16,12 @@ use ndarray::Array4;
 use serde_json::{json, Map, Value};
 
 use crate::bits_per_dim;
+use crate::weights::{
+    self, DEFAULT_MNIST_CLASSIFIER, FETCH_WEIGHTS_COMMAND, FULL_INCEPTION, POOL3_INCEPTION,
+};
 
 /// Where `--inception` is looked for when not given, in order (relative to the working folder).
-const DEFAULT_INCEPTION: [&str; 2] = [
-    "datasets/weights/inception-2015-12-05.pt",
-    "datasets/weights/fid-inception-pool3.pt",
-];
+const DEFAULT_INCEPTION: [&str; 2] = [FULL_INCEPTION, POOL3_INCEPTION];
 
 /// Compare generated images with real ones (FID, IS, FID_cls, IS_cls), or measure a model's
 /// bits/dim on real images (--nll).
@@ -226,7 +226,7 @@ fn classifier_metrics(
     out: &mut Map<String, Value>,
     lines: &mut Vec<String>,
 ) -> Result<()> {
-    let clf = DomainClassifier::load(&args.classifier, device).context("--classifier")?;
+    let clf = weights::load_classifier(&args.classifier, device, "--classifier DIR")?;
     lines.push(clf.describe());
     let fake_out = clf.evaluate(fake.view(), args.batch_size.max(256))?;
     let real_out = match (args.fid_cls, real) {
@@ -269,12 +269,12 @@ fn inception_metrics(
         Some(p) => p.clone(),
         None => DEFAULT_INCEPTION.iter().map(PathBuf::from).find(|p| p.is_file()).with_context(|| {
             format!(
-                "no Inception weights: neither {} nor {} exists; run `cargo xtask fetch-weights` or pass --inception FILE ({FULL_FILE_NAME} for FID and IS, {POOL3_FILE_NAME} for FID)",
+                "no Inception weights: neither {} nor {} exists; run `{FETCH_WEIGHTS_COMMAND}` or pass --inception FILE ({FULL_FILE_NAME} for FID and IS, {POOL3_FILE_NAME} for FID)",
                 DEFAULT_INCEPTION[0], DEFAULT_INCEPTION[1]
             )
         })?,
     };
-    let net = Inception::load(&inception_path, device)?;
+    let net = weights::load_inception(&inception_path, device, "--inception FILE")?;
     if args.inception_score {
         net.require_classifier()?;
     }

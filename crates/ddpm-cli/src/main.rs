@@ -16,6 +16,7 @@ mod schedule;
 mod train;
 mod train_classifier;
 mod visualize;
+mod weights;
 
 /// Denoising diffusion probabilistic models on libtorch.
 #[derive(Parser)]

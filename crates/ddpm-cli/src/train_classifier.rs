@@ -1,6 +1,6 @@
 //! `ddpm-cli train-classifier`: train the digit / clothing classifier whose features and softmax give
-//! the domain metrics (FID_cls, IS_cls), report its test accuracy and save it where ddpm-metrics
-//! finds it (`datasets/weights/classifier-<dataset>/`).
+//! the domain metrics (FID_cls, IS_cls), report its test accuracy and save it where `ddpm-cli eval`
+//! and `ddpm-cli compare` look for it by default (`datasets/weights/classifier-<dataset>/`).
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
@@ -8,6 +8,8 @@ use ddpm_nets::classifier::ClassifierConfig;
 use ddpm_nets::device::DeviceSpec;
 use ddpm_train::classifier::{self, ClassifierTrainConfig, ACCURACY_FILE};
 use ddpm_train::loader;
+
+use crate::weights;
 
 /// Arguments of `ddpm-cli train-classifier`.
 #[derive(clap::Args)]
@@ -54,7 +56,7 @@ pub fn run(args: TrainClassifierArgs) -> Result<()> {
     let out = args
         .out
         .clone()
-        .unwrap_or_else(|| classifier::default_dir(&args.dataset));
+        .unwrap_or_else(|| weights::default_classifier_dir(&args.dataset));
     let device = args.device.parse::<DeviceSpec>()?.resolve()?;
     let train = loader::load_images(&data, "train").with_context(|| {
         format!(

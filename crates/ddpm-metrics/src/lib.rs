@@ -16,6 +16,7 @@ pub mod domain;
 pub mod error;
 pub mod fid;
 pub mod inception;
+pub mod inception_files;
 pub mod inception_score;
 pub mod inputs;
 pub mod linalg;

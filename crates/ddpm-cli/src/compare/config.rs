@@ -3,8 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
-use ddpm_metrics::domain::DEFAULT_MNIST_CLASSIFIER;
 use serde::{Deserialize, Serialize};
+
+use crate::weights::{DEFAULT_MNIST_CLASSIFIER, POOL3_INCEPTION};
 
 /// One DDPM row: a sampler spec and, optionally, its own sample count.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -133,7 +134,7 @@ impl Default for CompareConfig {
             nll_images: 32,
             fid_inception: false,
             reference_inception_stats: None,
-            inception: PathBuf::from("datasets/weights/fid-inception-pool3.pt"),
+            inception: PathBuf::from(POOL3_INCEPTION),
             classifier: PathBuf::from(DEFAULT_MNIST_CLASSIFIER),
             splits: 10,
             batch_size: 128,

@@ -5,11 +5,10 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use ddpm_metrics::domain::DomainClassifier;
 use ddpm_metrics::refstats::{reference_stats, source_description};
 use ddpm_metrics::{
-    images_to_nchw_tensor, EvalOptions, ImageSource, Inception, InceptionReference, NllOptions,
-    NllReport, SampleEvaluator,
+    images_to_nchw_tensor, EvalOptions, ImageSource, InceptionReference, NllOptions, NllReport,
+    SampleEvaluator,
 };
 use ddpm_nets::device::DeviceSpec;
 use ddpm_train::config::{ModelKind, TrainConfig};
@@ -22,7 +21,7 @@ use tch::{nn, Device, Tensor};
 use super::config::{CompareConfig, ModelEntry};
 use super::report::{write_report, CompareReport, Row};
 use super::sample::{crop_to, sample_ddpm};
-use crate::{bits_per_dim, models};
+use crate::{bits_per_dim, models, weights};
 
 /// The reference side, computed once for all rows.
 struct Reference {
@@ -100,7 +99,11 @@ pub fn run_compare(cfg: &CompareConfig) -> Result<CompareReport> {
 /// The classifier (first: a missing one fails before any training or sampling), the reference
 /// images and, with `fid_inception`, their Inception statistics.
 fn prepare_reference(cfg: &CompareConfig, device: Device) -> Result<Reference> {
-    let classifier = DomainClassifier::load(&cfg.classifier, device).context("classifier")?;
+    let classifier = weights::load_classifier(
+        &cfg.classifier,
+        device,
+        "classifier = \"DIR\" in the config",
+    )?;
     let src = ImageSource::parse(&cfg.reference).context("reference")?;
     let images = src
         .load(Some(cfg.reference_images.max(cfg.nll_images)))
@@ -135,7 +138,8 @@ fn inception_reference(
     images: ArrayView4<'_, u8>,
     device: Device,
 ) -> Result<InceptionReference> {
-    let net = Inception::load(&cfg.inception, device)?;
+    let net =
+        weights::load_inception(&cfg.inception, device, "inception = \"FILE\" in the config")?;
     let cache = cfg
         .reference_inception_stats
         .clone()
