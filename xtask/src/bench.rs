@@ -6,7 +6,8 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use crate::{run, venv, Ctx};
+use crate::ctx::{run, Ctx};
+use crate::venv;
 
 /// The diffusers version the parity fixtures and `save_pretrained` folders are written for.
 const DIFFUSERS_VERSION: &str = "0.42.1";

@@ -10,7 +10,7 @@ use md5::Md5;
 use sha2::{Digest, Sha256};
 
 use crate::catalog::{self, DatasetSpec, FileSpec, WeightsSpec};
-use crate::{run, Ctx};
+use crate::ctx::{run, Ctx};
 
 /// md5 and sha256 of a byte string, lower-case hex.
 pub fn digests(bytes: &[u8]) -> (String, String) {

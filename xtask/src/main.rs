@@ -4,15 +4,17 @@
 //! before anything else exists; it creates the Python environment that provides libtorch and
 //! cmake, then drives cargo and `ddpm-cli` with the right environment.
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod bench;
 mod catalog;
+mod ctx;
 mod fetch;
 mod venv;
+
+use ctx::{run, Ctx};
 
 /// Project automation for ddpm-rs.
 #[derive(Parser)]
@@ -73,60 +75,6 @@ enum Cmd {
     /// ddpm-cli bench against PyTorch eager + diffusers' UNet2DModel (same weights, batch, dtype,
     /// threads), back to back and repeated; prints the side-by-side table and the ratios.
     BenchPytorch(bench::BenchArgs),
-}
-
-/// Paths and options shared by the commands.
-pub struct Ctx {
-    /// Workspace root.
-    pub root: PathBuf,
-    /// Whether ddpm-cli runs in the release profile.
-    pub release: bool,
-}
-
-impl Ctx {
-    /// The project-local virtual environment.
-    pub fn venv(&self) -> PathBuf {
-        self.root.join(".venv")
-    }
-
-    /// Where datasets land.
-    pub fn datasets(&self) -> PathBuf {
-        self.root.join("datasets")
-    }
-
-    /// `cargo` with the environment that torch-sys and hdf5's static build need.
-    pub fn cargo(&self) -> Command {
-        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.current_dir(&self.root);
-        venv::apply_env(&mut cmd, &self.venv());
-        cmd
-    }
-
-    /// `cargo run -p ddpm-cli -- ARGS` in the chosen profile.
-    pub fn ddpm_cli<I, S>(&self, args: I) -> Command
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<std::ffi::OsStr>,
-    {
-        let mut cmd = self.cargo();
-        cmd.args(["run", "--quiet", "--package", "ddpm-cli"]);
-        if self.release {
-            cmd.arg("--release");
-        }
-        cmd.arg("--").args(args);
-        cmd
-    }
-}
-
-/// Runs a command, failing with its command line when it fails.
-pub fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd
-        .status()
-        .with_context(|| format!("cannot start {cmd:?}"))?;
-    if !status.success() {
-        bail!("command failed ({status}): {cmd:?}");
-    }
-    Ok(())
 }
 
 fn main() -> Result<()> {

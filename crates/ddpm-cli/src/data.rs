@@ -152,7 +152,7 @@ fn summary(file: &std::path::Path, grid: Option<&std::path::Path>) -> Result<()>
             if let Some(path) = grid {
                 let k = d.len().min(100);
                 let img = data::image_grid(d.images.slice(ndarray::s![..k, .., ..]), 10);
-                crate::write_png(&img, path)?;
+                crate::png::write_png(&img, path)?;
                 println!(
                     "  grid of the first {k} training images: {}",
                     path.display()

@@ -4,19 +4,24 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use ddpm_metrics::domain::{domain_scores, DomainClassifier, DEFAULT_MNIST_CLASSIFIER};
+use ddpm_metrics::domain::domain_scores;
 use ddpm_metrics::inception::{EvalOptions, Inception, FULL_FILE_NAME, POOL3_FILE_NAME};
-use ddpm_metrics::nll::{run_bits_per_dim, NllOptions};
-use ddpm_metrics::{frechet_terms, inception_score, FeatureStats, ImageSource, RefStats};
+use ddpm_metrics::nll::NllOptions;
+use ddpm_metrics::refstats::{reference_stats, source_description};
+use ddpm_metrics::{
+    frechet_terms, images_to_nchw_tensor, inception_score, FeatureStats, ImageSource,
+};
 use ddpm_nets::device::DeviceSpec;
 use ndarray::Array4;
 use serde_json::{json, Map, Value};
 
+use crate::bits_per_dim;
+use crate::weights::{
+    self, DEFAULT_MNIST_CLASSIFIER, FETCH_WEIGHTS_COMMAND, FULL_INCEPTION, POOL3_INCEPTION,
+};
+
 /// Where `--inception` is looked for when not given, in order (relative to the working folder).
-const DEFAULT_INCEPTION: [&str; 2] = [
-    "datasets/weights/inception-2015-12-05.pt",
-    "datasets/weights/fid-inception-pool3.pt",
-];
+const DEFAULT_INCEPTION: [&str; 2] = [FULL_INCEPTION, POOL3_INCEPTION];
 
 /// Compare generated images with real ones (FID, IS, FID_cls, IS_cls), or measure a model's
 /// bits/dim on real images (--nll).
@@ -178,9 +183,7 @@ fn nll(
     };
     let src = ImageSource::parse(data).context("--data")?;
     let images = load(&src, args.limit, "--data")?;
-    let (n, h, w, c) = images.dim();
-    let t = tch::Tensor::from_slice(images.as_slice().context("contiguous images")?)
-        .view([n as i64, h as i64, w as i64, c as i64]);
+    let nchw = images_to_nchw_tensor(images.view());
     let opts = NllOptions {
         batch_size: args.nll_batch,
         forward_batch: args.nll_forward_batch,
@@ -189,7 +192,7 @@ fn nll(
         ..NllOptions::default()
     };
     let start = std::time::Instant::now();
-    let r = run_bits_per_dim(model, &t, device, &opts)
+    let r = bits_per_dim::of_run(model, &nchw, device, &opts)
         .with_context(|| format!("bits/dim of {}", model.display()))?;
     let secs = start.elapsed().as_secs_f64();
     out.insert("bpd".into(), json!(r.total));
@@ -223,7 +226,7 @@ fn classifier_metrics(
     out: &mut Map<String, Value>,
     lines: &mut Vec<String>,
 ) -> Result<()> {
-    let clf = DomainClassifier::load(&args.classifier, device).context("--classifier")?;
+    let clf = weights::load_classifier(&args.classifier, device, "--classifier DIR")?;
     lines.push(clf.describe());
     let fake_out = clf.evaluate(fake.view(), args.batch_size.max(256))?;
     let real_out = match (args.fid_cls, real) {
@@ -266,12 +269,12 @@ fn inception_metrics(
         Some(p) => p.clone(),
         None => DEFAULT_INCEPTION.iter().map(PathBuf::from).find(|p| p.is_file()).with_context(|| {
             format!(
-                "no Inception weights: neither {} nor {} exists; run `cargo xtask fetch-weights` or pass --inception FILE ({FULL_FILE_NAME} for FID and IS, {POOL3_FILE_NAME} for FID)",
+                "no Inception weights: neither {} nor {} exists; run `{FETCH_WEIGHTS_COMMAND}` or pass --inception FILE ({FULL_FILE_NAME} for FID and IS, {POOL3_FILE_NAME} for FID)",
                 DEFAULT_INCEPTION[0], DEFAULT_INCEPTION[1]
             )
         })?,
     };
-    let net = Inception::load(&inception_path, device)?;
+    let net = weights::load_inception(&inception_path, device, "--inception FILE")?;
     if args.inception_score {
         net.require_classifier()?;
     }
@@ -343,31 +346,12 @@ fn real_statistics(
     args: &EvalArgs,
     opts: EvalOptions,
 ) -> Result<FeatureStats> {
-    let description = ddpm_metrics::refstats::source_description(src, images.dim().0);
-    let network = net.describe();
-    if let Some(cache) = &args.real_stats {
-        if let Some(stats) = RefStats::load_matching(cache, &description, &network)? {
-            return Ok(stats);
-        }
-    }
-    let start = std::time::Instant::now();
-    let stats = net
-        .evaluate(images.view(), &opts)?
-        .stats
-        .expect("features were asked for");
-    let secs = start.elapsed().as_secs_f64();
-    tracing::info!(
-        seconds = secs,
-        images_per_sec = images.dim().0 as f64 / secs,
-        "Inception on the real images"
-    );
-    if let Some(cache) = &args.real_stats {
-        RefStats {
-            stats: stats.clone(),
-            source: description,
-            network,
-        }
-        .save(cache)?;
-    }
-    Ok(stats)
+    let source = source_description(src, images.dim().0);
+    Ok(reference_stats(
+        net,
+        images.view(),
+        &source,
+        args.real_stats.as_deref(),
+        &opts,
+    )?)
 }

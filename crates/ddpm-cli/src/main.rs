@@ -3,16 +3,20 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bits_per_dim;
 mod compare;
 mod data;
 mod eval;
 mod forward;
 mod info;
+mod models;
+mod png;
 mod sample;
 mod schedule;
 mod train;
 mod train_classifier;
 mod visualize;
+mod weights;
 
 /// Denoising diffusion probabilistic models on libtorch.
 #[derive(Parser)]
@@ -75,13 +79,16 @@ fn main() -> Result<()> {
 
 /// Logs to stderr (filter from `RUST_LOG`, default `info`) and, for a training run, also to
 /// `RUN_DIR/train.log` (the run directory is created here, so an unwritable one fails first).
+/// Colours (ANSI escape codes) only go to a terminal: never into a file or a pipe.
 fn init_tracing(run_dir: Option<std::path::PathBuf>) -> Result<()> {
     use anyhow::Context;
+    use std::io::IsTerminal;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::{fmt, EnvFilter, Layer};
     let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let stderr = fmt::layer()
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .with_filter(filter());
     let file = match run_dir {
@@ -108,27 +115,4 @@ fn init_tracing(run_dir: Option<std::path::PathBuf>) -> Result<()> {
         .with(file)
         .init();
     Ok(())
-}
-
-/// Writes a PNG atomically (temporary file in the same folder, then rename), creating folders.
-pub(crate) fn write_png(img: &image::GrayImage, path: &std::path::Path) -> Result<()> {
-    use anyhow::Context;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp.png",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("img"),
-        std::process::id()
-    ));
-    let res = img
-        .save_with_format(&tmp, image::ImageFormat::Png)
-        .map_err(anyhow::Error::from)
-        .and_then(|_| std::fs::rename(&tmp, path).map_err(anyhow::Error::from));
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res.with_context(|| format!("cannot write {}", path.display()))
 }

@@ -6,13 +6,13 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use ddpm_nets::device::DeviceSpec;
-use ddpm_train::baselines;
 use ddpm_train::config::ModelKind;
 use ddpm_train::model_io::{self, Weights};
-use ddpm_train::run_dir::RunDir;
 use ddpm_train::sampler::{to_uint8_nhwc, Guidance, Sampler, SamplerSpec};
 use ddpm_train::viz;
 use tch::{Kind, Tensor};
+
+use crate::models;
 
 /// Arguments of `ddpm-cli sample`.
 #[derive(clap::Args)]
@@ -76,8 +76,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
         "f32" => false,
         other => bail!("--dtype {other}: expected auto, f32 or bf16"),
     };
-    if args.model.join("config.toml").is_file() {
-        let kind = RunDir::open(&args.model)?.config()?.model.kind;
+    if let Some(kind) = models::run_kind(&args.model)? {
         if kind != ModelKind::Ddpm {
             if args.dtype != "auto" {
                 bail!(
@@ -94,7 +93,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
     } else {
         Weights::Ema
     };
-    let model = model_io::load_ddpm(&args.model, weights, device)?;
+    let model = models::load_ddpm(&args.model, weights, device)?;
     let spec = SamplerSpec::from_cli(
         &args.sampler,
         &args.steps,
@@ -210,11 +209,9 @@ fn run_baseline(args: &SampleArgs, device: tch::Device) -> Result<()> {
             args.model.display()
         );
     }
-    let model = baselines::load_baseline_for_sampling(&args.model, device)?;
+    let model = models::load_baseline(&args.model, device)?;
     let start = Instant::now();
-    let images = model
-        .net
-        .sample_uint8(args.num, args.batch_size, args.seed, device);
+    let images = models::sample_baseline(&model, args.num, args.batch_size, args.seed, device);
     let secs = start.elapsed().as_secs_f64();
     let method = match model.kind {
         ModelKind::Gan => "gan-generator",

@@ -7,6 +7,8 @@ use anyhow::{bail, Context, Result};
 use ddpm_train::config::{ModelKind, TrainConfig};
 use ddpm_train::engine::TrainOptions;
 
+use crate::models;
+
 /// Arguments of `ddpm-cli train`.
 #[derive(clap::Args)]
 pub struct TrainArgs {
@@ -53,7 +55,7 @@ impl TrainArgs {
 
 fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
     let base = if let Some(dir) = &args.resume {
-        ddpm_train::run_dir::RunDir::open(dir)?.config()?
+        models::run_config(dir)?
     } else if let Some(path) = &args.config {
         TrainConfig::from_file(path)?
     } else {
@@ -105,7 +107,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         stop: stop_on_interrupt()?,
     };
     let resume = args.resume.is_some();
-    let summary = ddpm_train::train(&dir, &cfg, resume, &opts)?;
+    let summary = models::train(&dir, &cfg, resume, &opts)?;
     println!(
         "{} {} at step {} ({:.0} s of training), last loss {:.5}",
         if summary.interrupted {
@@ -119,10 +121,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         summary.last_loss
     );
     if cfg.model.kind != ModelKind::Ddpm {
-        if let Some(last) = ddpm_train::run_dir::RunDir::open(&dir)?
-            .read_metrics()?
-            .last()
-        {
+        if let Some(last) = models::last_metrics(&dir)? {
             println!("last log interval: {last}");
         }
     }

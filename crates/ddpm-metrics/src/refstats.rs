@@ -6,11 +6,14 @@
 //! to a temporary file in the target's folder and renamed into place, so a reader never sees a
 //! half-written cache.
 use std::path::Path;
+use std::time::Instant;
 
 use hdf5::types::VarLenUnicode;
-use ndarray::{Array1, Array2};
+use ndarray::{Array1, Array2, ArrayView4};
 
 use crate::error::{MetricsError, Result};
+use crate::inception::{EvalOptions, Inception};
+use crate::inputs::ImageSource;
 use crate::stats::FeatureStats;
 
 /// Value of the `format` attribute.
@@ -163,10 +166,9 @@ impl RefStats {
 
 /// How a cache records which images its statistics describe: the canonical path of `src` (with
 /// `:split` or `/*.png`) and the number of images, e.g. `/abs/mnist.h5:test, first 2000 images`.
-/// `ddpm-cli eval --real-stats` and `ddpm-cli compare` write and accept the same text, so one
-/// cache serves both.
-pub fn source_description(src: &crate::inputs::ImageSource, n: usize) -> String {
-    use crate::inputs::ImageSource;
+/// Pass it as the `source` of [`reference_stats`], so that one cache serves every caller that
+/// describes the same images.
+pub fn source_description(src: &ImageSource, n: usize) -> String {
     let canonical = std::fs::canonicalize(src.path()).unwrap_or_else(|_| src.path().to_path_buf());
     let described = match src {
         ImageSource::Split { split, .. } => format!("{}:{split}", canonical.display()),
@@ -174,6 +176,53 @@ pub fn source_description(src: &crate::inputs::ImageSource, n: usize) -> String 
         ImageSource::Samples { .. } => canonical.display().to_string(),
     };
     format!("{described}, first {n} images")
+}
+
+/// The Inception feature statistics of the reference `images` (uint8 `[N, H, W, C]`): read from
+/// `cache` when that file records the same `source` (see [`source_description`]) and network,
+/// computed with `net` otherwise (`opts` with `features` forced on) and then written to `cache`
+/// when one is given. Every caller records the same source text, so one cache file serves all
+/// of them.
+///
+/// # Errors
+/// An unreadable or unwritable cache (naming the file), or the network failing on the images.
+pub fn reference_stats(
+    net: &Inception,
+    images: ArrayView4<'_, u8>,
+    source: &str,
+    cache: Option<&Path>,
+    opts: &EvalOptions,
+) -> Result<FeatureStats> {
+    let network = net.describe();
+    if let Some(cache) = cache {
+        if let Some(stats) = RefStats::load_matching(cache, source, &network)? {
+            return Ok(stats);
+        }
+    }
+    let start = Instant::now();
+    let opts = EvalOptions {
+        features: true,
+        ..*opts
+    };
+    let stats = net
+        .evaluate(images, &opts)?
+        .stats
+        .expect("features were asked for");
+    let secs = start.elapsed().as_secs_f64();
+    tracing::info!(
+        seconds = secs,
+        images_per_sec = images.dim().0 as f64 / secs,
+        "Inception on the reference images"
+    );
+    if let Some(cache) = cache {
+        RefStats {
+            stats: stats.clone(),
+            source: source.to_string(),
+            network,
+        }
+        .save(cache)?;
+    }
+    Ok(stats)
 }
 
 #[cfg(test)]
