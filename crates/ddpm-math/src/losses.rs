@@ -107,30 +107,6 @@ pub fn discretized_gaussian_log_likelihood(x: f64, mean: f64, log_scale: f64) ->
     prob.max(LOG_PROB_FLOOR).ln()
 }
 
-/// Elementwise [`discretized_gaussian_log_likelihood`] over three arrays of the same shape
-/// (`x`, `means`, `log_scales`, where `log_scale = ½ log σ²`).
-///
-/// # Errors
-/// [`Error::ShapeMismatch`] if the shapes differ.
-pub fn discretized_gaussian_log_likelihood_array<S1, S2, S3, D>(
-    x: &ArrayBase<S1, D>,
-    means: &ArrayBase<S2, D>,
-    log_scales: &ArrayBase<S3, D>,
-) -> Result<Array<f64, D>>
-where
-    S1: Data<Elem = f64>,
-    S2: Data<Elem = f64>,
-    S3: Data<Elem = f64>,
-    D: Dimension,
-{
-    same_shape("means", means.shape(), x.shape())?;
-    same_shape("log_scales", log_scales.shape(), x.shape())?;
-    Ok(Zip::from(x)
-        .and(means)
-        .and(log_scales)
-        .map_collect(|&x, &m, &ls| discretized_gaussian_log_likelihood(x, m, ls)))
-}
-
 pub(crate) fn same_shape(name: &'static str, got: &[usize], expected: &[usize]) -> Result<()> {
     if got == expected {
         Ok(())

@@ -160,24 +160,6 @@ impl SpacedDiffusion {
     pub fn original_num_timesteps(&self) -> usize {
         self.original_num_timesteps
     }
-
-    /// The original indices `s_{k_b}` of respaced steps `k_b` (what the network must be given).
-    ///
-    /// # Errors
-    /// [`Error::TimestepOutOfRange`] for a `k ≥ K`.
-    pub fn map_timesteps(&self, t: &[usize]) -> Result<Vec<usize>> {
-        t.iter()
-            .map(|&k| {
-                self.timestep_map
-                    .get(k)
-                    .copied()
-                    .ok_or(Error::TimestepOutOfRange {
-                        t: k,
-                        num_timesteps: self.timestep_map.len(),
-                    })
-            })
-            .collect()
-    }
 }
 
 #[cfg(test)]
