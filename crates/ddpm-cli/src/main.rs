@@ -11,6 +11,7 @@ mod forward;
 mod info;
 mod models;
 mod png;
+mod run_log;
 mod sample;
 mod schedule;
 mod train;
@@ -78,10 +79,10 @@ fn main() -> Result<()> {
 }
 
 /// Logs to stderr (filter from `RUST_LOG`, default `info`) and, for a training run, also to
-/// `RUN_DIR/train.log` (the run directory is created here, so an unwritable one fails first).
+/// `RUN_DIR/train.log` once the run exists ([`run_log::RunLog`]: a command that fails before
+/// creating its run leaves no folder behind).
 /// Colours (ANSI escape codes) only go to a terminal: never into a file or a pipe.
 fn init_tracing(run_dir: Option<std::path::PathBuf>) -> Result<()> {
-    use anyhow::Context;
     use std::io::IsTerminal;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -91,25 +92,12 @@ fn init_tracing(run_dir: Option<std::path::PathBuf>) -> Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .with_filter(filter());
-    let file = match run_dir {
-        Some(dir) => {
-            std::fs::create_dir_all(&dir)
-                .with_context(|| format!("cannot create the run directory {}", dir.display()))?;
-            let path = dir.join("train.log");
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            Some(
-                fmt::layer()
-                    .with_ansi(false)
-                    .with_writer(std::sync::Mutex::new(f))
-                    .with_filter(filter()),
-            )
-        }
-        None => None,
-    };
+    let file = run_dir.map(|dir| {
+        fmt::layer()
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(run_log::RunLog::new(dir)))
+            .with_filter(filter())
+    });
     tracing_subscriber::registry()
         .with(stderr)
         .with(file)

@@ -35,15 +35,15 @@ pub struct TrainClassifierArgs {
     /// Exact number of optimisation steps (instead of epochs).
     #[arg(long)]
     steps: Option<usize>,
-    /// Images per step.
-    #[arg(long, default_value_t = 128)]
-    batch_size: usize,
-    /// Peak Adam learning rate (half-cosine decay to 0).
-    #[arg(long, default_value_t = 1e-3)]
-    lr: f64,
-    /// Seed of the initialisation, data order and dropout.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// Images per step [default: 128].
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Peak Adam learning rate, half-cosine decay to 0 [default: 1e-3].
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Seed of the initialisation, data order and dropout [default: 0].
+    #[arg(long)]
+    seed: Option<u64>,
     /// Device: auto, cpu, cuda, cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
@@ -52,61 +52,95 @@ pub struct TrainClassifierArgs {
     no_progress: bool,
 }
 
-pub fn run(args: TrainClassifierArgs) -> Result<()> {
+/// The run folder, whether it is resumed, and its config: from the flags for a new run, from the
+/// run's `config.toml` for `--resume` (which continues the run as configured: flags that would
+/// change it are refused, and the dataset must be the run's).
+fn run_config(args: &TrainClassifierArgs) -> Result<(PathBuf, bool, ClassifierRunConfig)> {
     let default_epochs = match args.dataset.as_str() {
         "mnist" => 5,
         "fashion-mnist" => 15,
         other => bail!("--dataset {other}: expected mnist or fashion-mnist"),
     };
-    let data = args
-        .data
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("datasets/{}.h5", args.dataset)));
-    let (out, resume) = match (&args.out, &args.resume) {
-        (_, Some(r)) => (r.clone(), true),
-        (Some(o), None) => (o.clone(), false),
-        (None, None) => (weights::default_classifier_dir(&args.dataset), false),
-    };
-    let run_cfg = if resume {
-        ClassifierRunConfig::from_run_dir(&out)?
-    } else {
-        ClassifierRunConfig {
-            dataset: args.dataset.clone(),
-            net: ClassifierConfig::default(),
-            train: ClassifierTrainConfig {
-                epochs: args.epochs.unwrap_or(default_epochs),
-                steps: args.steps,
-                batch_size: args.batch_size,
-                lr: args.lr,
-                seed: args.seed,
-                ..ClassifierTrainConfig::default()
-            },
+    if let Some(dir) = &args.resume {
+        let changes = [
+            ("--epochs", args.epochs.is_some()),
+            ("--steps", args.steps.is_some()),
+            ("--batch-size", args.batch_size.is_some()),
+            ("--lr", args.lr.is_some()),
+            ("--seed", args.seed.is_some()),
+        ];
+        if let Some((flag, _)) = changes.iter().find(|(_, given)| *given) {
+            bail!("{flag} cannot change a run that is resumed: --resume continues {} as configured in its config.toml", dir.display());
         }
+        let cfg = ClassifierRunConfig::from_run_dir(dir)?;
+        if cfg.dataset != args.dataset {
+            bail!(
+                "{} is a {} classifier run, not --dataset {}",
+                dir.display(),
+                cfg.dataset,
+                args.dataset
+            );
+        }
+        if let Some(data) = args.data.as_ref().filter(|d| **d != cfg.data) {
+            bail!(
+                "{} was trained on {}, not --data {}",
+                dir.display(),
+                cfg.data.display(),
+                data.display()
+            );
+        }
+        return Ok((dir.clone(), true, cfg));
+    }
+    let defaults = ClassifierTrainConfig::default();
+    let cfg = ClassifierRunConfig {
+        dataset: args.dataset.clone(),
+        data: args
+            .data
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("datasets/{}.h5", args.dataset))),
+        net: ClassifierConfig::default(),
+        train: ClassifierTrainConfig {
+            epochs: args.epochs.unwrap_or(default_epochs),
+            steps: args.steps,
+            batch_size: args.batch_size.unwrap_or(defaults.batch_size),
+            lr: args.lr.unwrap_or(defaults.lr),
+            seed: args.seed.unwrap_or(defaults.seed),
+            ..defaults
+        },
     };
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| weights::default_classifier_dir(&args.dataset));
+    Ok((out, false, cfg))
+}
+
+pub fn run(args: TrainClassifierArgs) -> Result<()> {
+    let (out, resume, run_cfg) = run_config(&args)?;
+    let data = &run_cfg.data;
     let device = args.device.parse::<DeviceSpec>()?.resolve()?;
-    let train = loader::load_images(&data, "train").with_context(|| {
+    let train = loader::load_images(data, "train").with_context(|| {
         format!(
             "cannot read the training split of {} (run `cargo xtask fetch-data`)",
             data.display()
         )
     })?;
-    let test = loader::load_images(&data, "test")
+    let test = loader::load_images(data, "test")
         .with_context(|| format!("cannot read the test split of {}", data.display()))?;
     let opts = TrainOptions {
         progress: !args.no_progress,
         stop: crate::train::stop_on_interrupt()?,
     };
     let trained = train_classifier(&out, resume, &run_cfg, &train, &test, device, &opts)?;
-    let report = &trained.report;
-    if trained.summary.interrupted {
+    let Some(report) = &trained.report else {
         println!(
             "stopped at step {}; continue with: ddpm-cli train-classifier --dataset {} --resume {}",
-            report.steps,
+            trained.summary.step,
             args.dataset,
             out.display()
         );
         return Ok(());
-    }
+    };
     classifier::save_classifier(&out, &trained.vs, &trained.net, report)?;
     println!(
         "{}: test accuracy {:.4} ({} test images) after {} steps ({:.1} epochs) in {:.0} s, last train loss {:.4}",

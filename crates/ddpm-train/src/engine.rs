@@ -326,7 +326,10 @@ pub fn lr_at(o: &OptimConfig, step: usize, total: usize) -> f64 {
     let decay = match o.lr_schedule {
         LrSchedule::Constant => 1.0,
         LrSchedule::Cosine => {
-            0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total.max(1) as f64).cos())
+            // The half cosine runs over the steps after the warm-up.
+            let span = total.saturating_sub(o.warmup_steps).max(1) as f64;
+            let done = step.saturating_sub(o.warmup_steps) as f64;
+            0.5 * (1.0 + (std::f64::consts::PI * done / span).cos())
         }
     };
     o.lr * warm * decay
@@ -425,19 +428,13 @@ pub fn train<T: TrainTask>(
             ),
         ));
     }
-    let run = open_run(&target)?;
-    let (mut state, mut last_checkpoint) = if target.resume {
-        restore_latest(task, &run, s.seed)?
-    } else {
-        (TrainState::new(s.seed), None)
-    };
+    let (run, mut state, mut last_checkpoint, mut last_loss) = open_run(task, &target, s)?;
     let n_data = s.data_limit.map_or(data.len(), |k| k.min(data.len()));
     let mut batches = BatchSampler::new(n_data, s.batch_size, s.seed);
     let bar = progress_bar(opts.progress, s.steps, state.step);
     let session_start = Instant::now();
     let elapsed_before = state.elapsed_secs;
     let mut window = LogWindow::new(s.log_every);
-    let mut last_loss = f64::NAN;
     let mut interrupted = false;
     while state.step < s.steps {
         let (images, labels) = data.gather(&batches.indices(state.step));
@@ -524,37 +521,68 @@ fn every(step: usize, period: usize) -> bool {
     period > 0 && step % period == 0
 }
 
-/// Creates the run directory (or opens it and rewrites its config, when resuming) and writes the
-/// task's further files.
-fn open_run(target: &RunTarget) -> Result<RunDir> {
-    let run = if target.resume {
+/// Creates the run directory, or opens it when resuming, restores the newest checkpoint and only
+/// then rewrites its config (a refused resume leaves the run as it was); writes the task's
+/// further files. Returns the run, the state to continue from, its checkpoint and the loss of the
+/// last logged window.
+fn open_run<T: TrainTask>(
+    task: &mut T,
+    target: &RunTarget,
+    s: &LoopSettings,
+) -> Result<(RunDir, TrainState, Option<PathBuf>, f64)> {
+    let (run, state, ckpt) = if target.resume {
         let run = RunDir::open(target.dir)?;
+        let (state, ckpt) = restore_latest(task, &run, s)?;
         run.write_config_text(&target.config_toml)?;
-        run
+        (run, state, ckpt)
     } else {
-        RunDir::create_with_text(target.dir, &target.config_toml)?
+        let run = RunDir::create_with_text(target.dir, &target.config_toml)?;
+        (run, TrainState::new(s.seed), None)
     };
     for (name, text) in &target.files {
         write_text_atomic(&run.path.join(name), text)?;
     }
-    Ok(run)
+    let loss_name = task.metrics()[0].name;
+    let last_loss = run
+        .read_metrics()?
+        .last()
+        .and_then(|r| r[loss_name].as_f64())
+        .unwrap_or(f64::NAN);
+    Ok((run, state, ckpt, last_loss))
 }
 
-/// Restores the newest checkpoint of `run` into `task` (step 0 when there is none yet).
+/// Restores the newest checkpoint of `run` into `task` (step 0 when there is none yet; the log
+/// records of a session that wrote no checkpoint are dropped). The run's seed must be `s.seed`
+/// and its step at most `s.steps`.
 fn restore_latest<T: TrainTask>(
     task: &mut T,
     run: &RunDir,
-    seed: u64,
+    s: &LoopSettings,
 ) -> Result<(TrainState, Option<PathBuf>)> {
     let Some(ckpt) = run.latest_checkpoint()? else {
         tracing::warn!(dir = %run.path.display(), "no checkpoint yet; starting from step 0");
-        return Ok((TrainState::new(seed), None));
+        run.truncate_metrics(0)?;
+        return Ok((TrainState::new(s.seed), None));
     };
     let state = RunDir::read_state(&ckpt)?;
-    if state.seed != seed {
+    if state.seed != s.seed {
         return Err(TrainError::config(
             "run.seed",
-            format!("the run was started with seed {}, not {seed}", state.seed),
+            format!(
+                "the run was started with seed {}, not {}",
+                state.seed, s.seed
+            ),
+        ));
+    }
+    if state.step > s.steps {
+        return Err(TrainError::config(
+            "run.steps",
+            format!(
+                "is {} but the run is at step {} already ({})",
+                s.steps,
+                state.step,
+                ckpt.display()
+            ),
         ));
     }
     for (name, group) in task.state_groups() {
@@ -842,6 +870,10 @@ mod tests {
         assert_eq!(lr_at(&o, 0, 100), 1.0);
         assert!((lr_at(&o, 50, 100) - 0.5).abs() < 1e-15);
         assert!(lr_at(&o, 99, 100) < 1e-3);
+        // With a warm-up, the cosine starts at its end.
+        o.warmup_steps = 10;
+        assert_eq!(lr_at(&o, 9, 110), 1.0);
+        assert!((lr_at(&o, 60, 110) - 0.5).abs() < 1e-15);
     }
 
     #[test]

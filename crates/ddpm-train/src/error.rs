@@ -33,7 +33,7 @@ pub enum TrainError {
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
     /// The loss became NaN or infinite.
-    #[error("non-finite {what} ({value}) at step {step}; the last good checkpoint is kept{}", last_checkpoint.as_ref().map(|p| format!(" ({})", p.display())).unwrap_or_default())]
+    #[error("non-finite {what} ({value}) at step {step}; {}", last_checkpoint.as_ref().map(|p| format!("the last good checkpoint is kept ({})", p.display())).unwrap_or_else(|| "no checkpoint was written before it".into()))]
     NonFinite {
         /// `loss` or `weights`.
         what: &'static str,

@@ -50,6 +50,7 @@ fn brief_training_beats_chance_and_the_folder_round_trips() {
     };
     let run = ClassifierRunConfig {
         dataset: "mnist".into(),
+        data: path.clone(),
         net,
         train: cfg,
     };
@@ -64,7 +65,7 @@ fn brief_training_beats_chance_and_the_folder_round_trips() {
         &TrainOptions::default(),
     )
     .unwrap();
-    let (vs, clf, report) = (trained.vs, trained.net, trained.report);
+    let (vs, clf, report) = (trained.vs, trained.net, trained.report.unwrap());
     assert_eq!(
         (report.steps, report.test_images, report.train_images),
         (200, 1000, 5000)
@@ -111,6 +112,7 @@ fn resumed_classifier_run_matches_an_uninterrupted_one() {
     let test = load_images(&path, "test").unwrap();
     let run = ClassifierRunConfig {
         dataset: "mnist".into(),
+        data: path.clone(),
         net: ClassifierConfig {
             base_channels: 4,
             feature_dim: 16,
@@ -143,7 +145,12 @@ fn resumed_classifier_run_matches_an_uninterrupted_one() {
     let b = train_run(&split, true, false);
     assert_eq!((a.summary.step, b.summary.step), (6, 6));
     assert!(!b.summary.interrupted);
-    assert_eq!(a.report.test_accuracy, b.report.test_accuracy);
+    let (ra, rb) = (a.report.unwrap(), b.report.unwrap());
+    assert_eq!(ra.test_accuracy, rb.test_accuracy);
+    // Resuming the finished run trains nothing and reports the last logged loss, not NaN.
+    let again = train_run(&full, true, false);
+    assert_eq!(again.summary.step, 6);
+    assert_eq!(again.report.unwrap().final_train_loss, ra.final_train_loss);
     for f in ["model.safetensors", "optim.safetensors"] {
         let read = |run: &std::path::Path| {
             tch::Tensor::read_safetensors(run.join("checkpoints/step_0000006").join(f))

@@ -67,6 +67,8 @@ impl Default for ClassifierTrainConfig {
 pub struct ClassifierRunConfig {
     /// Dataset name or path (recorded in the report).
     pub dataset: String,
+    /// The HDF5 file trained on (a resumed run reads it again).
+    pub data: std::path::PathBuf,
     /// The network (channels, size and classes are taken from the training images).
     pub net: ClassifierConfig,
     /// The training settings.
@@ -100,8 +102,9 @@ pub struct TrainedClassifier {
     pub vs: nn::VarStore,
     /// The network on `vs`.
     pub net: Classifier,
-    /// Test accuracy and training facts.
-    pub report: ClassifierReport,
+    /// Test accuracy and training facts; `None` when the run was stopped before its last step
+    /// (the test set is then not evaluated).
+    pub report: Option<ClassifierReport>,
     /// The engine's summary (steps, interrupted, newest checkpoint).
     pub summary: TrainSummary,
 }
@@ -168,9 +171,38 @@ pub fn train_classifier(
         files: Vec::new(),
     };
     let summary = engine::train(&mut task, target, &settings, train, opts)?;
+    let report = if summary.interrupted {
+        None
+    } else {
+        Some(evaluate(&task.net, run, n_train, test, &summary, device)?)
+    };
+    Ok(TrainedClassifier {
+        vs: task.vs,
+        net: task.net,
+        report,
+        summary,
+    })
+}
+
+/// The report of a finished run: test accuracy on the first `test_limit` test images and the
+/// training facts.
+fn evaluate(
+    net: &Classifier,
+    run: &ClassifierRunConfig,
+    n_train: usize,
+    test: &ImageData,
+    summary: &TrainSummary,
+    device: Device,
+) -> Result<ClassifierReport> {
+    let cfg = &run.train;
     let test_images = cfg.test_limit.map_or(test.len(), |k| k.min(test.len()));
-    let test_accuracy = accuracy(&task.net, test, test_images, device)?;
-    let report = ClassifierReport {
+    let test_accuracy = accuracy(net, test, test_images, device)?;
+    tracing::info!(
+        accuracy = test_accuracy,
+        test_images,
+        "classifier test accuracy"
+    );
+    Ok(ClassifierReport {
         dataset: run.dataset.clone(),
         test_accuracy,
         test_images,
@@ -181,17 +213,6 @@ pub fn train_classifier(
         final_train_loss: summary.last_loss,
         train_seconds: summary.elapsed_secs,
         seed: cfg.seed,
-    };
-    tracing::info!(
-        accuracy = test_accuracy,
-        test_images,
-        "classifier test accuracy"
-    );
-    Ok(TrainedClassifier {
-        vs: task.vs,
-        net: task.net,
-        report,
-        summary,
     })
 }
 

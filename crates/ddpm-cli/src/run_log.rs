@@ -1,0 +1,79 @@
+//! `RUN_DIR/train.log`: the tracing output of a training command, written only once the run
+//! directory holds a run (`config.toml`), so that a command that fails before it creates the run
+//! (bad config, missing data, a run that is not there) leaves nothing behind. Lines logged
+//! before that are kept in memory and written first.
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::PathBuf;
+
+/// The log file of the run in `dir`, opened (for appending) on the first write after the run
+/// exists.
+#[derive(Debug)]
+pub struct RunLog {
+    dir: PathBuf,
+    file: Option<File>,
+    pending: Vec<u8>,
+}
+
+impl RunLog {
+    /// The log of the run directory `dir` (nothing is created yet).
+    pub fn new(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            file: None,
+            pending: Vec::new(),
+        }
+    }
+
+    /// The open file once the run exists; the buffered lines are written to it first.
+    fn file(&mut self) -> io::Result<Option<&mut File>> {
+        if self.file.is_none() && self.dir.join("config.toml").is_file() {
+            let mut f = File::options()
+                .create(true)
+                .append(true)
+                .open(self.dir.join("train.log"))?;
+            f.write_all(&std::mem::take(&mut self.pending))?;
+            self.file = Some(f);
+        }
+        Ok(self.file.as_mut())
+    }
+}
+
+impl Write for RunLog {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self.file()? {
+            Some(f) => f.write_all(buf)?,
+            None => self.pending.extend_from_slice(buf),
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self.file.as_mut() {
+            Some(f) => f.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nothing_is_written_before_the_run_exists_then_everything_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        let mut log = RunLog::new(run.clone());
+        log.write_all(b"early\n").unwrap();
+        assert!(!run.exists(), "the log created the run directory");
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::write(run.join("config.toml"), "").unwrap();
+        log.write_all(b"late\n").unwrap();
+        log.flush().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(run.join("train.log")).unwrap(),
+            "early\nlate\n"
+        );
+    }
+}
