@@ -110,25 +110,11 @@ fn init_tracing(run_dir: Option<std::path::PathBuf>) -> Result<()> {
     Ok(())
 }
 
-/// Writes a PNG atomically (temporary file in the same folder, then rename), creating folders.
+/// Writes a PNG atomically (see `ddpm_nets::atomic::write_atomically`; folders are created).
 pub(crate) fn write_png(img: &image::GrayImage, path: &std::path::Path) -> Result<()> {
     use anyhow::Context;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp.png",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("img"),
-        std::process::id()
-    ));
-    let res = img
-        .save_with_format(&tmp, image::ImageFormat::Png)
-        .map_err(anyhow::Error::from)
-        .and_then(|_| std::fs::rename(&tmp, path).map_err(anyhow::Error::from));
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res.with_context(|| format!("cannot write {}", path.display()))
+    ddpm_nets::atomic::write_atomically(path, |tmp| {
+        img.save_with_format(tmp, image::ImageFormat::Png)
+            .with_context(|| format!("cannot write {}", path.display()))
+    })
 }

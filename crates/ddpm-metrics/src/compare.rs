@@ -613,8 +613,7 @@ pub fn run_compare(cfg: &CompareConfig) -> Result<CompareReport> {
     };
     let md = render_markdown(&report);
     let write = |name: &str, text: &str| {
-        let p = cfg.out_dir.join(name);
-        std::fs::write(&p, text).map_err(|e| MetricsError::io(&p, e))
+        ddpm_nets::atomic::write_bytes_atomically(&cfg.out_dir.join(name), text.as_bytes())
     };
     write("report.md", &md)?;
     write(

@@ -5,13 +5,14 @@
 //! tensors; [`objective`] and [`sampler`] are the training losses and reverse processes on tensors;
 //! [`trainer`] runs the loop with [`optim`] (Adam/AdamW, EMA) and [`run_dir`] (checkpoints, logs);
 //! [`baselines`] trains and samples the GAN and VAE the same way, and [`classifier`] trains the
-//! digit classifier of the domain metrics.
+//! digit classifier of the domain metrics. [`h5images`] reads and writes the HDF5 image sets.
 pub mod baselines;
 pub mod bench;
 pub mod classifier;
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod h5images;
 pub mod loader;
 pub mod model_io;
 pub mod objective;

@@ -192,17 +192,14 @@ pub fn hstack(images: &[RgbImage], gap: u32) -> RgbImage {
     out
 }
 
-/// Saves a PNG atomically (temporary file in the same folder + rename), creating folders.
+/// Saves a PNG atomically (see [`ddpm_nets::atomic::write_atomically`]; folders are created).
+/// Errors name the file.
 pub fn save_png(img: &RgbImage, path: &Path) -> Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(TrainError::io(dir))?;
-    }
-    ddpm_nets::checkpoint::write_atomically(path, |tmp| {
+    ddpm_nets::atomic::write_atomically(path, |tmp| {
         img.save_with_format(tmp, image::ImageFormat::Png)
-            .map_err(|e| ddpm_nets::Error::Io {
-                path: tmp.to_path_buf(),
-                source: std::io::Error::other(e.to_string()),
+            .map_err(|e| TrainError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::other(e),
             })
     })
-    .map_err(TrainError::from)
 }
