@@ -5,7 +5,8 @@
 //! tensors; [`objective`] and [`sampler`] are the training losses and reverse processes on tensors;
 //! [`trainer`] runs the loop with [`optim`] (Adam/AdamW, EMA) and [`run_dir`] (checkpoints, logs);
 //! [`baselines`] trains and samples the GAN and VAE the same way, and [`classifier`] trains the
-//! digit classifier of the domain metrics. [`h5images`] reads and writes the HDF5 image sets.
+//! digit classifier of the domain metrics. [`h5images`] reads and writes the HDF5 image sets,
+//! and [`progress`] is the one progress-bar style.
 pub mod baselines;
 pub mod bench;
 pub mod classifier;
@@ -17,6 +18,7 @@ pub mod loader;
 pub mod model_io;
 pub mod objective;
 pub mod optim;
+pub mod progress;
 pub mod run_dir;
 pub mod sampler;
 pub mod tables;
