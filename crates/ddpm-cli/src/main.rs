@@ -109,12 +109,3 @@ fn init_tracing(run_dir: Option<std::path::PathBuf>) -> Result<()> {
         .init();
     Ok(())
 }
-
-/// Writes a PNG atomically (see `ddpm_nets::atomic::write_atomically`; folders are created).
-pub(crate) fn write_png(img: &image::GrayImage, path: &std::path::Path) -> Result<()> {
-    use anyhow::Context;
-    ddpm_nets::atomic::write_atomically(path, |tmp| {
-        img.save_with_format(tmp, image::ImageFormat::Png)
-            .with_context(|| format!("cannot write {}", path.display()))
-    })
-}

@@ -12,7 +12,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use md5::Md5;
-use ndarray::{Array1, Array3, ArrayView1, ArrayView3};
+use ndarray::{Array1, Array3, ArrayView1};
 use sha2::{Digest, Sha256};
 
 use crate::h5images::{self, get_str_attr, set_str_attr};
@@ -545,30 +545,4 @@ pub fn encode_idx(dims: &[usize], data: ArrayView1<'_, u8>) -> Vec<u8> {
     }
     out.extend(data.iter().copied());
     out
-}
-
-/// Tiles `images` `[N, H, W]` into one grey grid image with `ncol` columns and a 2-pixel gap.
-pub fn image_grid(images: ArrayView3<'_, u8>, ncol: usize) -> image::GrayImage {
-    let (n, h, w) = images.dim();
-    let ncol = ncol.max(1).min(n.max(1));
-    let nrow = n.div_ceil(ncol);
-    let gap = 2;
-    let mut grid = image::GrayImage::new(
-        (ncol * (w + gap) + gap) as u32,
-        (nrow.max(1) * (h + gap) + gap) as u32,
-    );
-    for k in 0..n {
-        let (r, c) = (k / ncol, k % ncol);
-        for y in 0..h {
-            for x in 0..w {
-                let px = image::Luma([images[[k, y, x]]]);
-                grid.put_pixel(
-                    (gap + c * (w + gap) + x) as u32,
-                    (gap + r * (h + gap) + y) as u32,
-                    px,
-                );
-            }
-        }
-    }
-    grid
 }

@@ -6,7 +6,7 @@
 //! [`trainer`] runs the loop with [`optim`] (Adam/AdamW, EMA) and [`run_dir`] (checkpoints, logs);
 //! [`baselines`] trains and samples the GAN and VAE the same way, and [`classifier`] trains the
 //! digit classifier of the domain metrics. [`h5images`] reads and writes the HDF5 image sets,
-//! and [`progress`] is the one progress-bar style.
+//! [`viz`] draws grids and plots, and [`progress`] is the one progress-bar style.
 pub mod baselines;
 pub mod bench;
 pub mod classifier;
