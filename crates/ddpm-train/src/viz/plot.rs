@@ -141,7 +141,12 @@ fn draw_panel(
     let xr = padded_range(points().map(|p| p.0), false, 0.0);
     if panel.log_y {
         let yr = padded_range(points().map(|p| p.1), true, 0.05);
-        draw_on(area, x_label, panel, &segments, xr, yr.log_scale());
+        let (bold, light) = log_ticks(yr.start, yr.end);
+        let y = yr
+            .log_scale()
+            .with_key_points(bold)
+            .with_light_points(light);
+        draw_on(area, x_label, panel, &segments, xr, y);
     } else {
         let yr = padded_range(points().map(|p| p.1), false, 0.05);
         draw_on(area, x_label, panel, &segments, xr, yr);
@@ -230,6 +235,52 @@ fn padded_range(values: impl Iterator<Item = f64>, log: bool, pad: f64) -> Range
     lo - pad * width..hi + pad * width
 }
 
+/// Labelled ticks and light grid lines of a logarithmic axis over `lo..hi` (0 < lo < hi): powers
+/// of ten over many decades, 1-2-5 steps over a few, 1-2-3-5 over one or two; a range within one
+/// decade (where a log axis is nearly linear), or one with fewer than three such ticks, gets evenly
+/// spaced round values. At most 10 labels. Light lines are at every digit.
+fn log_ticks(lo: f64, hi: f64) -> (Vec<f64>, Vec<f64>) {
+    let decades = (hi / lo).log10();
+    let in_range = |mults: &[f64]| -> Vec<f64> {
+        let (k0, k1) = (lo.log10().floor() as i32, hi.log10().ceil() as i32);
+        (k0..=k1)
+            .flat_map(|k| mults.iter().map(move |m| m * 10f64.powi(k)))
+            .filter(|v| (lo..=hi).contains(v))
+            .collect()
+    };
+    let digits: Vec<f64> = (1..10).map(f64::from).collect();
+    let mut bold = if decades > 4.0 {
+        in_range(&[1.0])
+    } else if decades > 2.0 {
+        in_range(&[1.0, 2.0, 5.0])
+    } else if decades > 1.0 {
+        in_range(&[1.0, 2.0, 3.0, 5.0])
+    } else {
+        Vec::new()
+    };
+    if bold.len() < 3 {
+        let step = nice_step((hi - lo) / 5.0);
+        let first = (lo / step).ceil() as i64;
+        bold = (first..)
+            .map(|i| i as f64 * step)
+            .take_while(|&v| v <= hi)
+            .collect();
+    }
+    let thin = bold.len().div_ceil(10);
+    let bold = bold.into_iter().step_by(thin.max(1)).collect();
+    (bold, in_range(&digits))
+}
+
+/// The round step (1, 2 or 5 × 10^k) nearest above `raw`.
+fn nice_step(raw: f64) -> f64 {
+    let p = 10f64.powf(raw.log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * p)
+        .find(|&s| s >= raw)
+        .unwrap_or(10.0 * p)
+}
+
 /// A tick value as a person writes it: `0`, `250`, `0.02`, `1.5`, `1e-4`, `2.5e6`.
 pub fn tick_label(v: f64) -> String {
     let a = v.abs();
@@ -285,6 +336,39 @@ mod tests {
         let r = padded_range([10.0].into_iter(), true, 0.1);
         assert!(r.start > 0.0 && r.start < 10.0 && r.end > 10.0, "{r:?}");
         assert_eq!(padded_range([-5.0].into_iter(), true, 0.1), 1.0..10.0);
+    }
+
+    #[test]
+    fn log_axes_get_readable_ticks_at_any_span() {
+        // Many decades: powers of ten.
+        let (bold, light) = log_ticks(1e-6, 1.0);
+        assert_eq!(bold.len(), 7);
+        assert!(bold
+            .iter()
+            .zip([1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0])
+            .all(|(a, b)| (a / b - 1.0).abs() < 1e-12));
+        assert!(light.len() > 40);
+        // Two decades: 1-2-5.
+        let (bold, _) = log_ticks(1e-4, 2e-2);
+        let labels: Vec<String> = bold.iter().map(|&v| tick_label(v)).collect();
+        assert_eq!(
+            labels,
+            ["1e-4", "2e-4", "5e-4", "0.001", "0.002", "0.005", "0.01", "0.02"]
+        );
+        // One to two decades: 1-2-3-5.
+        let (bold, _) = log_ticks(0.05, 1.0);
+        let labels: Vec<String> = bold.iter().map(|&v| tick_label(v)).collect();
+        assert_eq!(labels, ["0.05", "0.1", "0.2", "0.3", "0.5", "1"]);
+        // Within a decade (here across 1): round linear steps.
+        let (bold, _) = log_ticks(0.7, 1.45);
+        let labels: Vec<String> = bold.iter().map(|&v| tick_label(v)).collect();
+        assert_eq!(labels, ["0.8", "1", "1.2", "1.4"]);
+        // Very many decades: at most 10 labels.
+        assert!(log_ticks(1e-40, 1.0).0.len() <= 10);
+        // Too narrow for digits: round linear steps.
+        let (bold, _) = log_ticks(0.71, 0.79);
+        let labels: Vec<String> = bold.iter().map(|&v| tick_label(v)).collect();
+        assert_eq!(labels, ["0.72", "0.74", "0.76", "0.78"]);
     }
 
     #[test]
