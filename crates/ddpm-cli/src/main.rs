@@ -10,7 +10,6 @@ mod eval;
 mod forward;
 mod info;
 mod models;
-mod png;
 mod run_log;
 mod sample;
 mod schedule;

@@ -121,13 +121,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
     };
     let (h, w) = model.hw;
     let total_evals = spec.timesteps.len() * args.num.div_ceil(args.batch_size);
-    let bar = indicatif::ProgressBar::new(total_evals as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:30}] {pos}/{len} network steps, ETA {eta}",
-        )?
-        .progress_chars("=> "),
-    );
+    let bar = ddpm_train::progress::bar(true, total_evals as u64, "network steps", "sampling");
     let start = Instant::now();
     tch::manual_seed(args.seed as i64);
     let mut chunks = Vec::new();

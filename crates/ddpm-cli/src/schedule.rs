@@ -24,7 +24,8 @@ pub struct ScheduleArgs {
     /// indices kept).
     #[arg(long)]
     json: bool,
-    /// Draw β_t (top), ᾱ_t (middle) and log SNR = log(ᾱ_t/(1 − ᾱ_t)) (bottom) against t into this PNG.
+    /// Draw β_t (top, log scale), ᾱ_t (middle) and log SNR = ln(ᾱ_t/(1 − ᾱ_t)) (bottom) against t
+    /// into this PNG.
     #[arg(long, value_name = "FILE.png")]
     plot: Option<PathBuf>,
 }
@@ -114,7 +115,15 @@ pub fn run(args: ScheduleArgs) -> Result<()> {
     }
 
     if let Some(path) = &args.plot {
-        plot(path, diffusion, &timesteps)?;
+        let title = match &args.respace {
+            Some(spec) => format!(
+                "{schedule} schedule, T = {}, respaced {spec} ({} steps)",
+                args.timesteps,
+                timesteps.len()
+            ),
+            None => format!("{schedule} schedule, T = {}", args.timesteps),
+        };
+        plot(path, &title, diffusion, &timesteps)?;
         tracing::info!(path = %path.display(), "wrote the schedule plot");
     }
     Ok(())
@@ -193,20 +202,35 @@ fn argmin_argmax(values: &[f64]) -> (usize, usize) {
     (lo, hi)
 }
 
-/// Three stacked panels (β_t, ᾱ_t, log SNR) against the original index t, each with its own y-range.
-fn plot(path: &Path, d: &GaussianDiffusion, timesteps: &[usize]) -> Result<()> {
+/// Three stacked panels (β_t, ᾱ_t, log SNR) against the original index t, each with its own y-range,
+/// under `title`.
+fn plot(path: &Path, title: &str, d: &GaussianDiffusion, timesteps: &[usize]) -> Result<()> {
+    use ddpm_train::viz::{self, PlotPanel};
     let xs: Vec<f64> = timesteps.iter().map(|&t| t as f64).collect();
-    let panel = |ys: Vec<f64>, color| ddpm_train::viz::Panel {
-        xs: xs.clone(),
-        ys,
-        color,
-        log_y: false,
-    };
-    let img = ddpm_train::viz::plot_panels(&[
-        panel(slice(d.betas()).to_vec(), [31, 119, 180]),
-        panel(slice(d.alphas_cumprod()).to_vec(), [44, 160, 44]),
-        panel(d.log_snr().to_vec(), [214, 39, 40]),
-    ]);
-    ddpm_train::viz::save_png(&img, path)
+    let img = viz::plot(
+        title,
+        "t (diffusion step)",
+        &[
+            PlotPanel::new(
+                "β_t: variance of the noise added at step t",
+                xs.clone(),
+                slice(d.betas()).to_vec(),
+            )
+            .y_label("β_t (log scale)")
+            .color([31, 119, 180])
+            .log_y(true),
+            PlotPanel::new(
+                "ᾱ_t = ∏ (1 − β_s), s ≤ t: signal kept",
+                xs.clone(),
+                slice(d.alphas_cumprod()).to_vec(),
+            )
+            .y_label("ᾱ_t")
+            .color([44, 160, 44]),
+            PlotPanel::new("log SNR = ln(ᾱ_t / (1 − ᾱ_t))", xs, d.log_snr().to_vec())
+                .y_label("log SNR")
+                .color([214, 39, 40]),
+        ],
+    );
+    viz::save_png(&img, path)
         .with_context(|| format!("cannot write the plot to {}", path.display()))
 }

@@ -124,9 +124,10 @@ set = ["data.path=\"{mnist}\"", "data.batch_size=8", "run.steps=2", "run.cpu_thr
         rows[3]
     );
     let png = image::open(report.join("report.png")).unwrap();
+    let cell = 4 * 28 + ddpm_train::viz::GRID_GAP; // 28×28 digits shown ×4, with a gap
     assert_eq!(
-        png.width(),
-        4 * (2 * 30 + 2) + 3 * 12,
+        png.width() as usize,
+        4 * (2 * cell + ddpm_train::viz::GRID_GAP) + 3 * 12,
         "four 2×2 grids side by side"
     );
     assert!(report.join("samples/gan-generator.h5").is_file());

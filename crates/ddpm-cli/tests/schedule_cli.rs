@@ -150,6 +150,13 @@ fn summary_and_plot_are_written() {
     assert!(text.contains("jsd schedule, T = 200"), "{text}");
     let bytes = std::fs::read(&png).unwrap();
     assert_eq!(&bytes[1..4], b"PNG");
+    // A titled plot of three panels (β_t, ᾱ_t, log SNR).
+    use ddpm_train::viz::{PANEL_HEIGHT, PLOT_WIDTH, TITLE_HEIGHT};
+    let img = image::load_from_memory(&bytes).unwrap();
+    assert_eq!(
+        (img.width(), img.height()),
+        (PLOT_WIDTH, TITLE_HEIGHT + 3 * PANEL_HEIGHT)
+    );
 }
 
 #[test]

@@ -93,6 +93,18 @@ pub enum MetricsError {
     Train(#[from] ddpm_train::TrainError),
 }
 
+impl From<ddpm_nets::atomic::WriteError> for MetricsError {
+    fn from(e: ddpm_nets::atomic::WriteError) -> Self {
+        Self::io(e.path, e.source)
+    }
+}
+
+impl From<ddpm_train::data::DataError> for MetricsError {
+    fn from(e: ddpm_train::data::DataError) -> Self {
+        Self::Train(e.into())
+    }
+}
+
 /// `Result` with [`MetricsError`].
 pub type Result<T> = std::result::Result<T, MetricsError>;
 

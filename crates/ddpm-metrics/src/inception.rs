@@ -18,7 +18,6 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ndarray::{Array2, ArrayView4, Axis};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -299,16 +298,7 @@ impl Inception {
             return Err(MetricsError::Shape("batch size 0".into()));
         }
         let n = images.len_of(Axis(0));
-        let bar = if opts.progress {
-            ProgressBar::with_draw_target(Some(n as u64), ProgressDrawTarget::stderr())
-        } else {
-            ProgressBar::hidden()
-        };
-        bar.set_style(
-            ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} images, {per_sec}, eta {eta}")
-                .expect("valid template"),
-        );
-        bar.set_message("Inception");
+        let bar = ddpm_train::progress::bar(opts.progress, n as u64, "images", "Inception");
         let mut stats = opts.features.then(|| RunningStats::new(FEATURE_DIM));
         let mut probs: Option<Vec<f32>> = opts.probabilities.then(Vec::new);
         let start = std::time::Instant::now();

@@ -9,7 +9,9 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use ndarray::{s, Array4, ArrayView4, Axis, Ix3, Ix4};
+use ddpm_train::data::DataError;
+use ddpm_train::h5images;
+use ndarray::{Array4, ArrayView4, Axis};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{MetricsError, Result};
@@ -150,54 +152,15 @@ pub fn images_to_nchw_tensor(images: ArrayView4<'_, u8>) -> Tensor {
         .contiguous()
 }
 
-/// Reads the first `limit` images of a uint8 dataset `[N, H, W]` or `[N, H, W, C]`.
+/// Reads the first `limit` images of a uint8 dataset `[N, H, W]` or `[N, H, W, C]` (C = 1 or 3)
+/// through [`ddpm_train::h5images`]; a dataset file given without a split gets a hint.
 fn read_h5_images(path: &Path, name: &str, limit: Option<usize>) -> Result<Array4<u8>> {
-    let file = hdf5::File::open(path).map_err(|e| MetricsError::hdf5(path, "opening", e))?;
-    let ds = file.dataset(name).map_err(|e| {
-        let hint = if name == "images" {
-            " (a dataset file needs a split: FILE.h5:test)"
-        } else {
-            ""
-        };
-        MetricsError::hdf5(path, format!("opening dataset /{name}{hint}"), e)
-    })?;
-    let dtype = ds
-        .dtype()
-        .map_err(|e| MetricsError::hdf5(path, format!("type of /{name}"), e))?;
-    if !dtype.is::<u8>() {
-        return Err(MetricsError::BadImages(format!(
-            "{}: /{name} is not uint8 (pixels 0..255 expected)",
-            path.display()
-        )));
-    }
-    let shape = ds.shape();
-    let n = limit.map_or(shape.first().copied().unwrap_or(0), |l| l.min(shape[0]));
-    let what = format!("reading /{name}");
-    match shape.len() {
-        3 => {
-            let a = ds
-                .read_slice::<u8, _, Ix3>(s![..n, .., ..])
-                .map_err(|e| MetricsError::hdf5(path, &what, e))?;
-            Ok(a.insert_axis(Axis(3)))
+    h5images::read_images(path, name, limit).map_err(|e| match e {
+        DataError::MissingDataset { .. } if name == "images" => {
+            MetricsError::BadImages(format!("{e} (a dataset file needs a split: FILE.h5:test)"))
         }
-        4 => {
-            let a = ds
-                .read_slice::<u8, _, Ix4>(s![..n, .., .., ..])
-                .map_err(|e| MetricsError::hdf5(path, &what, e))?;
-            let c = a.dim().3;
-            if c != 1 && c != 3 {
-                return Err(MetricsError::BadImages(format!(
-                    "{}: /{name} has shape {shape:?}; expected [N, H, W, C] with C = 1 or 3",
-                    path.display()
-                )));
-            }
-            Ok(a)
-        }
-        _ => Err(MetricsError::BadImages(format!(
-            "{}: /{name} has shape {shape:?}; expected [N, H, W] or [N, H, W, C]",
-            path.display()
-        ))),
-    }
+        e => MetricsError::Train(e.into()),
+    })
 }
 
 /// Reads the PNG files of a folder, sorted by name.

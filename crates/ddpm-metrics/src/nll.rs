@@ -21,7 +21,6 @@ use ddpm_math::GaussianDiffusion;
 use ddpm_nets::vae::Vae;
 use ddpm_train::loader::to_model_input;
 use ddpm_train::tables::DeviceTables;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
@@ -143,7 +142,7 @@ where
     let steps = tables.num_timesteps();
     let batch = opts.batch_size.max(1);
     let t_chunk = (opts.forward_batch / batch).max(1);
-    let bar = progress(opts.progress, n as u64, "bits/dim");
+    let bar = ddpm_train::progress::bar(opts.progress, n as u64, "images", "bits/dim");
     let mut per_t = vec![0.0f64; steps];
     let mut prior = 0.0;
     tch::manual_seed(opts.seed as i64);
@@ -308,19 +307,6 @@ fn check_finite(r: &NllReport) -> Result<()> {
 fn to_f64_vec(t: &Tensor) -> Result<Vec<f64>> {
     Vec::<f64>::try_from(t.to_kind(Kind::Double).to_device(Device::Cpu).reshape([-1]))
         .map_err(|e| MetricsError::torch("reading bits/dim", e))
-}
-
-fn progress(show: bool, total: u64, what: &str) -> ProgressBar {
-    if !show {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-    bar.set_style(
-        ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} images, {per_sec}, eta {eta}")
-            .expect("valid template"),
-    );
-    bar.set_message(what.to_string());
-    bar
 }
 
 #[cfg(test)]

@@ -37,26 +37,15 @@ fn vlu(path: &Path, s: &str) -> Result<VarLenUnicode> {
 }
 
 impl RefStats {
-    /// Writes the statistics to `path` (temporary file + rename).
+    /// Writes the statistics to `path` atomically (see [`ddpm_train::h5images::create_atomically`]).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         self.stats.validate()?;
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
+        let h = |what: &str| {
+            let what = what.to_string();
+            move |e| MetricsError::hdf5(path, what, e)
         };
-        std::fs::create_dir_all(dir).map_err(|e| MetricsError::io(dir, e))?;
-        let tmp = tempfile::Builder::new()
-            .prefix(".refstats-")
-            .suffix(".h5.tmp")
-            .tempfile_in(dir)
-            .map_err(|e| MetricsError::io(dir, e))?;
-        {
-            let h = |what: &str| {
-                let what = what.to_string();
-                move |e| MetricsError::hdf5(path, what, e)
-            };
-            let file = hdf5::File::create(tmp.path()).map_err(h("creating"))?;
+        ddpm_train::h5images::create_atomically(path, |file: &hdf5::File| -> Result<()> {
             file.new_dataset_builder()
                 .with_data(&self.stats.mean)
                 .create("mu")
@@ -82,10 +71,8 @@ impl RefStats {
                     .and_then(|a| a.write_scalar(&v))
                     .map_err(h(&format!("writing attribute {name}")))?;
             }
-            file.close().map_err(h("closing"))?;
-        }
-        tmp.persist(path)
-            .map_err(|e| MetricsError::io(path, e.error))?;
+            Ok(())
+        })?;
         tracing::info!(path = %path.display(), n = self.stats.n, source = %self.source, "wrote reference statistics");
         Ok(())
     }

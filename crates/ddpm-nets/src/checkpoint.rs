@@ -1,35 +1,17 @@
 //! Saving and loading VarStores as safetensors by variable name, with precise errors, and JSON configs beside them.
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{de::DeserializeOwned, Serialize};
 use tch::{nn::VarStore, Device, Tensor};
 
+use crate::atomic::{write_atomically, write_bytes_atomically};
 use crate::error::{Error, Result};
 
 /// File name of a model's weights in our own model folders (baselines).
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 /// File name of a model's config in a model folder.
 pub const CONFIG_FILE: &str = "config.json";
-
-/// Writes a file through a temporary file in the same folder and a rename, so that readers never see half of it.
-pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::io(path, std::io::Error::other("not a file path")))?
-        .to_string_lossy();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result =
-        write(&tmp).and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
 
 /// Writes named tensors to a safetensors file atomically (tensors are moved to the CPU and made contiguous).
 pub fn write_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
@@ -125,9 +107,7 @@ pub fn write_json<C: Serialize>(path: &Path, config: &C) -> Result<()> {
         path: path.to_path_buf(),
         source,
     })?;
-    write_atomically(path, |tmp| {
-        std::fs::write(tmp, text + "\n").map_err(|e| Error::io(tmp, e))
-    })
+    Ok(write_bytes_atomically(path, (text + "\n").as_bytes())?)
 }
 
 /// Reads a JSON config.

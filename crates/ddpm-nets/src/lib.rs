@@ -3,6 +3,7 @@
 //! The DDPM ε-network ([`unet::UNet2DModel`], diffusers' `UNet2DModel` layout and names, loaded from diffusers
 //! folders by [`diffusers`]), and the baselines of the lecture's comparison: a DCGAN ([`gan`]), a convolutional
 //! VAE with the DDPM decoder's discretised likelihood ([`vae`]) and a digit classifier ([`classifier`]).
+pub mod atomic;
 pub mod autocast;
 pub mod blocks;
 pub mod checkpoint;

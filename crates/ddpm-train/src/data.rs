@@ -11,10 +11,11 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use hdf5::types::VarLenUnicode;
 use md5::Md5;
-use ndarray::{Array1, Array3, ArrayView1, ArrayView3};
+use ndarray::{Array1, Array3, ArrayView1};
 use sha2::{Digest, Sha256};
+
+use crate::h5images::{self, get_str_attr, set_str_attr};
 
 /// Version of the HDF5 layout written by [`import_idx_dataset`].
 pub const FORMAT_VERSION: u32 = 1;
@@ -92,6 +93,28 @@ pub enum DataError {
         /// The underlying error.
         source: hdf5::Error,
     },
+    /// Reading a dataset of an HDF5 file failed.
+    #[error("{path}: {dataset}: {source}")]
+    Hdf5Dataset {
+        /// The HDF5 file.
+        path: PathBuf,
+        /// The dataset, e.g. `/test/images`.
+        dataset: String,
+        /// The underlying error.
+        source: hdf5::Error,
+    },
+    /// An HDF5 file lacks a dataset.
+    #[error("{path}: no dataset {dataset}; {}", holds(group, available))]
+    MissingDataset {
+        /// The HDF5 file.
+        path: PathBuf,
+        /// The dataset that was asked for, e.g. `/valid/images`.
+        dataset: String,
+        /// The group whose members are listed: the dataset's own, or `/` when that is missing too.
+        group: String,
+        /// The members of `group`, sorted.
+        available: Vec<String>,
+    },
     /// The HDF5 file does not have the expected layout.
     #[error("{path}: {message}")]
     Layout {
@@ -104,6 +127,25 @@ pub enum DataError {
 
 /// Result type of this module.
 pub type Result<T> = std::result::Result<T, DataError>;
+
+impl From<ddpm_nets::atomic::WriteError> for DataError {
+    fn from(e: ddpm_nets::atomic::WriteError) -> Self {
+        Self::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
+/// `/test holds images, labels` (`the file holds …` for the root) for [`DataError::MissingDataset`].
+fn holds(group: &str, available: &[String]) -> String {
+    let group = if group == "/" { "the file" } else { group };
+    if available.is_empty() {
+        format!("{group} holds nothing")
+    } else {
+        format!("{group} holds {}", available.join(", "))
+    }
+}
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
     move |source| DataError::Io {
@@ -335,56 +377,6 @@ pub fn read_idx_split(
     Ok((split, files))
 }
 
-/// A temporary path beside `out` that is removed on drop unless [`TempPath::persist`] ran.
-struct TempPath {
-    tmp: PathBuf,
-    done: bool,
-}
-
-impl TempPath {
-    fn beside(out: &Path) -> Self {
-        let name = out.file_name().and_then(|n| n.to_str()).unwrap_or("out");
-        let tmp = out.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-        Self { tmp, done: false }
-    }
-
-    fn persist(mut self, out: &Path) -> Result<()> {
-        fs::rename(&self.tmp, out).map_err(io_err(out))?;
-        self.done = true;
-        Ok(())
-    }
-}
-
-impl Drop for TempPath {
-    fn drop(&mut self) {
-        if !self.done {
-            let _ = fs::remove_file(&self.tmp);
-        }
-    }
-}
-
-fn set_str_attr(loc: &hdf5::Location, name: &str, value: &str, path: &Path) -> Result<()> {
-    let v: VarLenUnicode = value.parse().map_err(|e| DataError::Layout {
-        path: path.to_path_buf(),
-        message: format!("attribute {name}: {e}"),
-    })?;
-    loc.new_attr::<VarLenUnicode>()
-        .create(name)
-        .and_then(|a| a.write_scalar(&v))
-        .map_err(h5_err(path))
-}
-
-fn get_str_attr(loc: &hdf5::Location, name: &str, path: &Path) -> Result<String> {
-    let a = loc.attr(name).map_err(|_| DataError::Layout {
-        path: path.to_path_buf(),
-        message: format!("missing attribute `{name}`"),
-    })?;
-    Ok(a.read_scalar::<VarLenUnicode>()
-        .map_err(h5_err(path))?
-        .as_str()
-        .to_string())
-}
-
 /// What an imported dataset file holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DatasetSummary {
@@ -429,13 +421,8 @@ pub fn import_idx_dataset(
             });
         }
     }
-    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        fs::create_dir_all(parent).map_err(io_err(parent))?;
-    }
-    let tmp = TempPath::beside(out);
-    {
-        let file = hdf5::File::create(&tmp.tmp).map_err(h5_err(&tmp.tmp))?;
-        set_str_attr(&file, "dataset", name, out)?;
+    h5images::create_atomically(out, |file: &hdf5::File| -> Result<()> {
+        set_str_attr(file, "dataset", name, out)?;
         file.new_attr::<u32>()
             .create("format_version")
             .and_then(|a| a.write_scalar(&FORMAT_VERSION))
@@ -452,14 +439,13 @@ pub fn import_idx_dataset(
                 .map_err(h5_err(out))?;
             for (kind, f) in ["images", "labels"].iter().zip(files) {
                 let key = format!("{split}_{kind}");
-                set_str_attr(&file, &format!("{key}.file"), &f.name, out)?;
-                set_str_attr(&file, &format!("{key}.md5"), &f.digests.md5, out)?;
-                set_str_attr(&file, &format!("{key}.sha256"), &f.digests.sha256, out)?;
+                set_str_attr(file, &format!("{key}.file"), &f.name, out)?;
+                set_str_attr(file, &format!("{key}.md5"), &f.digests.md5, out)?;
+                set_str_attr(file, &format!("{key}.sha256"), &f.digests.sha256, out)?;
             }
         }
-        file.close().map_err(h5_err(out))?;
-    }
-    tmp.persist(out)?;
+        Ok(())
+    })?;
     tracing::info!(path = %out.display(), "wrote dataset {name}");
     check_dataset(out)
 }
@@ -467,13 +453,7 @@ pub fn import_idx_dataset(
 /// Opens an imported dataset and checks its layout: both splits present, images `[N, H, W]`
 /// uint8 with as many labels, and the source attributes. Returns what it holds.
 pub fn check_dataset(path: &Path) -> Result<DatasetSummary> {
-    if !path.exists() {
-        return Err(DataError::Io {
-            path: path.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
-        });
-    }
-    let file = hdf5::File::open(path).map_err(h5_err(path))?;
+    let file = h5images::open(path)?;
     let name = get_str_attr(&file, "dataset", path)?;
     let mut counts = Vec::new();
     let mut hw = None;
@@ -537,34 +517,24 @@ pub fn check_dataset(path: &Path) -> Result<DatasetSummary> {
     })
 }
 
-/// Loads one split (`train` or `test`) of an imported dataset into memory.
+/// Loads one split (`train` or `test`) of an imported dataset into memory: grey images
+/// `[N, H, W]` and labels `[N]` (through [`h5images::read_split`], whose errors name the file and
+/// the dataset).
 pub fn load_split(path: &Path, split: &str) -> Result<Split> {
-    let file = hdf5::File::open(path).map_err(h5_err(path))?;
-    let missing = |what: &str| DataError::Layout {
-        path: path.to_path_buf(),
-        message: format!("missing dataset /{split}/{what} (splits are `train` and `test`)"),
-    };
-    let images = file
-        .dataset(&format!("{split}/images"))
-        .map_err(|_| missing("images"))?
-        .read::<u8, ndarray::Ix3>()
-        .map_err(h5_err(path))?;
-    let labels = file
-        .dataset(&format!("{split}/labels"))
-        .map_err(|_| missing("labels"))?
-        .read::<u8, ndarray::Ix1>()
-        .map_err(h5_err(path))?;
-    if images.dim().0 != labels.len() {
+    let (images, labels) = h5images::read_split(path, split)?;
+    if images.dim().3 != 1 {
         return Err(DataError::Layout {
             path: path.to_path_buf(),
             message: format!(
-                "/{split}: {} images but {} labels",
-                images.dim().0,
-                labels.len()
+                "/{split}/images has {} channels, expected grey [N, H, W]",
+                images.dim().3
             ),
         });
     }
-    Ok(Split { images, labels })
+    Ok(Split {
+        images: images.index_axis_move(ndarray::Axis(3), 0),
+        labels,
+    })
 }
 
 /// Writes an IDX byte array (used by tests and tools that need small synthetic files).
@@ -575,30 +545,4 @@ pub fn encode_idx(dims: &[usize], data: ArrayView1<'_, u8>) -> Vec<u8> {
     }
     out.extend(data.iter().copied());
     out
-}
-
-/// Tiles `images` `[N, H, W]` into one grey grid image with `ncol` columns and a 2-pixel gap.
-pub fn image_grid(images: ArrayView3<'_, u8>, ncol: usize) -> image::GrayImage {
-    let (n, h, w) = images.dim();
-    let ncol = ncol.max(1).min(n.max(1));
-    let nrow = n.div_ceil(ncol);
-    let gap = 2;
-    let mut grid = image::GrayImage::new(
-        (ncol * (w + gap) + gap) as u32,
-        (nrow.max(1) * (h + gap) + gap) as u32,
-    );
-    for k in 0..n {
-        let (r, c) = (k / ncol, k % ncol);
-        for y in 0..h {
-            for x in 0..w {
-                let px = image::Luma([images[[k, y, x]]]);
-                grid.put_pixel(
-                    (gap + c * (w + gap) + x) as u32,
-                    (gap + r * (h + gap) + y) as u32,
-                    px,
-                );
-            }
-        }
-    }
-    grid
 }

@@ -33,7 +33,7 @@ use crate::config::{LrSchedule, OptimConfig};
 use crate::error::{Result, TrainError};
 use crate::loader::{self, BatchSampler, ImageData};
 use crate::optim::Adam;
-use crate::run_dir::{write_text_atomic, RunDir, TrainState};
+use crate::run_dir::{RunDir, TrainState};
 use crate::viz;
 
 /// How a training call was started and how it should report.
@@ -214,6 +214,9 @@ pub fn scaled(loss: &Tensor, scale: f64) -> Tensor {
 pub trait TrainTask {
     /// The prepared batch of one step (images plus every random draw of the step).
     type Batch: MicroBatches;
+
+    /// What is trained, for titles (e.g. `DDPM`).
+    fn name(&self) -> &'static str;
 
     /// The scalars of a step, in the order of [`TrainTask::finish_step`]'s tensor; the first is the
     /// task's loss.
@@ -501,17 +504,10 @@ pub fn train<T: TrainTask>(
     })
 }
 
-/// The training progress bar (steps, ETA and the latest metrics), when `show`.
+/// The training progress bar (steps, rate, ETA and the latest metrics), when `show`.
 fn progress_bar(show: bool, total: usize, start: usize) -> Option<indicatif::ProgressBar> {
     show.then(|| {
-        let b = indicatif::ProgressBar::new(total as u64);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{elapsed_precise} [{bar:30}] {pos}/{len} steps, ETA {eta} | {msg}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
+        let b = crate::progress::bar(true, total as u64, "steps", "training");
         b.set_position(start as u64);
         b
     })
@@ -540,7 +536,7 @@ fn open_run<T: TrainTask>(
         (run, TrainState::new(s.seed), None)
     };
     for (name, text) in &target.files {
-        write_text_atomic(&run.path.join(name), text)?;
+        run.write_file(name, text)?;
     }
     let loss_name = task.metrics()[0].name;
     let last_loss = run
@@ -646,7 +642,7 @@ fn checkpoint<T: TrainTask>(
         .collect();
     let ckpt = run.save_checkpoint(state, &target.config_toml, &groups, s.keep_checkpoints)?;
     tracing::info!(step = state.step, checkpoint = %ckpt.display(), "checkpoint");
-    plot_metrics(run, task.metrics())?;
+    plot_metrics(run, task.name(), task.metrics())?;
     Ok(ckpt)
 }
 
@@ -693,8 +689,9 @@ fn write_grid<T: TrainTask>(task: &T, run: &RunDir, s: &LoopSettings, step: usiz
     Ok(())
 }
 
-/// Redraws `loss.png` from `metrics.jsonl`: one panel per plotted metric, against step.
-pub fn plot_metrics(run: &RunDir, metrics: &[Metric]) -> Result<()> {
+/// Redraws `loss.png` from `metrics.jsonl`: one panel per plotted metric, against step, under
+/// the title `"{title}: training metrics"`.
+pub fn plot_metrics(run: &RunDir, title: &str, metrics: &[Metric]) -> Result<()> {
     let records = run.read_metrics()?;
     if records.len() < 2 {
         return Ok(());
@@ -709,24 +706,31 @@ pub fn plot_metrics(run: &RunDir, metrics: &[Metric]) -> Result<()> {
         .iter()
         .map(|r| r["step"].as_f64().unwrap_or(f64::NAN))
         .collect();
-    let panels: Vec<viz::Panel> = metrics
+    let panels: Vec<viz::PlotPanel> = metrics
         .iter()
         .filter(|m| m.plot != Plot::No)
         .enumerate()
-        .map(|(i, m)| viz::Panel {
-            xs: xs.clone(),
-            ys: records
+        .map(|(i, m)| {
+            let ys = records
                 .iter()
                 .map(|r| r[m.name].as_f64().unwrap_or(f64::NAN))
-                .collect(),
-            color: COLORS[i % COLORS.len()],
-            log_y: m.plot == Plot::Log,
+                .collect();
+            let log = m.plot == Plot::Log;
+            viz::PlotPanel::new(m.name, xs.clone(), ys)
+                .y_label(if log {
+                    format!("{} (log scale)", m.name)
+                } else {
+                    m.name.to_string()
+                })
+                .color(COLORS[i % COLORS.len()])
+                .log_y(log)
         })
         .collect();
     if panels.is_empty() {
         return Ok(());
     }
-    viz::save_png(&viz::plot_panels(&panels), &run.path.join("loss.png"))
+    let img = viz::plot(&format!("{title}: training metrics"), "step", &panels);
+    viz::save_png(&img, &run.path.join("loss.png"))
 }
 
 /// The metrics of the steps since the last read-back, on the device.

@@ -73,5 +73,14 @@ impl TrainError {
     }
 }
 
+impl From<ddpm_nets::atomic::WriteError> for TrainError {
+    fn from(e: ddpm_nets::atomic::WriteError) -> Self {
+        Self::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
 /// Result type of ddpm-train.
 pub type Result<T> = std::result::Result<T, TrainError>;

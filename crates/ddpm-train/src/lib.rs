@@ -6,7 +6,8 @@
 //! [`engine`] is the one training loop, which drives the [`tasks`] (DDPM, GAN, VAE, digit
 //! classifier) with [`optim`] (Adam/AdamW, EMA) and writes [`run_dir`] (checkpoints, logs);
 //! [`baselines`] loads and samples the GAN and VAE, [`classifier`] saves, loads and scores the
-//! digit classifier of the domain metrics, and [`bench`] times the engine's step.
+//! digit classifier of the domain metrics, and [`bench`] times the engine's step; [`h5images`] reads and writes the HDF5 image
+//! sets, [`viz`] draws grids and plots, and [`progress`] is the one progress-bar style.
 pub mod baselines;
 pub mod bench;
 pub mod classifier;
@@ -14,10 +15,12 @@ pub mod config;
 pub mod data;
 pub mod engine;
 pub mod error;
+pub mod h5images;
 pub mod loader;
 pub mod model_io;
 pub mod objective;
 pub mod optim;
+pub mod progress;
 pub mod run_dir;
 pub mod sampler;
 pub mod tables;

@@ -10,8 +10,8 @@ use rand::{Rng, SeedableRng};
 use tch::{Device, Kind, Tensor};
 
 use crate::config::DataConfig;
-use crate::data;
 use crate::error::{Result, TrainError};
+use crate::h5images;
 
 /// A split in memory, `[N, H, W, C]` uint8, with labels.
 pub struct ImageData {
@@ -21,57 +21,11 @@ pub struct ImageData {
     pub num_classes: i64,
 }
 
-/// Reads `/<split>/images` (`[N,H,W]` or `[N,H,W,C]` uint8) and `/<split>/labels`.
+/// Reads `/<split>/images` (`[N,H,W]` or `[N,H,W,C]` uint8, C = 1 or 3) and `/<split>/labels`
+/// (uint8 `[N]`) through [`h5images::read_split`]; errors name the file and the dataset.
 pub fn load_images(path: &Path, split: &str) -> Result<ImageData> {
-    let file = hdf5::File::open(path).map_err(|e| data::DataError::Hdf5 {
-        path: path.to_path_buf(),
-        source: e,
-    })?;
-    let ds = file
-        .dataset(&format!("{split}/images"))
-        .map_err(|_| data::DataError::Layout {
-            path: path.to_path_buf(),
-            message: format!("missing dataset /{split}/images"),
-        })?;
-    let images = match ds.ndim() {
-        3 => data::load_split(path, split)?.images.insert_axis(Axis(3)),
-        4 => ds
-            .read::<u8, ndarray::Ix4>()
-            .map_err(|e| data::DataError::Hdf5 {
-                path: path.to_path_buf(),
-                source: e,
-            })?,
-        n => {
-            return Err(data::DataError::Layout {
-                path: path.to_path_buf(),
-                message: format!(
-                    "/{split}/images has {n} dimensions, expected [N,H,W] or [N,H,W,C]"
-                ),
-            }
-            .into())
-        }
-    };
-    let labels: Vec<i64> = file
-        .dataset(&format!("{split}/labels"))
-        .and_then(|d| d.read_raw::<u8>())
-        .map_err(|_| data::DataError::Layout {
-            path: path.to_path_buf(),
-            message: format!("missing or unreadable /{split}/labels"),
-        })?
-        .into_iter()
-        .map(i64::from)
-        .collect();
-    if labels.len() != images.dim().0 {
-        return Err(data::DataError::Layout {
-            path: path.to_path_buf(),
-            message: format!(
-                "/{split}: {} images but {} labels",
-                images.dim().0,
-                labels.len()
-            ),
-        }
-        .into());
-    }
+    let (images, labels) = h5images::read_split(path, split)?;
+    let labels: Vec<i64> = labels.iter().map(|&l| i64::from(l)).collect();
     let num_classes = labels.iter().copied().max().map_or(0, |m| m + 1);
     Ok(ImageData {
         images,

@@ -7,12 +7,12 @@ use ddpm_math::{
     user_betas, BetaSchedule, GaussianDiffusion, LossType, ModelMeanType, ModelVarType,
 };
 use ddpm_nets::{diffusers, UNet2DModel};
-use hdf5::types::VarLenUnicode;
 use serde_json::Value;
 use tch::{nn, Device, Tensor};
 
 use crate::config::ModelKind;
 use crate::error::{Result, TrainError};
+use crate::h5images;
 use crate::run_dir::RunDir;
 
 /// Which weights of a run to sample from.
@@ -201,49 +201,24 @@ pub fn diffusion_from_scheduler(path: &Path, learned_variance: bool) -> Result<G
     Ok(GaussianDiffusion::new(betas, mean, var, loss)?)
 }
 
-/// Writes uint8 samples `[N, H, W, C]` to an HDF5 file as dataset `images` (h5py-readable), with
-/// string attributes describing how they were made; atomically.
+/// Writes uint8 samples `[N, H, W, C]` (C = 1 or 3, any device) to the HDF5 file `path` as
+/// dataset `images` (h5py-readable), with string attributes describing how they were made;
+/// atomically, through [`h5images::write_images`]. Errors name the file.
 pub fn write_samples(path: &Path, images_nhwc: &Tensor, attrs: &[(&str, String)]) -> Result<()> {
-    let t = images_nhwc
-        .to_device(Device::Cpu)
-        .to_kind(tch::Kind::Uint8)
-        .contiguous();
-    let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
-    if shape.len() != 4 {
+    if images_nhwc.dim() != 4 {
         return Err(TrainError::Checkpoint {
             path: path.to_path_buf(),
-            message: format!("samples must be [N,H,W,C], got {shape:?}"),
+            message: format!("samples must be [N,H,W,C], got {:?}", images_nhwc.size()),
         });
     }
-    let data = Vec::<u8>::try_from(t.view([-1]))?;
-    let arr = ndarray::Array4::from_shape_vec((shape[0], shape[1], shape[2], shape[3]), data)
-        .expect("length matches the shape");
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(TrainError::io(dir))?;
-    }
-    let h5 = |e: hdf5::Error| ddpm_nets::Error::Io {
-        path: path.to_path_buf(),
-        source: std::io::Error::other(e.to_string()),
-    };
-    ddpm_nets::checkpoint::write_atomically(path, |tmp| {
-        let f = hdf5::File::create(tmp).map_err(h5)?;
-        f.new_dataset_builder()
-            .with_data(&arr)
-            .create("images")
-            .map_err(h5)?;
-        for (k, v) in attrs {
-            let v: VarLenUnicode =
-                v.parse()
-                    .map_err(|e: hdf5::types::StringError| ddpm_nets::Error::Io {
-                        path: path.to_path_buf(),
-                        source: std::io::Error::other(e.to_string()),
-                    })?;
-            f.new_attr::<VarLenUnicode>()
-                .create(*k)
-                .and_then(|a| a.write_scalar(&v))
-                .map_err(h5)?;
-        }
-        f.close().map_err(h5)
-    })?;
-    Ok(())
+    let arr: ndarray::ArrayD<u8> = (&images_nhwc
+        .to_device(Device::Cpu)
+        .to_kind(tch::Kind::Uint8)
+        .contiguous())
+        .try_into()?;
+    let arr = arr
+        .into_dimensionality::<ndarray::Ix4>()
+        .expect("checked to be 4-D");
+    let attrs: Vec<(&str, &str)> = attrs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Ok(h5images::write_images(path, arr.view(), None, &attrs)?)
 }

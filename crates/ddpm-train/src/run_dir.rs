@@ -46,15 +46,12 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
     }
 }
 
-/// Writes text atomically (temporary file + rename).
-pub fn write_text_atomic(path: &Path, text: &str) -> Result<()> {
-    ddpm_nets::checkpoint::write_atomically(path, |tmp| {
-        fs::write(tmp, text).map_err(|source| ddpm_nets::Error::Io {
-            path: tmp.to_path_buf(),
-            source,
-        })
-    })
-    .map_err(TrainError::from)
+/// Writes text atomically (see [`ddpm_nets::atomic::write_atomically`]).
+fn write_text_atomic(path: &Path, text: &str) -> Result<()> {
+    Ok(ddpm_nets::atomic::write_bytes_atomically(
+        path,
+        text.as_bytes(),
+    )?)
 }
 
 impl TrainState {
@@ -112,6 +109,11 @@ impl RunDir {
     /// Rewrites `config.toml` (a resumed run may change run settings such as `run.steps`).
     pub fn write_config(&self, config: &TrainConfig) -> Result<()> {
         self.write_config_text(&config.to_toml())
+    }
+
+    /// Writes the text file `name` of the run atomically.
+    pub fn write_file(&self, name: &str, text: &str) -> Result<()> {
+        write_text_atomic(&self.path.join(name), text)
     }
 
     /// Rewrites `config.toml` with TOML text.

@@ -1,184 +1,88 @@
-//! Pictures: image grids from uint8 batches, and simple stacked line plots (no fonts needed),
-//! written atomically as PNG.
+//! Pictures: image grids that are readable at a glance (small images are enlarged by an integer
+//! factor), line plots with axes, tick values, labels and titles ([`plot`]), and PNG files written
+//! atomically.
 use std::path::Path;
 
 use image::{Rgb, RgbImage};
-use tch::{Kind, Tensor};
+use ndarray::{ArrayView4, Ix4};
+use tch::{Device, Kind, Tensor};
 
-use crate::error::{Result, TrainError};
+use crate::error::Result;
 
-/// One panel of a stacked plot: a series of (x, y) points drawn in `color`; non-finite points
-/// break the line. `log_y` plots log10(y) (non-positive y skipped).
-pub struct Panel {
-    /// x values.
-    pub xs: Vec<f64>,
-    /// y values.
-    pub ys: Vec<f64>,
-    /// Line colour.
-    pub color: [u8; 3],
-    /// Logarithmic y axis.
-    pub log_y: bool,
+mod plot;
+
+pub use plot::{plot, tick_label, PlotPanel, PANEL_HEIGHT, PLOT_WIDTH, TITLE_HEIGHT};
+
+/// Smallest side of a grid cell, pixels: smaller images are enlarged by an integer factor
+/// ([`upscale_factor`]), e.g. 28×28 digits ×4 to 112×112.
+pub const MIN_CELL: usize = 96;
+/// White gap between and around grid cells, pixels.
+pub const GRID_GAP: usize = 4;
+
+/// The integer factor by which [`grid`] enlarges `h × w` images: the smallest that makes the
+/// longer side at least [`MIN_CELL`] (1 for images that are already that large).
+pub fn upscale_factor(h: usize, w: usize) -> usize {
+    MIN_CELL.div_ceil(h.max(w).max(1))
 }
 
-const PANEL_W: u32 = 640;
-const PANEL_H: u32 = 200;
-const MARGIN: u32 = 16;
-
-/// Stacked panels, each with its own y-range, grey lines at the quarters of both axes and at 0.
-pub fn plot_panels(panels: &[Panel]) -> RgbImage {
-    let mut img = RgbImage::from_pixel(
-        PANEL_W,
-        PANEL_H * panels.len().max(1) as u32,
-        Rgb([255, 255, 255]),
+/// Tiles uint8 images `[N, H, W, C]` (C = 1 grey, or 3 RGB) into an RGB grid with `ncol` columns
+/// (clamped to 1..=N), each image enlarged `s = upscale_factor(H, W)` times by pixel repetition
+/// (nearest neighbour) and surrounded by a white [`GRID_GAP`]: the result is
+/// `ncol·(s·W + gap) + gap` by `nrow·(s·H + gap) + gap` pixels. An empty batch gives a blank cell.
+///
+/// Panics if C is not 1 or 3.
+pub fn grid(images: ArrayView4<'_, u8>, ncol: usize) -> RgbImage {
+    let (n, h, w, c) = images.dim();
+    assert!(
+        c == 1 || c == 3,
+        "grid images must have 1 or 3 channels, got {c}"
     );
-    for (k, panel) in panels.iter().enumerate() {
-        let ys: Vec<f64> = panel
-            .ys
-            .iter()
-            .map(|&y| {
-                if panel.log_y {
-                    if y > 0.0 {
-                        y.log10()
-                    } else {
-                        f64::NAN
-                    }
-                } else {
-                    y
-                }
-            })
-            .collect();
-        let (top, bottom) = (
-            k as u32 * PANEL_H + MARGIN,
-            (k as u32 + 1) * PANEL_H - MARGIN,
-        );
-        let (left, right) = (MARGIN * 2, PANEL_W - MARGIN);
-        let range = |v: &[f64]| {
-            let (lo, hi) = v
-                .iter()
-                .filter(|x| x.is_finite())
-                .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
-                    (a.min(x), b.max(x))
-                });
-            if !lo.is_finite() {
-                (0.0, 1.0)
-            } else if hi - lo <= 1e-12 * hi.abs().max(1.0) {
-                (lo - 0.5 * hi.abs().max(1.0), hi + 0.5 * hi.abs().max(1.0))
-            } else {
-                (lo, hi)
-            }
-        };
-        let (x0, x1) = range(&panel.xs);
-        let (y0, y1) = range(&ys);
-        let px = |x: f64| left as f64 + (x - x0) / (x1 - x0) * (right - left) as f64;
-        let py = |y: f64| bottom as f64 - (y - y0) / (y1 - y0) * (bottom - top) as f64;
-        let grey = Rgb([215, 215, 215]);
-        for q in 1..4 {
-            let y = (top + (bottom - top) * q / 4) as f64;
-            line(&mut img, (left as f64, y), (right as f64, y), grey);
-            let x = (left + (right - left) * q / 4) as f64;
-            line(&mut img, (x, top as f64), (x, bottom as f64), grey);
-        }
-        if y0 < 0.0 && y1 > 0.0 {
-            line(
-                &mut img,
-                (left as f64, py(0.0)),
-                (right as f64, py(0.0)),
-                Rgb([150, 150, 150]),
-            );
-        }
-        let black = Rgb([0, 0, 0]);
-        line(
-            &mut img,
-            (left as f64, top as f64),
-            (left as f64, bottom as f64),
-            black,
-        );
-        line(
-            &mut img,
-            (left as f64, bottom as f64),
-            (right as f64, bottom as f64),
-            black,
-        );
-        let mut prev: Option<(f64, f64)> = None;
-        for (&x, &y) in panel.xs.iter().zip(&ys) {
-            if !(x.is_finite() && y.is_finite()) {
-                prev = None;
-                continue;
-            }
-            let p = (px(x), py(y));
-            let s = prev.unwrap_or(p);
-            line(&mut img, s, p, Rgb(panel.color));
-            line(
-                &mut img,
-                (s.0, s.1 + 1.0),
-                (p.0, p.1 + 1.0),
-                Rgb(panel.color),
-            );
-            prev = Some(p);
-        }
-    }
-    img
-}
-
-/// A straight line (DDA), clipped to the image.
-fn line(img: &mut RgbImage, from: (f64, f64), to: (f64, f64), color: Rgb<u8>) {
-    let steps = (to.0 - from.0)
-        .abs()
-        .max((to.1 - from.1).abs())
-        .ceil()
-        .max(1.0) as usize;
-    for i in 0..=steps {
-        let s = i as f64 / steps as f64;
-        let (x, y) = (
-            (from.0 + s * (to.0 - from.0)).round(),
-            (from.1 + s * (to.1 - from.1)).round(),
-        );
-        if x >= 0.0 && y >= 0.0 && (x as u32) < img.width() && (y as u32) < img.height() {
-            img.put_pixel(x as u32, y as u32, color);
-        }
-    }
-}
-
-/// Tiles uint8 images `[N, H, W, C]` (C = 1 or 3) into an RGB grid with `ncol` columns and a
-/// 2-pixel white gap.
-pub fn grid_nhwc(images: &Tensor, ncol: usize) -> RgbImage {
-    let images = images
-        .to_device(tch::Device::Cpu)
-        .to_kind(Kind::Uint8)
-        .contiguous();
-    let s = images.size();
-    let (n, h, w, c) = (s[0] as usize, s[1] as usize, s[2] as usize, s[3] as usize);
-    let data = Vec::<u8>::try_from(images.view([-1])).expect("uint8 tensor");
+    let s = upscale_factor(h, w);
+    let (ch, cw) = (h * s, w * s);
     let ncol = ncol.clamp(1, n.max(1));
     let nrow = n.div_ceil(ncol).max(1);
-    let gap = 2;
-    let mut img = RgbImage::from_pixel(
-        (ncol * (w + gap) + gap) as u32,
-        (nrow * (h + gap) + gap) as u32,
+    let mut out = RgbImage::from_pixel(
+        (ncol * (cw + GRID_GAP) + GRID_GAP) as u32,
+        (nrow * (ch + GRID_GAP) + GRID_GAP) as u32,
         Rgb([255, 255, 255]),
     );
-    for k in 0..n {
-        let (r, col) = (k / ncol, k % ncol);
-        for y in 0..h {
-            for x in 0..w {
-                let base = ((k * h + y) * w + x) * c;
+    for (k, img) in images.outer_iter().enumerate() {
+        let (x0, y0) = (
+            GRID_GAP + (k % ncol) * (cw + GRID_GAP),
+            GRID_GAP + (k / ncol) * (ch + GRID_GAP),
+        );
+        for y in 0..ch {
+            for x in 0..cw {
+                let (sy, sx) = (y / s, x / s);
                 let px = if c == 1 {
-                    [data[base]; 3]
+                    [img[[sy, sx, 0]]; 3]
                 } else {
-                    [data[base], data[base + 1], data[base + 2]]
+                    [img[[sy, sx, 0]], img[[sy, sx, 1]], img[[sy, sx, 2]]]
                 };
-                img.put_pixel(
-                    (gap + col * (w + gap) + x) as u32,
-                    (gap + r * (h + gap) + y) as u32,
-                    Rgb(px),
-                );
+                out.put_pixel((x0 + x) as u32, (y0 + y) as u32, Rgb(px));
             }
         }
     }
-    img
+    out
 }
 
-/// Places images side by side horizontally with a gap (e.g. a trajectory strip or a report).
+/// [`grid`] of a uint8 tensor `[N, H, W, C]` on any device (other kinds are cast to uint8).
+///
+/// Panics if the tensor is not 4-D with C = 1 or 3.
+pub fn grid_nhwc(images: &Tensor, ncol: usize) -> RgbImage {
+    let host = images
+        .to_device(Device::Cpu)
+        .to_kind(Kind::Uint8)
+        .contiguous();
+    let arr: ndarray::ArrayD<u8> = (&host).try_into().expect("a uint8 CPU tensor converts");
+    let arr = arr
+        .into_dimensionality::<Ix4>()
+        .unwrap_or_else(|_| panic!("grid images must be [N, H, W, C], got {:?}", images.size()));
+    grid(arr.view(), ncol)
+}
+
+/// Places images side by side, top-aligned, with `gap` white pixels between them (e.g. the grids
+/// of a report).
 pub fn hstack(images: &[RgbImage], gap: u32) -> RgbImage {
     let w =
         images.iter().map(|i| i.width()).sum::<u32>() + gap * images.len().saturating_sub(1) as u32;
@@ -192,17 +96,17 @@ pub fn hstack(images: &[RgbImage], gap: u32) -> RgbImage {
     out
 }
 
-/// Saves a PNG atomically (temporary file in the same folder + rename), creating folders.
+/// Saves a PNG atomically (see [`ddpm_nets::atomic::write_atomically`]; folders are created).
+/// Errors name the file.
 pub fn save_png(img: &RgbImage, path: &Path) -> Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(TrainError::io(dir))?;
-    }
-    ddpm_nets::checkpoint::write_atomically(path, |tmp| {
+    ddpm_nets::atomic::write_atomically(path, |tmp| {
         img.save_with_format(tmp, image::ImageFormat::Png)
-            .map_err(|e| ddpm_nets::Error::Io {
-                path: tmp.to_path_buf(),
-                source: std::io::Error::other(e.to_string()),
+            .map_err(|e| crate::TrainError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::other(e),
             })
     })
-    .map_err(TrainError::from)
 }
+
+#[cfg(test)]
+mod tests;

@@ -307,6 +307,10 @@ impl ClassifierTask {
 impl TrainTask for ClassifierTask {
     type Batch = LabelledBatch;
 
+    fn name(&self) -> &'static str {
+        "digit classifier"
+    }
+
     fn metrics(&self) -> &'static [Metric] {
         &METRICS
     }

@@ -215,6 +215,10 @@ impl DdpmTask {
 impl TrainTask for DdpmTask {
     type Batch = DdpmBatch;
 
+    fn name(&self) -> &'static str {
+        "DDPM"
+    }
+
     fn metrics(&self) -> &'static [Metric] {
         &METRICS
     }

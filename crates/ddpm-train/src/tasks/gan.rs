@@ -91,6 +91,10 @@ impl GanTask {
 impl TrainTask for GanTask {
     type Batch = GanBatch;
 
+    fn name(&self) -> &'static str {
+        "DCGAN"
+    }
+
     fn metrics(&self) -> &'static [Metric] {
         &METRICS
     }

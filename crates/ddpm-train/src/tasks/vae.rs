@@ -69,6 +69,10 @@ impl VaeTask {
 impl TrainTask for VaeTask {
     type Batch = VaeBatch;
 
+    fn name(&self) -> &'static str {
+        "VAE"
+    }
+
     fn metrics(&self) -> &'static [Metric] {
         &METRICS
     }
