@@ -5,6 +5,7 @@ use std::path::Path;
 
 use tch::Device;
 
+use crate::baselines::{NetworkConfigs, NETWORKS_FILE};
 use crate::config::{ModelKind, TrainConfig};
 use crate::engine::{self, LoopSettings, RunTarget, TrainOptions, TrainSummary, TrainTask};
 use crate::error::{Result, TrainError};
@@ -126,11 +127,7 @@ pub fn train_gan(
     resume: bool,
     opts: &TrainOptions,
 ) -> Result<TrainSummary> {
-    let (device, data) = prepare(cfg, ModelKind::Gan)?;
-    let nets = crate::baselines::NetworkConfigs::for_run(dir, cfg, &data, resume)?;
-    let mut task = gan::GanTask::new(cfg, &nets, device)?;
-    let files = vec![(crate::baselines::NETWORKS_FILE, nets.to_json())];
-    run(&mut task, dir, cfg, resume, files, &data, opts)
+    train_baseline(dir, cfg, resume, opts, ModelKind::Gan, gan::GanTask::new)
 }
 
 /// Trains the VAE baseline (`model.kind = "vae"`); see [`train`] and [`vae::VaeTask`].
@@ -140,9 +137,22 @@ pub fn train_vae(
     resume: bool,
     opts: &TrainOptions,
 ) -> Result<TrainSummary> {
-    let (device, data) = prepare(cfg, ModelKind::Vae)?;
-    let nets = crate::baselines::NetworkConfigs::for_run(dir, cfg, &data, resume)?;
-    let mut task = vae::VaeTask::new(cfg, &nets, device)?;
-    let files = vec![(crate::baselines::NETWORKS_FILE, nets.to_json())];
+    train_baseline(dir, cfg, resume, opts, ModelKind::Vae, vae::VaeTask::new)
+}
+
+/// A baseline run: its networks follow from the config and the data's image shape (and must
+/// match the run's `networks.json` when resuming), which the run directory records.
+fn train_baseline<T: TrainTask>(
+    dir: &Path,
+    cfg: &TrainConfig,
+    resume: bool,
+    opts: &TrainOptions,
+    kind: ModelKind,
+    new_task: impl FnOnce(&TrainConfig, &NetworkConfigs, Device) -> Result<T>,
+) -> Result<TrainSummary> {
+    let (device, data) = prepare(cfg, kind)?;
+    let nets = NetworkConfigs::for_run(dir, cfg, &data, resume)?;
+    let mut task = new_task(cfg, &nets, device)?;
+    let files = vec![(NETWORKS_FILE, nets.to_json())];
     run(&mut task, dir, cfg, resume, files, &data, opts)
 }
