@@ -162,59 +162,137 @@ pub fn bench_config(opts: &BenchOptions) -> Result<TrainConfig> {
     Ok(cfg)
 }
 
+/// Per-iteration wall times of a timed loop and its CPU seconds per iteration.
+struct Timing {
+    times: Vec<f64>,
+    cpu_per_iter: Option<f64>,
+}
+
+/// Runs `body(i)` for `warmup + n` iterations and times the last `n`: per iteration on the CPU
+/// (every op has finished when it returns), as the block's mean on CUDA (asynchronous; one sync).
+fn timed(
+    device: Device,
+    warmup: usize,
+    n: usize,
+    mut body: impl FnMut(usize) -> Result<()>,
+) -> Result<Timing> {
+    let mut times = Vec::with_capacity(n);
+    let mut block_start = Instant::now();
+    let mut cpu_start = process_cpu_secs();
+    for i in 0..warmup + n {
+        if i == warmup {
+            sync(device);
+            block_start = Instant::now();
+            cpu_start = process_cpu_secs();
+        }
+        let start = Instant::now();
+        body(i)?;
+        if !device.is_cuda() && i >= warmup {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    let cpu_per_iter = cpu_start
+        .zip(process_cpu_secs())
+        .map(|(a, b)| (b - a) / n.max(1) as f64);
+    if device.is_cuda() {
+        sync(device);
+        times = vec![block_start.elapsed().as_secs_f64() / n.max(1) as f64; n];
+    }
+    Ok(Timing {
+        times,
+        cpu_per_iter,
+    })
+}
+
+/// The image shape of the preset's data (before padding) and of its samples.
+fn shapes(cfg: &TrainConfig) -> ((i64, i64), (i64, i64)) {
+    let data_hw = match cfg.model.unet.sample_size {
+        Some(ddpm_nets::unet::SampleSize::Square(s)) => (s, s),
+        Some(ddpm_nets::unet::SampleSize::Rect([h, w])) => (h, w),
+        None => (32, 32),
+    };
+    (data_hw, sample_hw(cfg))
+}
+
 /// Runs the benchmark and returns its JSON report.
 pub fn run_bench(opts: &BenchOptions) -> Result<Value> {
     let cfg = bench_config(opts)?;
     ddpm_nets::fast::set_enabled(!opts.reference_layers);
     let device = setup_device(&cfg)?;
-    let diffusion = cfg.diffusion.build()?;
-    let u = &cfg.model.unet;
-    let batch = cfg.data.batch_size as i64;
-    let (h, w) = match u.sample_size {
-        Some(ddpm_nets::unet::SampleSize::Square(s)) => (s, s),
-        Some(ddpm_nets::unet::SampleSize::Rect([h, w])) => (h, w),
-        None => (32, 32),
-    };
-    let (sh, sw) = sample_hw(&cfg);
     let load_before = load_average();
-
     let mut task = DdpmTask::new(&cfg, device)?;
-    let settings = loop_settings(&cfg);
-    let num_params = ddpm_nets::unet::num_parameters(&task.model.vs);
     if let Some(dir) = &opts.weights_out {
-        ddpm_nets::diffusers::save_pretrained(dir, u, &task.model.vs)?;
+        ddpm_nets::diffusers::save_pretrained(dir, &cfg.model.unet, &task.model.vs)?;
     }
     // Σ|θ| of the initial weights: PyTorch's report shows the same number when it loaded them.
     let weights_abs_sum: f64 = named_trainables(&task.model.vs)
         .iter()
         .map(|(_, p)| p.abs().sum(Kind::Double).double_value(&[]))
         .sum();
+    let (mut train, train_peak) = bench_training(&mut task, &cfg, opts)?;
+    let profile = train
+        .as_object_mut()
+        .and_then(|t| t.remove("profile"))
+        .unwrap_or(Value::Null);
+    let (sample, sample_peak) = bench_sampling(&task, &cfg, opts)?;
+    let chain = bench_chain(&task, &cfg, opts)?;
+    let (_, (sh, sw)) = shapes(&cfg);
+    let u = &cfg.model.unet;
+    Ok(json!({
+        "impl": "ddpm-rs",
+        "host_allocator": ddpm_nets::host_memory::current().to_string(),
+        "layers": if ddpm_nets::fast::enabled() { "fast (ddpm_nets::fast)" } else { "reference" },
+        "preset": opts.preset,
+        "device": format!("{device:?}"),
+        "dtype": if task.autocast() { "bf16-autocast" } else { "f32" },
+        "threads": tch::get_num_threads(),
+        "interop_threads": tch::get_num_interop_threads(),
+        "batch": cfg.data.batch_size,
+        "image": [u.in_channels, sh, sw],
+        "params": ddpm_nets::unet::num_parameters(&task.model.vs),
+        "weights_abs_sum": weights_abs_sum,
+        "data": "synthetic uint8, converted by loader::to_model_input",
+        "pad_to_32": cfg.data.pad_to_32,
+        "random_flip": cfg.data.random_flip,
+        "optim": serde_json::to_value(&cfg.optim).unwrap_or(Value::Null),
+        "diffusion": serde_json::to_value(&cfg.diffusion).unwrap_or(Value::Null),
+        "load_avg_before": load_before,
+        "load_avg_after": load_average(),
+        "train": train,
+        "sample": sample,
+        "chain": chain,
+        "profile": profile,
+        "memory": {
+            "train_peak_rss_mib": train_peak,
+            "sample_peak_rss_mib": sample_peak,
+            "cuda_peak_mib": Value::Null,
+            "note": if device.is_cuda() { "CUDA peak allocation is not exposed by tch 0.24: n/a" } else { "VmHWM of this process, reset before each phase" },
+        },
+    }))
+}
 
-    // Synthetic uint8 images of the preset's shape stand in for the dataset (the gather from the
-    // in-memory array is not timed); the conversion to the model input is the engine's.
+/// Times `opts.steps` training steps through the engine's [`train_step`] on synthetic uint8
+/// images of the preset's shape (the gather from the in-memory array is not timed; the
+/// conversion to the model input is the engine's), plus the phase profile when asked. Returns
+/// the `train` section of the report and the peak RSS.
+fn bench_training(
+    task: &mut DdpmTask,
+    cfg: &TrainConfig,
+    opts: &BenchOptions,
+) -> Result<(Value, Option<f64>)> {
+    let device = task.model.vs.device();
+    let settings = loop_settings(cfg);
+    let ((h, w), _) = shapes(cfg);
+    let batch = cfg.data.batch_size as i64;
     tch::manual_seed(step_seed(cfg.run.seed, 0) as i64);
-    let images_u8 = Tensor::randint(
-        256,
-        [batch, u.in_channels, h, w],
-        (Kind::Uint8, Device::Cpu),
-    );
+    let shape = [batch, cfg.model.unet.in_channels, h, w];
+    let images_u8 = Tensor::randint(256, shape, (Kind::Uint8, Device::Cpu));
     let labels = Tensor::randint(10, [batch], (Kind::Int64, Device::Cpu));
-
-    // Training.
     let _ = reset_peak_rss();
-    let mut train_times = Vec::with_capacity(opts.steps);
     let mut last_loss = Tensor::zeros([1], (Kind::Float, device));
-    let mut block_start = Instant::now();
-    let mut cpu_start = process_cpu_secs();
-    for step in 0..opts.warmup + opts.steps {
-        if step == opts.warmup {
-            sync(device);
-            block_start = Instant::now();
-            cpu_start = process_cpu_secs();
-        }
-        let start = Instant::now();
+    let timing = timed(device, opts.warmup, opts.steps, |step| {
         let rec = train_step(
-            &mut task,
+            task,
             &settings,
             &images_u8,
             labels.shallow_clone(),
@@ -222,20 +300,8 @@ pub fn run_bench(opts: &BenchOptions) -> Result<Value> {
             &mut Probe::none(),
         )?;
         last_loss = rec.values.get(0);
-        if !device.is_cuda() && step >= opts.warmup {
-            // On the CPU every op has finished when it returns: per-step times are exact.
-            train_times.push(start.elapsed().as_secs_f64());
-        }
-    }
-    if device.is_cuda() {
-        // On CUDA the steps run asynchronously: the block is timed as a whole (one sync).
-        sync(device);
-        let per = block_start.elapsed().as_secs_f64() / opts.steps.max(1) as f64;
-        train_times = vec![per; opts.steps];
-    }
-    let train_cpu = cpu_start
-        .zip(process_cpu_secs())
-        .map(|(a, b)| (b - a) / opts.steps.max(1) as f64);
+        Ok(())
+    })?;
     let final_loss = last_loss.double_value(&[]);
     if !final_loss.is_finite() {
         return Err(TrainError::NonFinite {
@@ -245,147 +311,122 @@ pub fn run_bench(opts: &BenchOptions) -> Result<Value> {
             last_checkpoint: None,
         });
     }
-    let train_peak = proc_status_mib("VmHWM:");
-    let train_summary = summary(&train_times);
-    let train_mean = train_summary["mean_s"].as_f64().unwrap_or(f64::NAN);
-    let train_median = train_summary["median_s"].as_f64().unwrap_or(f64::NAN);
-
+    let peak = proc_status_mib("VmHWM:");
+    let stats = summary(&timing.times);
     let profile = if opts.profile {
-        Some(profile_steps(&mut task, &cfg, &images_u8, &labels, opts)?)
+        Some(profile_steps(task, cfg, &images_u8, &labels, opts)?)
     } else {
         None
     };
-
-    // Sampling: network evaluations of the EMA model at batch B under no_grad.
-    let _ = reset_peak_rss();
-    let autocast = task.autocast();
-    let ema_unet = &task.model.ema_unet;
-    let class = u
-        .num_class_embeds
-        .map(|k| Tensor::arange(batch, (Kind::Int64, device)).remainder(k - 1));
-    let eval = |x: &Tensor, t: &Tensor, labels: Option<&Tensor>| -> Tensor {
-        ddpm_nets::autocast::bf16_if(autocast, device, || ema_unet.forward_t(x, t, labels, false))
-            .to_kind(Kind::Float)
-    };
-    let mut sample_times = Vec::with_capacity(opts.sample_steps);
-    let mut sample_cpu = None;
-    tch::no_grad(|| {
-        tch::manual_seed(step_seed(cfg.run.seed, usize::MAX / 3) as i64);
-        let x = Tensor::randn([batch, u.in_channels, sh, sw], (Kind::Float, device));
-        let mut block_start = Instant::now();
-        let mut cpu_start = process_cpu_secs();
-        for i in 0..opts.warmup + opts.sample_steps {
-            if i == opts.warmup {
-                sync(device);
-                block_start = Instant::now();
-                cpu_start = process_cpu_secs();
-            }
-            let t = Tensor::full([batch], 999 - (i as i64 * 20) % 1000, (Kind::Int64, device));
-            let start = Instant::now();
-            let y = eval(&x, &t, class.as_ref());
-            if !device.is_cuda() && i >= opts.warmup {
-                sample_times.push(start.elapsed().as_secs_f64());
-            }
-            drop(y);
-        }
-        sample_cpu = cpu_start
-            .zip(process_cpu_secs())
-            .map(|(a, b)| (b - a) / opts.sample_steps.max(1) as f64);
-        if device.is_cuda() {
-            sync(device);
-            let per = block_start.elapsed().as_secs_f64() / opts.sample_steps.max(1) as f64;
-            sample_times = vec![per; opts.sample_steps];
-        }
+    let section = json!({
+        "steps": opts.steps,
+        "warmup": opts.warmup,
+        "step_s": stats["median_s"],
+        "cpu_s_per_step": timing.cpu_per_iter,
+        "images_per_s": batch as f64 / stats["mean_s"].as_f64().unwrap_or(f64::NAN),
+        "final_loss": final_loss,
+        "includes": "t/ε draws, q_sample, forward, ε-MSE loss, backward, grad-norm clip, Adam, EMA",
+        "step": stats,
+        "profile": profile,
     });
-    let sample_summary = summary(&sample_times);
-    let sample_mean = sample_summary["mean_s"].as_f64().unwrap_or(f64::NAN);
+    Ok((section, peak))
+}
 
-    // A full chain of the (fast) sampler the preset's grids use.
-    let chain_spec = opts
+/// The EMA network's forward pass as the samplers call it (bf16 autocast when the run uses it).
+fn ema_eval<'a>(
+    task: &'a DdpmTask,
+    class: Option<&'a Tensor>,
+) -> impl Fn(&Tensor, &Tensor) -> Tensor + 'a {
+    move |x, t| {
+        ddpm_nets::autocast::bf16_if(task.autocast(), task.model.vs.device(), || {
+            task.model.ema_unet.forward_t(x, t, class, false)
+        })
+        .to_kind(Kind::Float)
+    }
+}
+
+/// Classes 0, 1, … in turn for `n` images of a conditional model.
+fn cycling_classes(cfg: &TrainConfig, n: i64, device: Device) -> Option<Tensor> {
+    cfg.model
+        .unet
+        .num_class_embeds
+        .map(|k| Tensor::arange(n, (Kind::Int64, device)).remainder(k - 1))
+}
+
+/// Times `opts.sample_steps` network evaluations of the EMA model at batch B under no_grad.
+/// Returns the `sample` section of the report and the peak RSS.
+fn bench_sampling(
+    task: &DdpmTask,
+    cfg: &TrainConfig,
+    opts: &BenchOptions,
+) -> Result<(Value, Option<f64>)> {
+    let device = task.model.vs.device();
+    let batch = cfg.data.batch_size as i64;
+    let (_, (sh, sw)) = shapes(cfg);
+    let _ = reset_peak_rss();
+    let class = cycling_classes(cfg, batch, device);
+    let eval = ema_eval(task, class.as_ref());
+    let timing = tch::no_grad(|| {
+        tch::manual_seed(step_seed(cfg.run.seed, usize::MAX / 3) as i64);
+        let x = Tensor::randn(
+            [batch, cfg.model.unet.in_channels, sh, sw],
+            (Kind::Float, device),
+        );
+        timed(device, opts.warmup, opts.sample_steps, |i| {
+            let t = Tensor::full([batch], 999 - (i as i64 * 20) % 1000, (Kind::Int64, device));
+            drop(eval(&x, &t));
+            Ok(())
+        })
+    })?;
+    let stats = summary(&timing.times);
+    let mean = stats["mean_s"].as_f64().unwrap_or(f64::NAN);
+    let section = json!({
+        "evals": opts.sample_steps,
+        "eval_s": stats["median_s"],
+        "evals_per_s": 1.0 / mean,
+        "cpu_s_per_eval": timing.cpu_per_iter,
+        "image_evals_per_s": batch as f64 / mean,
+        "grad_mode": "no_grad (tch has no InferenceMode guard)",
+        "eval": stats,
+    });
+    Ok((section, proc_status_mib("VmHWM:")))
+}
+
+/// Times a full chain of the (fast) sampler the preset's grids use (`opts.chain`, default
+/// `run.sample_steps`; `none`: skipped).
+fn bench_chain(task: &DdpmTask, cfg: &TrainConfig, opts: &BenchOptions) -> Result<Value> {
+    let spec = opts
         .chain
         .clone()
         .unwrap_or_else(|| cfg.run.sample_steps.clone());
-    let chain = if chain_spec == "none" {
-        Value::Null
-    } else {
-        let spec = SamplerSpec::parse(&chain_spec, diffusion.num_timesteps())?;
-        let sampler = Sampler::new(&diffusion, &spec, device)?;
-        let n = opts.chain_batch.map(|b| b as i64).unwrap_or(batch);
-        let chain_class = u
-            .num_class_embeds
-            .map(|k| Tensor::arange(n, (Kind::Int64, device)).remainder(k - 1));
-        tch::manual_seed(step_seed(cfg.run.seed, usize::MAX / 2) as i64);
-        let noise = Tensor::randn([n, u.in_channels, sh, sw], (Kind::Float, device));
-        sync(device);
-        let start = Instant::now();
-        let samples = sampler.sample(
-            |x, t, _| eval(x, t, chain_class.as_ref()),
-            noise,
-            None,
-            0,
-            |_| {},
-        );
-        sync(device);
-        let secs = start.elapsed().as_secs_f64();
-        let finite = samples.images.isfinite().all().int64_value(&[]) == 1;
-        json!({
-            "sampler": spec.label(),
-            "evals": sampler.num_steps(),
-            "batch": n,
-            "secs": secs,
-            "images_per_s": n as f64 / secs,
-            "finite": finite,
-        })
-    };
-    let sample_peak = proc_status_mib("VmHWM:");
-
+    if spec == "none" {
+        return Ok(Value::Null);
+    }
+    let device = task.model.vs.device();
+    let diffusion = task.diffusion();
+    let spec = SamplerSpec::parse(&spec, diffusion.num_timesteps())?;
+    let sampler = Sampler::new(diffusion, &spec, device)?;
+    let n = opts.chain_batch.unwrap_or(cfg.data.batch_size) as i64;
+    let (_, (sh, sw)) = shapes(cfg);
+    let class = cycling_classes(cfg, n, device);
+    let eval = ema_eval(task, class.as_ref());
+    tch::manual_seed(step_seed(cfg.run.seed, usize::MAX / 2) as i64);
+    let noise = Tensor::randn(
+        [n, cfg.model.unet.in_channels, sh, sw],
+        (Kind::Float, device),
+    );
+    sync(device);
+    let start = Instant::now();
+    let samples = sampler.sample(|x, t, _| eval(x, t), noise, None, 0, |_| {});
+    sync(device);
+    let secs = start.elapsed().as_secs_f64();
     Ok(json!({
-        "impl": "ddpm-rs",
-        "host_allocator": ddpm_nets::host_memory::current().to_string(),
-        "layers": if ddpm_nets::fast::enabled() { "fast (ddpm_nets::fast)" } else { "reference" },
-        "preset": opts.preset,
-        "device": format!("{device:?}"),
-        "dtype": if autocast { "bf16-autocast" } else { "f32" },
-        "threads": tch::get_num_threads(),
-        "interop_threads": tch::get_num_interop_threads(),
-        "batch": batch,
-        "image": [u.in_channels, sh, sw],
-        "params": num_params,
-        "weights_abs_sum": weights_abs_sum,
-        "data": "synthetic uint8, converted by loader::to_model_input",
-        "pad_to_32": cfg.data.pad_to_32,
-        "random_flip": cfg.data.random_flip,
-        "optim": serde_json::to_value(&cfg.optim).unwrap_or(Value::Null),
-        "diffusion": serde_json::to_value(&cfg.diffusion).unwrap_or(Value::Null),
-        "load_avg_before": load_before,
-        "load_avg_after": load_average(),
-        "train": {
-            "steps": opts.steps,
-            "warmup": opts.warmup,
-            "step": train_summary,
-            "step_s": train_median,
-            "cpu_s_per_step": train_cpu,
-            "images_per_s": batch as f64 / train_mean,
-            "final_loss": final_loss,
-            "includes": "t/ε draws, q_sample, forward, ε-MSE loss, backward, grad-norm clip, Adam, EMA",
-        },
-        "sample": {
-            "evals": opts.sample_steps,
-            "eval": sample_summary,
-            "eval_s": sample_summary["median_s"],
-            "evals_per_s": 1.0 / sample_mean,
-            "cpu_s_per_eval": sample_cpu,
-            "image_evals_per_s": batch as f64 / sample_mean,
-            "grad_mode": "no_grad (tch has no InferenceMode guard)",
-        },
-        "chain": chain,
-        "profile": profile,
-        "memory": {
-            "train_peak_rss_mib": train_peak,
-            "sample_peak_rss_mib": sample_peak,
-            "cuda_peak_mib": Value::Null,
-            "note": if device.is_cuda() { "CUDA peak allocation is not exposed by tch 0.24: n/a" } else { "VmHWM of this process, reset before each phase" },
-        },
+        "sampler": spec.label(),
+        "evals": sampler.num_steps(),
+        "batch": n,
+        "secs": secs,
+        "images_per_s": n as f64 / secs,
+        "finite": samples.images.isfinite().all().int64_value(&[]) == 1,
     }))
 }
 
