@@ -77,7 +77,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
         other => bail!("--dtype {other}: expected auto, f32 or bf16"),
     };
     if args.model.join("config.toml").is_file() {
-        let kind = RunDir::open(&args.model)?.config()?.model.kind;
+        let kind = RunDir::open(&args.model)?.config()?.model.kind();
         if kind != ModelKind::Ddpm {
             if args.dtype != "auto" {
                 bail!(

@@ -250,7 +250,7 @@ pub fn run_bits_per_dim(
     let nchw = images.permute([0, 3, 1, 2]).contiguous();
     let (h, w) = (nchw.size()[2], nchw.size()[3]);
     let kind = if dir.join("config.toml").is_file() {
-        RunDir::open(dir)?.config()?.model.kind
+        RunDir::open(dir)?.config()?.model.kind()
     } else {
         ModelKind::Ddpm
     };

@@ -151,7 +151,9 @@ pub fn bench_config(opts: &BenchOptions) -> Result<TrainConfig> {
         cfg.run.cpu_threads = t;
     }
     if let Some(d) = &opts.device {
-        cfg.run.device = d.clone();
+        cfg.run.device = d.parse().map_err(|e: ddpm_nets::device::DeviceError| {
+            TrainError::config("run.device", e.to_string())
+        })?;
     }
     if let Some(b) = opts.bf16 {
         cfg.run.bf16 = b;
@@ -168,7 +170,7 @@ pub fn run_bench(opts: &BenchOptions) -> Result<Value> {
     ddpm_nets::fast::set_enabled(!opts.reference_layers);
     let device = setup_device(&cfg)?;
     let diffusion = cfg.diffusion.build()?;
-    let u = &cfg.model.unet;
+    let u = cfg.unet()?;
     let batch = cfg.data.batch_size as i64;
     let (h, w) = match u.sample_size {
         Some(ddpm_nets::unet::SampleSize::Square(s)) => (s, s),
@@ -304,7 +306,7 @@ pub fn run_bench(opts: &BenchOptions) -> Result<Value> {
     let chain_spec = opts
         .chain
         .clone()
-        .unwrap_or_else(|| cfg.run.sample_steps.clone());
+        .unwrap_or_else(|| cfg.run.sample_steps.to_string());
     let chain = if chain_spec == "none" {
         Value::Null
     } else {
