@@ -110,6 +110,7 @@ impl Default for VaeModelConfig {
 /// other kinds, which it ignored, are dropped.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", try_from = "RawModelConfig")]
+#[allow(clippy::large_enum_variant)] // built once per run; a Box would only add indirection
 pub enum ModelConfig {
     /// Denoising diffusion (the UNet ε_θ).
     Ddpm(DdpmModelConfig),
@@ -704,10 +705,12 @@ fn small_unet(channels: Vec<i64>, layers: i64, attn_level: usize, groups: i64) -
 impl TrainConfig {
     /// `mnist-cpu`: a DDPM small enough for a 2-core CPU (28 → 14 → 7, attention only at 7×7).
     pub fn mnist_cpu() -> Self {
-        let mut c = TrainConfig::default();
         let mut unet = small_unet(vec![32, 64, 64], 1, 2, 8);
         unet.dropout = 0.0;
-        c.model = ModelConfig::Ddpm(DdpmModelConfig { unet });
+        let mut c = TrainConfig {
+            model: ModelConfig::Ddpm(DdpmModelConfig { unet }),
+            ..TrainConfig::default()
+        };
         c.data.batch_size = 64;
         c.optim.lr = 1e-3;
         c.optim.warmup_steps = 200;
@@ -722,10 +725,12 @@ impl TrainConfig {
 
     /// `mnist`: the GPU DDPM of MNIST (`[64, 128, 128]`, 20k steps).
     pub fn mnist() -> Self {
-        let mut c = TrainConfig::default();
-        c.model = ModelConfig::Ddpm(DdpmModelConfig {
-            unet: small_unet(vec![64, 128, 128], 2, 1, 32),
-        });
+        let mut c = TrainConfig {
+            model: ModelConfig::Ddpm(DdpmModelConfig {
+                unet: small_unet(vec![64, 128, 128], 2, 1, 32),
+            }),
+            ..TrainConfig::default()
+        };
         c.data.batch_size = 128;
         c.optim.lr = 2e-4;
         c.optim.warmup_steps = 1000;

@@ -399,7 +399,7 @@ pub fn sample_grid_images(
 
 /// The image size a model of this run samples at.
 pub fn sample_hw(cfg: &TrainConfig) -> (i64, i64) {
-    let base = match cfg.model.unet().and_then(|u| u.sample_size.clone()) {
+    let base = match cfg.model.unet().and_then(|u| u.sample_size) {
         Some(ddpm_nets::unet::SampleSize::Square(s)) => (s, s),
         Some(ddpm_nets::unet::SampleSize::Rect([h, w])) => (h, w),
         None => (32, 32),
