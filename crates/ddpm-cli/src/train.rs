@@ -67,7 +67,8 @@ fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
     } else {
         // A baseline starts from its own recipe of the preset (DCGAN's Adam β₁ = 0.5, epochs, …).
         let preset = args.preset.as_deref().unwrap_or("mnist-cpu");
-        let cfg = TrainConfig::preset_for_model(preset, kind.unwrap_or_default())?;
+        let mut cfg = TrainConfig::preset_for_model(preset, kind.unwrap_or_default())?;
+        cfg.data.path = preset_data_path(preset);
         (cfg, format!("preset {preset}"))
     };
     if let Some(kind) = kind.filter(|&k| k != base.model.kind()) {
@@ -89,6 +90,16 @@ fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
     let cfg = base.with_overrides(&overrides)?;
     cfg.validate()?;
     Ok(cfg)
+}
+
+/// The dataset file a preset trains on: `datasets/<dataset>.h5`, as `cargo xtask fetch-data`
+/// writes it (`mnist-cpu` trains on MNIST).
+pub fn preset_data_path(preset: &str) -> PathBuf {
+    let dataset = match preset {
+        "mnist-cpu" => "mnist",
+        other => other,
+    };
+    PathBuf::from(format!("datasets/{dataset}.h5"))
 }
 
 /// A flag that the first Ctrl-C sets (the engine then checkpoints after the current step and

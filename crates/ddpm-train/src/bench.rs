@@ -144,6 +144,8 @@ pub fn load_average() -> Option<[f64; 3]> {
 /// The benchmark's configuration: the preset with the options applied.
 pub fn bench_config(opts: &BenchOptions) -> Result<TrainConfig> {
     let mut cfg = TrainConfig::preset(&opts.preset)?;
+    // The benchmark draws random images and never opens a dataset; this only names that.
+    cfg.data.path = PathBuf::from("<random images>");
     if let Some(b) = opts.batch {
         cfg.data.batch_size = b;
     }

@@ -569,6 +569,9 @@ impl Default for OptimConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
     /// HDF5 dataset file (ours: `/train/images` uint8 `[N,H,W]` or `[N,H,W,C]`, `/train/labels`).
+    /// Empty by default and in the presets (the library knows no dataset locations): the caller sets
+    /// it (`ddpm-cli train --preset` uses `datasets/<dataset>.h5`); [`TrainConfig::validate`]
+    /// refuses an empty path.
     pub path: PathBuf,
     /// Split to train on.
     pub split: String,
@@ -587,7 +590,7 @@ pub struct DataConfig {
 impl Default for DataConfig {
     fn default() -> Self {
         Self {
-            path: PathBuf::from("datasets/mnist.h5"),
+            path: PathBuf::new(),
             split: "train".into(),
             batch_size: 128,
             pad_to_32: false,
@@ -741,18 +744,15 @@ impl TrainConfig {
         c
     }
 
-    /// `fashion-mnist`: [`TrainConfig::mnist`] on `datasets/fashion-mnist.h5`.
+    /// `fashion-mnist`: the same recipe as [`TrainConfig::mnist`] (for Fashion-MNIST data).
     pub fn fashion_mnist() -> Self {
-        let mut c = Self::mnist();
-        c.data.path = PathBuf::from("datasets/fashion-mnist.h5");
-        c
+        Self::mnist()
     }
 
     /// `cifar10`: Ho et al. 2020 — the 35.7M UNet, Adam 2e-4, warm-up 5000, clip 1, batch 128,
     /// EMA 0.9999, random flips, T = 1000 linear, ε target, fixed-large sampling.
     pub fn cifar10() -> Self {
         let mut c = TrainConfig::default();
-        c.data.path = PathBuf::from("datasets/cifar10.h5");
         c.data.random_flip = true;
         c.run.steps = 800_000;
         c
@@ -768,7 +768,7 @@ impl TrainConfig {
         })
     }
 
-    /// A built-in preset by name (see [`PRESETS`]).
+    /// A built-in preset by name (see [`PRESETS`]); `data.path` is left empty for the caller.
     pub fn preset(name: &str) -> Result<Self> {
         match name {
             "mnist-cpu" => Ok(Self::mnist_cpu()),
@@ -982,7 +982,7 @@ impl TrainConfig {
             .resolve(self.diffusion.timesteps)
             .map_err(|e| TrainError::config("run.sample_steps", e.to_string()))?;
         match &self.model {
-            ModelConfig::Ddpm(m) => self.validate_ddpm(&m.unet),
+            ModelConfig::Ddpm(m) => self.validate_ddpm(&m.unet)?,
             ModelConfig::Gan(m) => {
                 self.validate_baseline(m.latent_dim, m.base_channels)?;
                 if m.disc_channels < 1 {
@@ -997,16 +997,21 @@ impl TrainConfig {
                         format!("must be in [0, 1), got {}", m.disc_dropout),
                     ));
                 }
-                Ok(())
             }
             ModelConfig::Vae(m) => {
                 self.validate_baseline(m.latent_dim, m.base_channels)?;
                 if !m.min_log_scale.is_finite() {
                     return Err(TrainError::config("model.min_log_scale", "must be finite"));
                 }
-                Ok(())
             }
         }
+        if self.data.path.as_os_str().is_empty() {
+            return Err(TrainError::config(
+                "data.path",
+                "is empty: set it to the HDF5 dataset file to train on",
+            ));
+        }
+        Ok(())
     }
 
     /// The checks shared by the GAN and the VAE.
@@ -1122,7 +1127,10 @@ mod tests {
     #[test]
     fn presets_validate_and_round_trip_through_toml() {
         for name in PRESETS {
-            let c = TrainConfig::preset(name).unwrap();
+            let mut c = TrainConfig::preset(name).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains("config `data.path`"), "{name}: {err}");
+            c.data.path = PathBuf::from("data.h5");
             c.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(TrainConfig::from_toml(&c.to_toml()).unwrap(), c, "{name}");
         }
@@ -1136,7 +1144,8 @@ mod tests {
     fn baseline_presets_validate_and_round_trip() {
         for name in PRESETS {
             for kind in [ModelKind::Ddpm, ModelKind::Gan, ModelKind::Vae] {
-                let c = TrainConfig::preset_for_model(name, kind).unwrap();
+                let mut c = TrainConfig::preset_for_model(name, kind).unwrap();
+                c.data.path = PathBuf::from("data.h5");
                 c.validate()
                     .unwrap_or_else(|e| panic!("{name} {kind:?}: {e}"));
                 assert_eq!(c.model.kind(), kind);
@@ -1159,7 +1168,8 @@ mod tests {
         );
         let vae = TrainConfig::preset_for_model("fashion-mnist", ModelKind::Vae).unwrap();
         assert_eq!((vae.run.steps, vae.data.batch_size), (23_438, 128));
-        let base = TrainConfig::preset_for_model("mnist-cpu", ModelKind::Gan).unwrap();
+        let mut base = TrainConfig::preset_for_model("mnist-cpu", ModelKind::Gan).unwrap();
+        base.data.path = PathBuf::from("data.h5");
         for (o, key) in [
             ("model.latent_dim=0", "model.latent_dim"),
             ("model.disc_channels=0", "model.disc_channels"),
@@ -1399,6 +1409,7 @@ mod tests {
             let c = TrainConfig::from_toml(text).unwrap_or_else(|e| panic!("{kind:?}: {e}"));
             let mut want = TrainConfig::preset_for_model("mnist-cpu", kind).unwrap();
             want.run.steps = 1;
+            want.data.path = PathBuf::from("datasets/mnist.h5");
             assert_eq!(c, want, "{kind:?}");
             c.validate().unwrap();
         }
