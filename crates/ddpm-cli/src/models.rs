@@ -24,7 +24,7 @@ pub fn run_kind(dir: &Path) -> Result<Option<ModelKind>> {
     if !dir.join("config.toml").is_file() {
         return Ok(None);
     }
-    Ok(Some(run_config(dir)?.model.kind))
+    Ok(Some(run_config(dir)?.model.kind()))
 }
 
 /// Whether `dir` is a run directory with at least one checkpoint.

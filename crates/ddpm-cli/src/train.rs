@@ -54,24 +54,35 @@ impl TrainArgs {
 }
 
 fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
-    let base = if let Some(dir) = &args.resume {
-        models::run_config(dir)?
+    let kind = match args.model.as_deref() {
+        None => None,
+        Some("ddpm") => Some(ModelKind::Ddpm),
+        Some("gan") => Some(ModelKind::Gan),
+        Some("vae") => Some(ModelKind::Vae),
+        Some(other) => bail!("--model {other}: expected ddpm, gan or vae"),
+    };
+    let (base, source) = if let Some(dir) = &args.resume {
+        let cfg = models::run_config(dir)?;
+        (cfg, format!("the run {}", dir.display()))
     } else if let Some(path) = &args.config {
-        TrainConfig::from_file(path)?
+        (TrainConfig::from_file(path)?, path.display().to_string())
     } else {
         // A baseline starts from its own recipe of the preset (DCGAN's Adam β₁ = 0.5, epochs, …).
-        let kind = match args.model.as_deref() {
-            None | Some("ddpm") => ModelKind::Ddpm,
-            Some("gan") => ModelKind::Gan,
-            Some("vae") => ModelKind::Vae,
-            Some(other) => bail!("--model {other}: expected ddpm, gan or vae"),
-        };
-        TrainConfig::preset_for_model(args.preset.as_deref().unwrap_or("mnist-cpu"), kind)?
+        let preset = args.preset.as_deref().unwrap_or("mnist-cpu");
+        let mut cfg = TrainConfig::preset_for_model(preset, kind.unwrap_or_default())?;
+        cfg.data.path = preset_data_path(preset);
+        (cfg, format!("preset {preset}"))
     };
-    let mut overrides = args.overrides.clone();
-    if let Some(m) = &args.model {
-        overrides.push(format!("model.kind=\"{m}\""));
+    if let Some(kind) = kind.filter(|&k| k != base.model.kind()) {
+        bail!(
+            "--model {}: {source} is a {} config; its [model] table belongs to that kind \
+             (write a config with [model] kind = \"{}\", or use --preset with --model)",
+            kind.name(),
+            base.model.kind().name(),
+            kind.name()
+        );
     }
+    let mut overrides = args.overrides.clone();
     if let Some(d) = &args.device {
         overrides.push(format!("run.device=\"{d}\""));
     }
@@ -81,6 +92,16 @@ fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
     let cfg = base.with_overrides(&overrides)?;
     cfg.validate()?;
     Ok(cfg)
+}
+
+/// The dataset file a preset trains on: `datasets/<dataset>.h5`, as `cargo xtask fetch-data`
+/// writes it (`mnist-cpu` trains on MNIST).
+pub fn preset_data_path(preset: &str) -> PathBuf {
+    let dataset = match preset {
+        "mnist-cpu" => "mnist",
+        other => other,
+    };
+    PathBuf::from(format!("datasets/{dataset}.h5"))
 }
 
 /// A flag that the first Ctrl-C sets (the engine then checkpoints after the current step and
@@ -120,7 +141,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         summary.elapsed_secs,
         summary.last_loss
     );
-    if cfg.model.kind != ModelKind::Ddpm {
+    if cfg.model.kind() != ModelKind::Ddpm {
         if let Some(last) = models::last_metrics(&dir)? {
             println!("last log interval: {last}");
         }

@@ -189,11 +189,12 @@ fn mnist_h5() -> PathBuf {
 fn tiny_ddpm_config() -> ddpm_train::TrainConfig {
     use ddpm_nets::unet::{DownBlockType, UpBlockType};
     let mut c = ddpm_train::TrainConfig::preset("mnist-cpu").unwrap();
-    c.model.unet.block_out_channels = vec![8, 16];
-    c.model.unet.down_block_types = vec![DownBlockType::Down, DownBlockType::AttnDown];
-    c.model.unet.up_block_types = vec![UpBlockType::AttnUp, UpBlockType::Up];
-    c.model.unet.norm_num_groups = 4;
-    c.model.unet.layers_per_block = 1;
+    c.model.unet_mut().unwrap().block_out_channels = vec![8, 16];
+    c.model.unet_mut().unwrap().down_block_types =
+        vec![DownBlockType::Down, DownBlockType::AttnDown];
+    c.model.unet_mut().unwrap().up_block_types = vec![UpBlockType::AttnUp, UpBlockType::Up];
+    c.model.unet_mut().unwrap().norm_num_groups = 4;
+    c.model.unet_mut().unwrap().layers_per_block = 1;
     c.diffusion.timesteps = 50;
     c.data.path = mnist_h5();
     c.data.batch_size = 4;
@@ -203,7 +204,7 @@ fn tiny_ddpm_config() -> ddpm_train::TrainConfig {
     c.run.checkpoint_every = 2;
     c.run.sample_every = 0;
     c.run.sample_num = 4;
-    c.run.sample_steps = "ddim5".into();
+    c.run.sample_steps = "ddim5".parse().unwrap();
     c
 }
 

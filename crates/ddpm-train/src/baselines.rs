@@ -13,7 +13,7 @@ use ddpm_nets::vae::{Vae, VaeConfig};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
-use crate::config::{ModelKind, TrainConfig};
+use crate::config::{ModelConfig, ModelKind, TrainConfig};
 use crate::error::{Result, TrainError};
 use crate::loader::ImageData;
 use crate::run_dir::RunDir;
@@ -42,9 +42,8 @@ pub enum NetworkConfigs {
 impl NetworkConfigs {
     /// The networks of `cfg` for images of `channels` × `size` × `size`.
     pub fn from_config(cfg: &TrainConfig, channels: i64, size: i64) -> Result<Self> {
-        let m = &cfg.model;
-        match m.kind {
-            ModelKind::Gan => Ok(Self::Gan {
+        match &cfg.model {
+            ModelConfig::Gan(m) => Ok(Self::Gan {
                 generator: GeneratorConfig {
                     z_dim: m.latent_dim,
                     base_channels: m.base_channels,
@@ -59,17 +58,17 @@ impl NetworkConfigs {
                     ..DiscriminatorConfig::default()
                 },
             }),
-            ModelKind::Vae => Ok(Self::Vae {
+            ModelConfig::Vae(m) => Ok(Self::Vae {
                 vae: VaeConfig {
                     in_channels: channels,
                     image_size: size,
                     latent_dim: m.latent_dim,
                     base_channels: m.base_channels,
-                    per_pixel_scale: m.vae_per_pixel_scale,
-                    min_log_scale: m.vae_min_log_scale,
+                    per_pixel_scale: m.per_pixel_scale,
+                    min_log_scale: m.min_log_scale,
                 },
             }),
-            ModelKind::Ddpm => Err(TrainError::config(
+            ModelConfig::Ddpm(_) => Err(TrainError::config(
                 "model.kind",
                 "is ddpm, not a baseline (gan or vae)",
             )),
@@ -208,7 +207,7 @@ pub fn load_baseline_for_sampling(run_dir: &Path, device: Device) -> Result<Load
     let state = RunDir::read_state(&ckpt)?;
     let nets: NetworkConfigs = read_json(&run_dir.join(NETWORKS_FILE))?;
     let mut vs = nn::VarStore::new(device);
-    let (net, source) = match (&nets, cfg.model.kind) {
+    let (net, source) = match (&nets, cfg.model.kind()) {
         (NetworkConfigs::Gan { generator, .. }, ModelKind::Gan) => {
             (LatentGenerator::Gan(Generator::new(vs.root(), generator)?), ckpt.join("generator.safetensors"))
         }
@@ -227,7 +226,7 @@ pub fn load_baseline_for_sampling(run_dir: &Path, device: Device) -> Result<Load
     Ok(LoadedBaseline {
         vs,
         net,
-        kind: cfg.model.kind,
+        kind: cfg.model.kind(),
         source,
         step: state.step,
     })

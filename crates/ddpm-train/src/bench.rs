@@ -144,6 +144,8 @@ pub fn load_average() -> Option<[f64; 3]> {
 /// The benchmark's configuration: the preset with the options applied.
 pub fn bench_config(opts: &BenchOptions) -> Result<TrainConfig> {
     let mut cfg = TrainConfig::preset(&opts.preset)?;
+    // The benchmark draws random images and never opens a dataset; this only names that.
+    cfg.data.path = PathBuf::from("<random images>");
     if let Some(b) = opts.batch {
         cfg.data.batch_size = b;
     }
@@ -151,7 +153,9 @@ pub fn bench_config(opts: &BenchOptions) -> Result<TrainConfig> {
         cfg.run.cpu_threads = t;
     }
     if let Some(d) = &opts.device {
-        cfg.run.device = d.clone();
+        cfg.run.device = d.parse().map_err(|e: ddpm_nets::device::DeviceError| {
+            TrainError::config("run.device", e.to_string())
+        })?;
     }
     if let Some(b) = opts.bf16 {
         cfg.run.bf16 = b;
@@ -205,13 +209,13 @@ fn timed(
 }
 
 /// The image shape of the preset's data (before padding) and of its samples.
-fn shapes(cfg: &TrainConfig) -> ((i64, i64), (i64, i64)) {
-    let data_hw = match cfg.model.unet.sample_size {
+fn shapes(cfg: &TrainConfig) -> Result<((i64, i64), (i64, i64))> {
+    let data_hw = match cfg.unet()?.sample_size {
         Some(ddpm_nets::unet::SampleSize::Square(s)) => (s, s),
         Some(ddpm_nets::unet::SampleSize::Rect([h, w])) => (h, w),
         None => (32, 32),
     };
-    (data_hw, sample_hw(cfg))
+    Ok((data_hw, sample_hw(cfg)))
 }
 
 /// Runs the benchmark and returns its JSON report.
@@ -222,7 +226,7 @@ pub fn run_bench(opts: &BenchOptions) -> Result<Value> {
     let load_before = load_average();
     let mut task = DdpmTask::new(&cfg, device)?;
     if let Some(dir) = &opts.weights_out {
-        ddpm_nets::diffusers::save_pretrained(dir, &cfg.model.unet, &task.model.vs)?;
+        ddpm_nets::diffusers::save_pretrained(dir, cfg.unet()?, &task.model.vs)?;
     }
     // Σ|θ| of the initial weights: PyTorch's report shows the same number when it loaded them.
     let weights_abs_sum: f64 = named_trainables(&task.model.vs)
@@ -236,8 +240,8 @@ pub fn run_bench(opts: &BenchOptions) -> Result<Value> {
         .unwrap_or(Value::Null);
     let (sample, sample_peak) = bench_sampling(&task, &cfg, opts)?;
     let chain = bench_chain(&task, &cfg, opts)?;
-    let (_, (sh, sw)) = shapes(&cfg);
-    let u = &cfg.model.unet;
+    let (_, (sh, sw)) = shapes(&cfg)?;
+    let u = cfg.unet()?;
     Ok(json!({
         "impl": "ddpm-rs",
         "host_allocator": ddpm_nets::host_memory::current().to_string(),
@@ -282,10 +286,10 @@ fn bench_training(
 ) -> Result<(Value, Option<f64>)> {
     let device = task.model.vs.device();
     let settings = loop_settings(cfg);
-    let ((h, w), _) = shapes(cfg);
+    let ((h, w), _) = shapes(cfg)?;
     let batch = cfg.data.batch_size as i64;
     tch::manual_seed(step_seed(cfg.run.seed, 0) as i64);
-    let shape = [batch, cfg.model.unet.in_channels, h, w];
+    let shape = [batch, cfg.unet()?.in_channels, h, w];
     let images_u8 = Tensor::randint(256, shape, (Kind::Uint8, Device::Cpu));
     let labels = Tensor::randint(10, [batch], (Kind::Int64, Device::Cpu));
     let _ = reset_peak_rss();
@@ -348,8 +352,8 @@ fn ema_eval<'a>(
 /// Classes 0, 1, … in turn for `n` images of a conditional model.
 fn cycling_classes(cfg: &TrainConfig, n: i64, device: Device) -> Option<Tensor> {
     cfg.model
-        .unet
-        .num_class_embeds
+        .unet()
+        .and_then(|u| u.num_class_embeds)
         .map(|k| Tensor::arange(n, (Kind::Int64, device)).remainder(k - 1))
 }
 
@@ -362,14 +366,14 @@ fn bench_sampling(
 ) -> Result<(Value, Option<f64>)> {
     let device = task.model.vs.device();
     let batch = cfg.data.batch_size as i64;
-    let (_, (sh, sw)) = shapes(cfg);
+    let (_, (sh, sw)) = shapes(cfg)?;
     let _ = reset_peak_rss();
     let class = cycling_classes(cfg, batch, device);
     let eval = ema_eval(task, class.as_ref());
     let timing = tch::no_grad(|| {
         tch::manual_seed(step_seed(cfg.run.seed, usize::MAX / 3) as i64);
         let x = Tensor::randn(
-            [batch, cfg.model.unet.in_channels, sh, sw],
+            [batch, cfg.unet()?.in_channels, sh, sw],
             (Kind::Float, device),
         );
         timed(device, opts.warmup, opts.sample_steps, |i| {
@@ -398,7 +402,7 @@ fn bench_chain(task: &DdpmTask, cfg: &TrainConfig, opts: &BenchOptions) -> Resul
     let spec = opts
         .chain
         .clone()
-        .unwrap_or_else(|| cfg.run.sample_steps.clone());
+        .unwrap_or_else(|| cfg.run.sample_steps.to_string());
     if spec == "none" {
         return Ok(Value::Null);
     }
@@ -407,14 +411,11 @@ fn bench_chain(task: &DdpmTask, cfg: &TrainConfig, opts: &BenchOptions) -> Resul
     let spec = SamplerSpec::parse(&spec, diffusion.num_timesteps())?;
     let sampler = Sampler::new(diffusion, &spec, device)?;
     let n = opts.chain_batch.unwrap_or(cfg.data.batch_size) as i64;
-    let (_, (sh, sw)) = shapes(cfg);
+    let (_, (sh, sw)) = shapes(cfg)?;
     let class = cycling_classes(cfg, n, device);
     let eval = ema_eval(task, class.as_ref());
     tch::manual_seed(step_seed(cfg.run.seed, usize::MAX / 2) as i64);
-    let noise = Tensor::randn(
-        [n, cfg.model.unet.in_channels, sh, sw],
-        (Kind::Float, device),
-    );
+    let noise = Tensor::randn([n, cfg.unet()?.in_channels, sh, sw], (Kind::Float, device));
     sync(device);
     let start = Instant::now();
     let samples = sampler.sample(|x, t, _| eval(x, t), noise, None, 0, |_| {});

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use ddpm_math::{BetaSchedule, GaussianDiffusion, LossType, ModelMeanType, ModelVarType};
+use ddpm_nets::device::DeviceSpec;
 use ddpm_nets::unet::{DownBlockType, SampleSize, UpBlockType};
 use ddpm_nets::UNetConfig;
 use serde::{Deserialize, Serialize};
@@ -22,40 +23,438 @@ pub enum ModelKind {
     Vae,
 }
 
-/// The networks of a run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ModelConfig {
-    /// `ddpm`, `gan` or `vae`.
-    pub kind: ModelKind,
-    /// The UNet (diffusers `config.json` keys); used when `kind = "ddpm"`.
-    pub unet: UNetConfig,
-    /// Latent size of the GAN generator / VAE.
-    pub latent_dim: i64,
-    /// Base width of the GAN generator / VAE convolutions.
-    pub base_channels: i64,
-    /// Base width of the GAN discriminator (`kind = "gan"`).
-    pub disc_channels: i64,
-    /// Dropout after each discriminator convolution (`kind = "gan"`).
-    pub disc_dropout: f64,
-    /// Per-pixel decoder log σ; otherwise one learned log σ per channel (`kind = "vae"`).
-    pub vae_per_pixel_scale: bool,
-    /// Lower bound of the VAE decoder's log σ (`kind = "vae"`).
-    pub vae_min_log_scale: f64,
+impl ModelKind {
+    /// The TOML spelling (`ddpm`, `gan`, `vae`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelKind::Ddpm => "ddpm",
+            ModelKind::Gan => "gan",
+            ModelKind::Vae => "vae",
+        }
+    }
 }
 
-impl Default for ModelConfig {
+/// The networks of a DDPM run (`kind = "ddpm"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct DdpmModelConfig {
+    /// The UNet (diffusers `config.json` keys).
+    pub unet: UNetConfig,
+}
+
+/// The networks of the DCGAN baseline (`kind = "gan"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GanModelConfig {
+    /// Latent size of the generator.
+    pub latent_dim: i64,
+    /// Base width of the generator's convolutions.
+    pub base_channels: i64,
+    /// Base width of the discriminator.
+    pub disc_channels: i64,
+    /// Dropout after each discriminator convolution.
+    pub disc_dropout: f64,
+}
+
+impl Default for GanModelConfig {
     fn default() -> Self {
         Self {
-            kind: ModelKind::Ddpm,
-            unet: UNetConfig::default(),
             latent_dim: 64,
             base_channels: 64,
             disc_channels: 64,
             disc_dropout: 0.3,
-            vae_per_pixel_scale: true,
-            vae_min_log_scale: -7.0,
         }
+    }
+}
+
+/// The network of the VAE baseline (`kind = "vae"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VaeModelConfig {
+    /// Latent size.
+    pub latent_dim: i64,
+    /// Base width of the convolutions.
+    pub base_channels: i64,
+    /// Per-pixel decoder log σ; otherwise one learned log σ per channel.
+    pub per_pixel_scale: bool,
+    /// Lower bound of the decoder's log σ.
+    pub min_log_scale: f64,
+}
+
+impl Default for VaeModelConfig {
+    fn default() -> Self {
+        Self {
+            latent_dim: 64,
+            base_channels: 64,
+            per_pixel_scale: true,
+            min_log_scale: -7.0,
+        }
+    }
+}
+
+/// The networks of a run: a `[model]` table tagged by `kind`, holding only that kind's keys:
+///
+/// ```toml
+/// [model]
+/// kind = "gan"          # or "vae": latent_dim, base_channels, per_pixel_scale, min_log_scale
+/// latent_dim = 64
+/// base_channels = 32
+/// disc_channels = 32
+/// disc_dropout = 0.3
+/// ```
+///
+/// or `kind = "ddpm"` with a `[model.unet]` table. A missing `kind` means `ddpm`; missing keys take
+/// the kind's defaults; a key of another kind is an error naming it. The flat layout written before
+/// the section was typed (every kind's keys, VAE keys as `vae_per_pixel_scale` /
+/// `vae_min_log_scale`) is still read — recognised by those two `vae_` keys — and the keys of
+/// other kinds, which it ignored, are dropped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", try_from = "RawModelConfig")]
+#[allow(clippy::large_enum_variant)] // built once per run; a Box would only add indirection
+pub enum ModelConfig {
+    /// Denoising diffusion (the UNet ε_θ).
+    Ddpm(DdpmModelConfig),
+    /// DCGAN baseline.
+    Gan(GanModelConfig),
+    /// Convolutional VAE baseline.
+    Vae(VaeModelConfig),
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig::Ddpm(DdpmModelConfig::default())
+    }
+}
+
+impl ModelConfig {
+    /// The default networks of `kind`.
+    pub fn default_for(kind: ModelKind) -> Self {
+        match kind {
+            ModelKind::Ddpm => ModelConfig::Ddpm(DdpmModelConfig::default()),
+            ModelKind::Gan => ModelConfig::Gan(GanModelConfig::default()),
+            ModelKind::Vae => ModelConfig::Vae(VaeModelConfig::default()),
+        }
+    }
+
+    /// Which family this is.
+    pub fn kind(&self) -> ModelKind {
+        match self {
+            ModelConfig::Ddpm(_) => ModelKind::Ddpm,
+            ModelConfig::Gan(_) => ModelKind::Gan,
+            ModelConfig::Vae(_) => ModelKind::Vae,
+        }
+    }
+
+    /// The UNet of a DDPM.
+    pub fn unet(&self) -> Option<&UNetConfig> {
+        match self {
+            ModelConfig::Ddpm(d) => Some(&d.unet),
+            _ => None,
+        }
+    }
+
+    /// The UNet of a DDPM, mutably.
+    pub fn unet_mut(&mut self) -> Option<&mut UNetConfig> {
+        match self {
+            ModelConfig::Ddpm(d) => Some(&mut d.unet),
+            _ => None,
+        }
+    }
+
+    /// The GAN's networks.
+    pub fn gan(&self) -> Option<&GanModelConfig> {
+        match self {
+            ModelConfig::Gan(g) => Some(g),
+            _ => None,
+        }
+    }
+
+    /// The VAE's network.
+    pub fn vae(&self) -> Option<&VaeModelConfig> {
+        match self {
+            ModelConfig::Vae(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+/// What a `[model]` table may hold: the keys of every kind, each optional (see [`ModelConfig`]).
+/// Deserialised field by field, so an error inside it keeps its dotted key.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModelConfig {
+    kind: Option<ModelKind>,
+    unet: Option<UNetConfig>,
+    latent_dim: Option<i64>,
+    base_channels: Option<i64>,
+    disc_channels: Option<i64>,
+    disc_dropout: Option<f64>,
+    per_pixel_scale: Option<bool>,
+    min_log_scale: Option<f64>,
+    /// The pre-typed layout's name of `per_pixel_scale` (marks that layout).
+    vae_per_pixel_scale: Option<bool>,
+    /// The pre-typed layout's name of `min_log_scale` (marks that layout).
+    vae_min_log_scale: Option<f64>,
+}
+
+impl TryFrom<RawModelConfig> for ModelConfig {
+    type Error = String;
+
+    fn try_from(r: RawModelConfig) -> std::result::Result<Self, String> {
+        let kind = r.kind.unwrap_or_default();
+        let legacy = r.vae_per_pixel_scale.is_some() || r.vae_min_log_scale.is_some();
+        let (per_pixel_scale, min_log_scale) = if legacy {
+            (r.vae_per_pixel_scale, r.vae_min_log_scale)
+        } else {
+            (r.per_pixel_scale, r.min_log_scale)
+        };
+        let present = [
+            ("unet", r.unet.is_some()),
+            ("latent_dim", r.latent_dim.is_some()),
+            ("base_channels", r.base_channels.is_some()),
+            ("disc_channels", r.disc_channels.is_some()),
+            ("disc_dropout", r.disc_dropout.is_some()),
+            ("per_pixel_scale", r.per_pixel_scale.is_some()),
+            ("min_log_scale", r.min_log_scale.is_some()),
+        ];
+        let allowed: &[&str] = match kind {
+            ModelKind::Ddpm => &["unet"],
+            ModelKind::Gan => &[
+                "latent_dim",
+                "base_channels",
+                "disc_channels",
+                "disc_dropout",
+            ],
+            ModelKind::Vae => &[
+                "latent_dim",
+                "base_channels",
+                "per_pixel_scale",
+                "min_log_scale",
+            ],
+        };
+        if !legacy {
+            if let Some((key, _)) = present
+                .iter()
+                .find(|(key, set)| *set && !allowed.contains(key))
+            {
+                return Err(format!(
+                    "unknown field `{key}` for kind = \"{}\", expected one of {}",
+                    kind.name(),
+                    allowed.join(", ")
+                ));
+            }
+        }
+        Ok(match kind {
+            ModelKind::Ddpm => ModelConfig::Ddpm(DdpmModelConfig {
+                unet: r.unet.unwrap_or_default(),
+            }),
+            ModelKind::Gan => {
+                let d = GanModelConfig::default();
+                ModelConfig::Gan(GanModelConfig {
+                    latent_dim: r.latent_dim.unwrap_or(d.latent_dim),
+                    base_channels: r.base_channels.unwrap_or(d.base_channels),
+                    disc_channels: r.disc_channels.unwrap_or(d.disc_channels),
+                    disc_dropout: r.disc_dropout.unwrap_or(d.disc_dropout),
+                })
+            }
+            ModelKind::Vae => {
+                let d = VaeModelConfig::default();
+                ModelConfig::Vae(VaeModelConfig {
+                    latent_dim: r.latent_dim.unwrap_or(d.latent_dim),
+                    base_channels: r.base_channels.unwrap_or(d.base_channels),
+                    per_pixel_scale: per_pixel_scale.unwrap_or(d.per_pixel_scale),
+                    min_log_scale: min_log_scale.unwrap_or(d.min_log_scale),
+                })
+            }
+        })
+    }
+}
+
+/// A closed set of names for one setting: the first name of each value is the canonical spelling
+/// (what serialisation writes), the others are accepted aliases.
+pub trait Vocabulary: Sized + Copy + PartialEq + 'static {
+    /// `(name, value)` pairs; canonical names first.
+    const NAMES: &'static [(&'static str, Self)];
+
+    /// The canonical name of `self`.
+    fn canonical(self) -> &'static str {
+        Self::NAMES
+            .iter()
+            .find(|(_, v)| *v == self)
+            .map(|(n, _)| *n)
+            .expect("every value has a name")
+    }
+
+    /// The value called `name` (canonical or alias), or an error listing the canonical names.
+    fn from_name(name: &str) -> std::result::Result<Self, String> {
+        let name = name.trim();
+        Self::NAMES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| *v)
+            .ok_or_else(|| {
+                let canonical: Vec<&str> = Self::NAMES
+                    .iter()
+                    .filter(|(n, v)| v.canonical() == *n)
+                    .map(|(n, _)| *n)
+                    .collect();
+                format!(
+                    "unknown variant `{name}`, expected one of {}",
+                    canonical.join(", ")
+                )
+            })
+    }
+}
+
+impl Vocabulary for BetaSchedule {
+    const NAMES: &'static [(&'static str, Self)] = &[
+        ("linear", BetaSchedule::Linear),
+        ("cosine", BetaSchedule::Cosine),
+        ("quad", BetaSchedule::Quad),
+        ("sigmoid", BetaSchedule::Sigmoid),
+        ("const", BetaSchedule::Const),
+        ("jsd", BetaSchedule::Jsd),
+    ];
+}
+
+impl Vocabulary for ModelMeanType {
+    const NAMES: &'static [(&'static str, Self)] = &[
+        ("epsilon", ModelMeanType::Epsilon),
+        ("x0", ModelMeanType::StartX),
+        ("v", ModelMeanType::V),
+        ("eps", ModelMeanType::Epsilon),
+        ("start_x", ModelMeanType::StartX),
+        ("sample", ModelMeanType::StartX),
+        ("v_prediction", ModelMeanType::V),
+    ];
+}
+
+impl Vocabulary for ModelVarType {
+    const NAMES: &'static [(&'static str, Self)] = &[
+        ("fixed-small", ModelVarType::FixedSmall),
+        ("fixed-large", ModelVarType::FixedLarge),
+        ("learned", ModelVarType::Learned),
+        ("learned-range", ModelVarType::LearnedRange),
+        ("fixed_small", ModelVarType::FixedSmall),
+        ("fixed_large", ModelVarType::FixedLarge),
+        ("learned_range", ModelVarType::LearnedRange),
+    ];
+}
+
+impl Vocabulary for LossType {
+    const NAMES: &'static [(&'static str, Self)] = &[
+        ("simple", LossType::Simple),
+        ("hybrid", LossType::Hybrid),
+        ("vlb", LossType::Vlb),
+    ];
+}
+
+/// `#[serde(with = "vocab")]`: a [`Vocabulary`] value as its canonical name.
+mod vocab {
+    use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
+
+    use super::Vocabulary;
+
+    pub fn serialize<T: Vocabulary, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(v.canonical())
+    }
+
+    pub fn deserialize<'de, T: Vocabulary, D: Deserializer<'de>>(d: D) -> Result<T, D::Error> {
+        let name = String::deserialize(d)?;
+        T::from_name(&name).map_err(D::Error::custom)
+    }
+}
+
+/// `#[serde(with = "via_str")]`: a value as its `Display` text, read back through `FromStr`.
+mod via_str {
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<T: Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+
+    pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: FromStr,
+        T::Err: Display,
+        D: Deserializer<'de>,
+    {
+        String::deserialize(d)?.parse().map_err(D::Error::custom)
+    }
+}
+
+/// The optimiser.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Optimizer {
+    /// Adam (weight decay as L2).
+    #[default]
+    Adam,
+    /// AdamW (decoupled weight decay).
+    AdamW,
+}
+
+/// The sampler of the sample grids (`run.sample_steps`): `ddimN` (DDIM on the `ddimN` respacing)
+/// or a respacing like `100` or `10,20,30` for ancestral sampling. The syntax is checked when the
+/// config is read; whether the steps fit `diffusion.timesteps` is checked by
+/// [`SampleSteps::resolve`] (and so by [`TrainConfig::validate`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SampleSteps(String);
+
+impl SampleSteps {
+    /// Checks the syntax of `spec`.
+    pub fn new(spec: &str) -> std::result::Result<Self, String> {
+        let spec = spec.trim();
+        let counts = spec.strip_prefix("ddim").unwrap_or(spec);
+        let ok = counts.split(',').all(|c| c.trim().parse::<usize>().is_ok());
+        if spec.is_empty() || !ok {
+            return Err(format!(
+                "`{spec}` is no sampler spec: expected ddimN or a respacing like 100 or 10,20,30"
+            ));
+        }
+        Ok(Self(spec.to_string()))
+    }
+
+    /// The spec's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The sampler for a process of `num_timesteps` steps.
+    pub fn resolve(&self, num_timesteps: usize) -> Result<crate::sampler::SamplerSpec> {
+        crate::sampler::SamplerSpec::parse(&self.0, num_timesteps)
+    }
+}
+
+impl TryFrom<String> for SampleSteps {
+    type Error = String;
+
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        Self::new(&s)
+    }
+}
+
+impl From<SampleSteps> for String {
+    fn from(s: SampleSteps) -> String {
+        s.0
+    }
+}
+
+impl std::str::FromStr for SampleSteps {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Self::new(s)
+    }
+}
+
+impl std::fmt::Display for SampleSteps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -64,15 +463,20 @@ impl Default for ModelConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct DiffusionConfig {
     /// `linear`, `cosine`, `quad`, `sigmoid`, `const`, `jsd`.
-    pub schedule: String,
+    #[serde(with = "vocab")]
+    pub schedule: BetaSchedule,
     /// Number of diffusion steps T.
     pub timesteps: usize,
-    /// What the network predicts: `epsilon`, `x0` or `v`.
-    pub mean_type: String,
-    /// `fixed-small`, `fixed-large`, `learned` or `learned-range`.
-    pub var_type: String,
+    /// What the network predicts: `epsilon` (alias `eps`), `x0` (aliases `start_x`, `sample`) or
+    /// `v` (alias `v_prediction`).
+    #[serde(with = "vocab")]
+    pub mean_type: ModelMeanType,
+    /// `fixed-small`, `fixed-large`, `learned` or `learned-range` (or with `_` for `-`).
+    #[serde(with = "vocab")]
+    pub var_type: ModelVarType,
     /// `simple`, `hybrid` or `vlb`.
-    pub loss_type: String,
+    #[serde(with = "vocab")]
+    pub loss_type: LossType,
     /// For `vlb`: draw t by the loss-second-moment importance sampler (else uniformly).
     pub importance_sampling: bool,
 }
@@ -80,72 +484,25 @@ pub struct DiffusionConfig {
 impl Default for DiffusionConfig {
     fn default() -> Self {
         Self {
-            schedule: "linear".into(),
+            schedule: BetaSchedule::Linear,
             timesteps: 1000,
-            mean_type: "epsilon".into(),
-            var_type: "fixed-large".into(),
-            loss_type: "simple".into(),
+            mean_type: ModelMeanType::Epsilon,
+            var_type: ModelVarType::FixedLarge,
+            loss_type: LossType::Simple,
             importance_sampling: false,
         }
     }
 }
 
 impl DiffusionConfig {
-    /// Parses the names and builds the process (errors name the `diffusion.*` key).
+    /// Builds the process (errors name the `diffusion.*` key).
     pub fn build(&self) -> Result<GaussianDiffusion> {
-        let schedule: BetaSchedule = self.schedule.parse().map_err(|e: ddpm_math::Error| {
-            TrainError::config("diffusion.schedule", e.to_string())
-        })?;
-        let betas = schedule
+        let betas = self
+            .schedule
             .betas(self.timesteps)
             .map_err(|e| TrainError::config("diffusion.timesteps", e.to_string()))?;
-        GaussianDiffusion::new(
-            betas,
-            self.mean_type()?,
-            self.var_type()?,
-            self.loss_type()?,
-        )
-        .map_err(|e| TrainError::config("diffusion", e.to_string()))
-    }
-
-    /// The parsed mean type.
-    pub fn mean_type(&self) -> Result<ModelMeanType> {
-        match self.mean_type.as_str() {
-            "epsilon" | "eps" => Ok(ModelMeanType::Epsilon),
-            "x0" | "start_x" => Ok(ModelMeanType::StartX),
-            "v" => Ok(ModelMeanType::V),
-            other => Err(TrainError::config(
-                "diffusion.mean_type",
-                format!("`{other}` is not one of epsilon, x0, v"),
-            )),
-        }
-    }
-
-    /// The parsed variance type.
-    pub fn var_type(&self) -> Result<ModelVarType> {
-        match self.var_type.as_str() {
-            "fixed-small" => Ok(ModelVarType::FixedSmall),
-            "fixed-large" => Ok(ModelVarType::FixedLarge),
-            "learned" => Ok(ModelVarType::Learned),
-            "learned-range" => Ok(ModelVarType::LearnedRange),
-            other => Err(TrainError::config(
-                "diffusion.var_type",
-                format!("`{other}` is not one of fixed-small, fixed-large, learned, learned-range"),
-            )),
-        }
-    }
-
-    /// The parsed loss type.
-    pub fn loss_type(&self) -> Result<LossType> {
-        match self.loss_type.as_str() {
-            "simple" => Ok(LossType::Simple),
-            "hybrid" => Ok(LossType::Hybrid),
-            "vlb" => Ok(LossType::Vlb),
-            other => Err(TrainError::config(
-                "diffusion.loss_type",
-                format!("`{other}` is not one of simple, hybrid, vlb"),
-            )),
-        }
+        GaussianDiffusion::new(betas, self.mean_type, self.var_type, self.loss_type)
+            .map_err(|e| TrainError::config("diffusion", e.to_string()))
     }
 }
 
@@ -165,7 +522,7 @@ pub enum LrSchedule {
 #[serde(deny_unknown_fields, default)]
 pub struct OptimConfig {
     /// `adam` or `adamw`.
-    pub optimizer: String,
+    pub optimizer: Optimizer,
     /// Peak learning rate.
     pub lr: f64,
     /// Adam β₁.
@@ -192,7 +549,7 @@ pub struct OptimConfig {
 impl Default for OptimConfig {
     fn default() -> Self {
         Self {
-            optimizer: "adam".into(),
+            optimizer: Optimizer::Adam,
             lr: 2e-4,
             beta1: 0.9,
             beta2: 0.999,
@@ -212,6 +569,9 @@ impl Default for OptimConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
     /// HDF5 dataset file (ours: `/train/images` uint8 `[N,H,W]` or `[N,H,W,C]`, `/train/labels`).
+    /// Empty by default and in the presets (the library knows no dataset locations): the caller sets
+    /// it (`ddpm-cli train --preset` uses `datasets/<dataset>.h5`); [`TrainConfig::validate`]
+    /// refuses an empty path.
     pub path: PathBuf,
     /// Split to train on.
     pub split: String,
@@ -230,7 +590,7 @@ pub struct DataConfig {
 impl Default for DataConfig {
     fn default() -> Self {
         Self {
-            path: PathBuf::from("datasets/mnist.h5"),
+            path: PathBuf::new(),
             split: "train".into(),
             batch_size: 128,
             pad_to_32: false,
@@ -249,8 +609,9 @@ pub struct RunConfig {
     pub steps: usize,
     /// Seed of everything random (data order, t, noise, dropout).
     pub seed: u64,
-    /// `auto`, `cpu`, `cuda`, `cuda:N`.
-    pub device: String,
+    /// `auto`, `cpu`, `cuda` (written `cuda:0`), `cuda:N`.
+    #[serde(with = "via_str")]
+    pub device: DeviceSpec,
     /// bf16 autocast of the network on CUDA.
     pub bf16: bool,
     /// bf16 autocast of the network on the CPU too (off by default: it changes the arithmetic; it pays
@@ -269,7 +630,7 @@ pub struct RunConfig {
     /// Images in a sample grid.
     pub sample_num: usize,
     /// Sampler spec of the grids: `ddimN`, or a respacing like `100` for ancestral sampling.
-    pub sample_steps: String,
+    pub sample_steps: SampleSteps,
 }
 
 impl Default for RunConfig {
@@ -277,7 +638,7 @@ impl Default for RunConfig {
         Self {
             steps: 800_000,
             seed: 0,
-            device: "auto".into(),
+            device: DeviceSpec::Auto,
             bf16: true,
             cpu_bf16: false,
             cpu_threads: 0,
@@ -286,7 +647,7 @@ impl Default for RunConfig {
             checkpoint_every: 10_000,
             keep_checkpoints: 3,
             sample_num: 64,
-            sample_steps: "ddim50".into(),
+            sample_steps: SampleSteps::new("ddim50").expect("valid spec"),
         }
     }
 }
@@ -345,53 +706,80 @@ fn small_unet(channels: Vec<i64>, layers: i64, attn_level: usize, groups: i64) -
 }
 
 impl TrainConfig {
-    /// A built-in preset by name (see [`PRESETS`]).
-    pub fn preset(name: &str) -> Result<Self> {
+    /// `mnist-cpu`: a DDPM small enough for a 2-core CPU (28 → 14 → 7, attention only at 7×7).
+    pub fn mnist_cpu() -> Self {
+        let mut unet = small_unet(vec![32, 64, 64], 1, 2, 8);
+        unet.dropout = 0.0;
+        let mut c = TrainConfig {
+            model: ModelConfig::Ddpm(DdpmModelConfig { unet }),
+            ..TrainConfig::default()
+        };
+        c.data.batch_size = 64;
+        c.optim.lr = 1e-3;
+        c.optim.warmup_steps = 200;
+        c.optim.ema_decay = 0.995;
+        c.run.steps = 3000;
+        c.run.device = DeviceSpec::Cpu;
+        c.run.log_every = 50;
+        c.run.sample_every = 1000;
+        c.run.checkpoint_every = 500;
+        c
+    }
+
+    /// `mnist`: the GPU DDPM of MNIST (`[64, 128, 128]`, 20k steps).
+    pub fn mnist() -> Self {
+        let mut c = TrainConfig {
+            model: ModelConfig::Ddpm(DdpmModelConfig {
+                unet: small_unet(vec![64, 128, 128], 2, 1, 32),
+            }),
+            ..TrainConfig::default()
+        };
+        c.data.batch_size = 128;
+        c.optim.lr = 2e-4;
+        c.optim.warmup_steps = 1000;
+        c.optim.ema_decay = 0.9995;
+        c.run.steps = 20_000;
+        c.run.sample_every = 2000;
+        c.run.checkpoint_every = 2000;
+        c
+    }
+
+    /// `fashion-mnist`: the same recipe as [`TrainConfig::mnist`] (for Fashion-MNIST data).
+    pub fn fashion_mnist() -> Self {
+        Self::mnist()
+    }
+
+    /// `cifar10`: Ho et al. 2020 — the 35.7M UNet, Adam 2e-4, warm-up 5000, clip 1, batch 128,
+    /// EMA 0.9999, random flips, T = 1000 linear, ε target, fixed-large sampling.
+    pub fn cifar10() -> Self {
         let mut c = TrainConfig::default();
+        c.data.random_flip = true;
+        c.run.steps = 800_000;
+        c
+    }
+
+    /// The UNet of a DDPM config; for a baseline an error naming `model.kind`.
+    pub fn unet(&self) -> Result<&UNetConfig> {
+        self.model.unet().ok_or_else(|| {
+            TrainError::config(
+                "model.kind",
+                format!("is {}, not ddpm (no UNet)", self.model.kind().name()),
+            )
+        })
+    }
+
+    /// A built-in preset by name (see [`PRESETS`]); `data.path` is left empty for the caller.
+    pub fn preset(name: &str) -> Result<Self> {
         match name {
-            "mnist-cpu" => {
-                // Small enough for a 2-core CPU: 28 → 14 → 7, attention only at 7×7.
-                c.model.unet = small_unet(vec![32, 64, 64], 1, 2, 8);
-                c.model.unet.dropout = 0.0;
-                c.data.batch_size = 64;
-                c.optim.lr = 1e-3;
-                c.optim.warmup_steps = 200;
-                c.optim.ema_decay = 0.995;
-                c.run.steps = 3000;
-                c.run.device = "cpu".into();
-                c.run.log_every = 50;
-                c.run.sample_every = 1000;
-                c.run.checkpoint_every = 500;
-                c.run.sample_steps = "ddim50".into();
-            }
-            "mnist" | "fashion-mnist" => {
-                c.model.unet = small_unet(vec![64, 128, 128], 2, 1, 32);
-                c.data.batch_size = 128;
-                c.optim.lr = 2e-4;
-                c.optim.warmup_steps = 1000;
-                c.optim.ema_decay = 0.9995;
-                c.run.steps = 20_000;
-                c.run.sample_every = 2000;
-                c.run.checkpoint_every = 2000;
-                if name == "fashion-mnist" {
-                    c.data.path = PathBuf::from("datasets/fashion-mnist.h5");
-                }
-            }
-            "cifar10" => {
-                // Ho et al. 2020: the 35.7M UNet, Adam 2e-4, warm-up 5000, clip 1, batch 128,
-                // EMA 0.9999, random flips, T = 1000 linear, ε target, fixed-large sampling.
-                c.data.path = PathBuf::from("datasets/cifar10.h5");
-                c.data.random_flip = true;
-                c.run.steps = 800_000;
-            }
-            other => {
-                return Err(TrainError::config(
-                    "preset",
-                    format!("unknown preset `{other}`; known: {}", PRESETS.join(", ")),
-                ))
-            }
+            "mnist-cpu" => Ok(Self::mnist_cpu()),
+            "mnist" => Ok(Self::mnist()),
+            "fashion-mnist" => Ok(Self::fashion_mnist()),
+            "cifar10" => Ok(Self::cifar10()),
+            other => Err(TrainError::config(
+                "preset",
+                format!("unknown preset `{other}`; known: {}", PRESETS.join(", ")),
+            )),
         }
-        Ok(c)
     }
 
     /// A built-in preset for one kind of model. For `ddpm` this is [`TrainConfig::preset`]; for the
@@ -406,17 +794,18 @@ impl TrainConfig {
     /// `mnist-cpu` keeps both small enough to train in about ten minutes on two CPU cores.
     pub fn preset_for_model(name: &str, kind: ModelKind) -> Result<Self> {
         let mut c = Self::preset(name)?;
-        c.model.kind = kind;
         let cpu = name == "mnist-cpu";
         let train_images = if name == "cifar10" { 50_000 } else { 60_000 };
         let epochs = |e: usize, batch: usize| (e * train_images).div_ceil(batch);
         match kind {
             ModelKind::Ddpm => {}
             ModelKind::Gan => {
-                c.model.latent_dim = 64;
-                c.model.base_channels = if cpu { 32 } else { 64 };
-                c.model.disc_channels = if cpu { 32 } else { 64 };
-                c.model.disc_dropout = 0.3;
+                c.model = ModelConfig::Gan(GanModelConfig {
+                    latent_dim: 64,
+                    base_channels: if cpu { 32 } else { 64 },
+                    disc_channels: if cpu { 32 } else { 64 },
+                    disc_dropout: 0.3,
+                });
                 c.optim = OptimConfig {
                     lr: 2e-4,
                     beta1: 0.5,
@@ -430,9 +819,11 @@ impl TrainConfig {
                 c.run.steps = if cpu { 2000 } else { epochs(30, 64) };
             }
             ModelKind::Vae => {
-                c.model.latent_dim = 16;
-                c.model.base_channels = 32;
-                c.model.vae_per_pixel_scale = true;
+                c.model = ModelConfig::Vae(VaeModelConfig {
+                    latent_dim: 16,
+                    base_channels: 32,
+                    ..VaeModelConfig::default()
+                });
                 c.optim = OptimConfig {
                     lr: 1e-3,
                     warmup_steps: 0,
@@ -553,12 +944,6 @@ impl TrainConfig {
                 format!("must be ≥ 0 (0 = off), got {}", o.grad_clip),
             ));
         }
-        if !["adam", "adamw"].contains(&o.optimizer.as_str()) {
-            return Err(TrainError::config(
-                "optim.optimizer",
-                format!("`{}` is not adam or adamw", o.optimizer),
-            ));
-        }
         if self.data.batch_size == 0 {
             return Err(TrainError::config("data.batch_size", "must be ≥ 1"));
         }
@@ -593,78 +978,93 @@ impl TrainConfig {
             return Err(TrainError::config("run.keep_checkpoints", "must be ≥ 1"));
         }
         self.run
-            .device
-            .parse::<ddpm_nets::device::DeviceSpec>()
-            .map_err(|e| TrainError::config("run.device", e.to_string()))?;
-        crate::sampler::SamplerSpec::parse(&self.run.sample_steps, self.diffusion.timesteps)
+            .sample_steps
+            .resolve(self.diffusion.timesteps)
             .map_err(|e| TrainError::config("run.sample_steps", e.to_string()))?;
-        if self.model.kind != ModelKind::Ddpm {
-            let m = &self.model;
-            for (key, v) in [
-                ("model.latent_dim", m.latent_dim),
-                ("model.base_channels", m.base_channels),
-            ] {
-                if v < 1 {
-                    return Err(TrainError::config(key, format!("must be ≥ 1, got {v}")));
+        match &self.model {
+            ModelConfig::Ddpm(m) => self.validate_ddpm(&m.unet)?,
+            ModelConfig::Gan(m) => {
+                self.validate_baseline(m.latent_dim, m.base_channels)?;
+                if m.disc_channels < 1 {
+                    return Err(TrainError::config(
+                        "model.disc_channels",
+                        format!("must be ≥ 1, got {}", m.disc_channels),
+                    ));
+                }
+                if !(0.0..1.0).contains(&m.disc_dropout) {
+                    return Err(TrainError::config(
+                        "model.disc_dropout",
+                        format!("must be in [0, 1), got {}", m.disc_dropout),
+                    ));
                 }
             }
-            if m.kind == ModelKind::Gan && m.disc_channels < 1 {
-                return Err(TrainError::config(
-                    "model.disc_channels",
-                    format!("must be ≥ 1, got {}", m.disc_channels),
-                ));
-            }
-            if !(0.0..1.0).contains(&m.disc_dropout) {
-                return Err(TrainError::config(
-                    "model.disc_dropout",
-                    format!("must be in [0, 1), got {}", m.disc_dropout),
-                ));
-            }
-            if !m.vae_min_log_scale.is_finite() {
-                return Err(TrainError::config(
-                    "model.vae_min_log_scale",
-                    "must be finite",
-                ));
-            }
-            if self.data.conditional {
-                return Err(TrainError::config(
-                    "data.conditional",
-                    "the GAN and VAE baselines are unconditional",
-                ));
+            ModelConfig::Vae(m) => {
+                self.validate_baseline(m.latent_dim, m.base_channels)?;
+                if !m.min_log_scale.is_finite() {
+                    return Err(TrainError::config("model.min_log_scale", "must be finite"));
+                }
             }
         }
-        if self.model.kind == ModelKind::Ddpm {
-            let d = self.diffusion.build()?;
-            let u = &self.model.unet;
-            u.validate()
-                .map_err(|e| TrainError::config("model.unet", e.to_string()))?;
-            let want_out = if d.var_type().is_learned() {
-                2 * u.in_channels
-            } else {
-                u.in_channels
-            };
-            if u.out_channels != want_out {
-                return Err(TrainError::config(
-                    "model.unet.out_channels",
-                    format!(
-                        "is {} but var_type {} needs {want_out}",
-                        u.out_channels, self.diffusion.var_type
-                    ),
-                ));
+        if self.data.path.as_os_str().is_empty() {
+            return Err(TrainError::config(
+                "data.path",
+                "is empty: set it to the HDF5 dataset file to train on",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The checks shared by the GAN and the VAE.
+    fn validate_baseline(&self, latent_dim: i64, base_channels: i64) -> Result<()> {
+        for (key, v) in [
+            ("model.latent_dim", latent_dim),
+            ("model.base_channels", base_channels),
+        ] {
+            if v < 1 {
+                return Err(TrainError::config(key, format!("must be ≥ 1, got {v}")));
             }
-            if self.data.conditional != u.num_class_embeds.is_some() {
-                return Err(TrainError::config(
-                    "data.conditional",
-                    "a conditional run needs model.unet.num_class_embeds (classes + 1 for the null label), \
-                     and only a conditional run may set it",
-                ));
-            }
-            if self.diffusion.importance_sampling && d.loss_type() != LossType::Vlb {
-                return Err(TrainError::config(
-                    "diffusion.importance_sampling",
-                    "is only for loss_type vlb",
-                ));
-            }
+        }
+        if self.data.conditional {
+            return Err(TrainError::config(
+                "data.conditional",
+                "the GAN and VAE baselines are unconditional",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The checks of a DDPM: the process, the UNet and how they fit together.
+    fn validate_ddpm(&self, u: &UNetConfig) -> Result<()> {
+        let d = self.diffusion.build()?;
+        u.validate()
+            .map_err(|e| TrainError::config("model.unet", e.to_string()))?;
+        let want_out = if d.var_type().is_learned() {
+            2 * u.in_channels
+        } else {
+            u.in_channels
+        };
+        if u.out_channels != want_out {
+            return Err(TrainError::config(
+                "model.unet.out_channels",
+                format!(
+                    "is {} but var_type {} needs {want_out}",
+                    u.out_channels,
+                    self.diffusion.var_type.canonical()
+                ),
+            ));
+        }
+        if self.data.conditional != u.num_class_embeds.is_some() {
+            return Err(TrainError::config(
+                "data.conditional",
+                "a conditional run needs model.unet.num_class_embeds (classes + 1 for the null label), \
+                 and only a conditional run may set it",
+            ));
+        }
+        if self.diffusion.importance_sampling && d.loss_type() != LossType::Vlb {
+            return Err(TrainError::config(
+                "diffusion.importance_sampling",
+                "is only for loss_type vlb",
+            ));
         }
         Ok(())
     }
@@ -697,8 +1097,12 @@ fn toml_error_key(e: &toml::de::Error, text: &str) -> String {
             .map(|h| h.trim().to_string())
     };
     if let Some(h) = header(line) {
-        // The error is about a table itself (e.g. an unknown section).
-        return h;
+        // The error is about a table itself (an unknown section), or about a key the table's own
+        // check names (e.g. a key of another kind in `[model]`).
+        return match field {
+            Some(f) if h != f && !h.ends_with(&format!(".{f}")) => format!("{h}.{f}"),
+            _ => h,
+        };
     }
     let section = before[..line_start]
         .lines()
@@ -723,7 +1127,10 @@ mod tests {
     #[test]
     fn presets_validate_and_round_trip_through_toml() {
         for name in PRESETS {
-            let c = TrainConfig::preset(name).unwrap();
+            let mut c = TrainConfig::preset(name).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains("config `data.path`"), "{name}: {err}");
+            c.data.path = PathBuf::from("data.h5");
             c.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(TrainConfig::from_toml(&c.to_toml()).unwrap(), c, "{name}");
         }
@@ -737,10 +1144,11 @@ mod tests {
     fn baseline_presets_validate_and_round_trip() {
         for name in PRESETS {
             for kind in [ModelKind::Ddpm, ModelKind::Gan, ModelKind::Vae] {
-                let c = TrainConfig::preset_for_model(name, kind).unwrap();
+                let mut c = TrainConfig::preset_for_model(name, kind).unwrap();
+                c.data.path = PathBuf::from("data.h5");
                 c.validate()
                     .unwrap_or_else(|e| panic!("{name} {kind:?}: {e}"));
-                assert_eq!(c.model.kind, kind);
+                assert_eq!(c.model.kind(), kind);
                 assert_eq!(
                     TrainConfig::from_toml(&c.to_toml()).unwrap(),
                     c,
@@ -760,7 +1168,8 @@ mod tests {
         );
         let vae = TrainConfig::preset_for_model("fashion-mnist", ModelKind::Vae).unwrap();
         assert_eq!((vae.run.steps, vae.data.batch_size), (23_438, 128));
-        let base = TrainConfig::preset_for_model("mnist-cpu", ModelKind::Gan).unwrap();
+        let mut base = TrainConfig::preset_for_model("mnist-cpu", ModelKind::Gan).unwrap();
+        base.data.path = PathBuf::from("data.h5");
         for (o, key) in [
             ("model.latent_dim=0", "model.latent_dim"),
             ("model.disc_channels=0", "model.disc_channels"),
@@ -808,8 +1217,8 @@ mod tests {
             ])
             .unwrap();
         assert_eq!(
-            (c2.run.steps, c2.diffusion.schedule.as_str(), c2.optim.lr),
-            (10, "cosine", 3e-4)
+            (c2.run.steps, c2.diffusion.schedule, c2.optim.lr),
+            (10, BetaSchedule::Cosine, 3e-4)
         );
         let err = c
             .with_overrides(&["run.stepz=10".into()])
@@ -826,13 +1235,10 @@ mod tests {
     #[test]
     fn validation_names_the_key() {
         let base = TrainConfig::preset("mnist-cpu").unwrap();
-        let cases: [(&str, &str); 8] = [
+        let cases: [(&str, &str); 5] = [
             ("optim.lr=-1.0", "optim.lr"),
             ("optim.beta2=1.5", "optim.beta2"),
-            ("optim.optimizer=sgd", "optim.optimizer"),
             ("data.batch_size=0", "data.batch_size"),
-            ("run.device=gpu", "run.device"),
-            ("diffusion.schedule=cubic", "diffusion.schedule"),
             ("diffusion.loss_type=hybrid", "diffusion"),
             ("run.sample_steps=ddim7000", "run.sample_steps"),
         ];
@@ -841,6 +1247,30 @@ mod tests {
             let err = c.validate().unwrap_err().to_string();
             assert!(err.contains(key), "{o}: {err}");
         }
+        // Names outside a setting's vocabulary are parse errors naming the key.
+        for (o, key) in [
+            ("optim.optimizer=sgd", "config `optim.optimizer`"),
+            ("run.device=gpu", "config `run.device`"),
+            ("diffusion.schedule=cubic", "config `diffusion.schedule`"),
+            ("diffusion.mean_type=noise", "config `diffusion.mean_type`"),
+            ("diffusion.var_type=fixed", "config `diffusion.var_type`"),
+            ("diffusion.loss_type=l2", "config `diffusion.loss_type`"),
+            ("run.sample_steps=ddimfast", "config `run.sample_steps`"),
+        ] {
+            let err = base
+                .with_overrides(&[o.to_string()])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{o}: {err}");
+        }
+        let err = base
+            .with_overrides(&["diffusion.schedule=cubic".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown variant `cubic`, expected one of linear, cosine, quad, sigmoid, const, jsd"),
+            "{err}"
+        );
         // A learned variance needs twice the output channels.
         let c = base
             .with_overrides(&[
@@ -853,5 +1283,135 @@ mod tests {
         let c = base.with_overrides(&["run.steps=0".to_string()]).unwrap();
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("run.steps"), "{err}");
+    }
+
+    #[test]
+    fn names_accept_aliases_and_serialise_canonically() {
+        let c = TrainConfig::from_toml(
+            "[diffusion]\nmean_type = \"v_prediction\"\nvar_type = \"learned_range\"\n\
+             loss_type = \"hybrid\"\nschedule = \"cosine\"\n[optim]\noptimizer = \"adamw\"\n\
+             [run]\ndevice = \"cuda\"\nsample_steps = \"10,20\"\n",
+        )
+        .unwrap();
+        let d = &c.diffusion;
+        assert_eq!(
+            (d.mean_type, d.var_type, d.loss_type, d.schedule),
+            (
+                ModelMeanType::V,
+                ModelVarType::LearnedRange,
+                LossType::Hybrid,
+                BetaSchedule::Cosine
+            )
+        );
+        assert_eq!(c.optim.optimizer, Optimizer::AdamW);
+        assert_eq!(c.run.device, DeviceSpec::Cuda(0));
+        for (alias, want) in [
+            ("eps", ModelMeanType::Epsilon),
+            ("start_x", ModelMeanType::StartX),
+            ("sample", ModelMeanType::StartX),
+            ("x0", ModelMeanType::StartX),
+        ] {
+            assert_eq!(ModelMeanType::from_name(alias), Ok(want), "{alias}");
+        }
+        let text = c.to_toml();
+        for canonical in [
+            "mean_type = \"v\"",
+            "var_type = \"learned-range\"",
+            "optimizer = \"adamw\"",
+            "device = \"cuda:0\"",
+            "sample_steps = \"10,20\"",
+        ] {
+            assert!(text.contains(canonical), "{canonical} in\n{text}");
+        }
+        assert_eq!(TrainConfig::from_toml(&text).unwrap(), c);
+        // Every schedule name that ddpm-math parses is accepted, and only those.
+        for s in BetaSchedule::ALL {
+            assert_eq!(BetaSchedule::from_name(s.name()), Ok(s));
+        }
+    }
+
+    #[test]
+    fn model_section_is_tagged_by_kind() {
+        let c = TrainConfig::from_toml("[model]\nkind = \"gan\"\nlatent_dim = 16\n").unwrap();
+        let want = GanModelConfig {
+            latent_dim: 16,
+            ..GanModelConfig::default()
+        };
+        assert_eq!(c.model, ModelConfig::Gan(want));
+        assert!(c.model.unet().is_none());
+        assert!(c.unet().unwrap_err().to_string().contains("model.kind"));
+        // Without `kind` a model is a DDPM.
+        let c = TrainConfig::from_toml("[model.unet]\nlayers_per_block = 1\n").unwrap();
+        assert_eq!(c.model.kind(), ModelKind::Ddpm);
+        assert_eq!(c.unet().unwrap().layers_per_block, 1);
+        // A GAN's `[model]` cannot carry UNet (or VAE) keys, and misspelt keys are named.
+        for (text, key) in [
+            (
+                "[model]\nkind = \"gan\"\n[model.unet]\ndropout = 0.0\n",
+                "config `model.unet`",
+            ),
+            (
+                "[model]\nkind = \"gan\"\nmin_log_scale = -5.0\n",
+                "config `model.min_log_scale`",
+            ),
+            (
+                "[model]\nkind = \"vae\"\ndisc_channels = 8\n",
+                "config `model.disc_channels`",
+            ),
+            (
+                "[model]\nkind = \"ddpm\"\nlatent_dim = 8\n",
+                "config `model.latent_dim`",
+            ),
+            (
+                "[model]\nkind = \"gan\"\nlatent_dimm = 8\n",
+                "config `model.latent_dimm`",
+            ),
+            (
+                "[model]\nkind = \"gan\"\nlatent_dim = \"big\"\n",
+                "config `model.latent_dim`",
+            ),
+            ("[model]\nkind = \"flow\"\n", "config `model.kind`"),
+            (
+                "[model.unet]\nlayers_per_blok = 1\n",
+                "config `model.unet.layers_per_blok`",
+            ),
+        ] {
+            let err = TrainConfig::from_toml(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        let gan = TrainConfig::preset_for_model("mnist-cpu", ModelKind::Gan).unwrap();
+        let err = gan
+            .with_overrides(&["model.unet.dropout=0.1".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("config `model.unet`"), "{err}");
+    }
+
+    /// `config.toml` files written before the model section was typed (every kind's keys in one
+    /// flat `[model]`) still load, as the model they trained.
+    #[test]
+    fn old_flat_config_files_still_load() {
+        let fixtures = [
+            (
+                ModelKind::Gan,
+                include_str!("../tests/fixtures/old_config_gan.toml"),
+            ),
+            (
+                ModelKind::Vae,
+                include_str!("../tests/fixtures/old_config_vae.toml"),
+            ),
+            (
+                ModelKind::Ddpm,
+                include_str!("../tests/fixtures/old_config_ddpm.toml"),
+            ),
+        ];
+        for (kind, text) in fixtures {
+            let c = TrainConfig::from_toml(text).unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+            let mut want = TrainConfig::preset_for_model("mnist-cpu", kind).unwrap();
+            want.run.steps = 1;
+            want.data.path = PathBuf::from("datasets/mnist.h5");
+            assert_eq!(c, want, "{kind:?}");
+            c.validate().unwrap();
+        }
     }
 }

@@ -58,10 +58,10 @@ pub fn load_ddpm(dir: &Path, weights: Weights, device: Device) -> Result<LoadedD
 fn load_run(dir: &Path, weights: Weights, device: Device) -> Result<LoadedDdpm> {
     let run = RunDir::open(dir)?;
     let cfg = run.config()?;
-    if cfg.model.kind != ModelKind::Ddpm {
+    if cfg.model.kind() != ModelKind::Ddpm {
         return Err(TrainError::Checkpoint {
             path: dir.to_path_buf(),
-            message: format!("holds a {:?} run, not a DDPM", cfg.model.kind),
+            message: format!("holds a {:?} run, not a DDPM", cfg.model.kind()),
         });
     }
     let ckpt = run
@@ -72,7 +72,7 @@ fn load_run(dir: &Path, weights: Weights, device: Device) -> Result<LoadedDdpm> 
         })?;
     let state = RunDir::read_state(&ckpt)?;
     let mut vs = nn::VarStore::new(device);
-    let unet = UNet2DModel::new(vs.root(), &cfg.model.unet)?;
+    let unet = UNet2DModel::new(vs.root(), cfg.unet()?)?;
     let file = ckpt.join(match weights {
         Weights::Ema => "ema.safetensors",
         Weights::Raw => "model.safetensors",

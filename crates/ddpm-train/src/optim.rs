@@ -149,7 +149,7 @@ impl Adam {
             flat,
             step: 0,
             cfg: cfg.clone(),
-            decoupled: cfg.optimizer == "adamw",
+            decoupled: cfg.optimizer == crate::config::Optimizer::AdamW,
         }
     }
 
@@ -398,7 +398,11 @@ mod tests {
 
     fn cfg(opt: &str, wd: f64) -> OptimConfig {
         OptimConfig {
-            optimizer: opt.into(),
+            optimizer: match opt {
+                "adam" => crate::config::Optimizer::Adam,
+                "adamw" => crate::config::Optimizer::AdamW,
+                other => panic!("no optimiser `{other}`"),
+            },
             lr: 0.1,
             weight_decay: wd,
             warmup_steps: 0,

@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use ddpm_train::baselines::{load_baseline_for_sampling, sample_baseline, NETWORKS_FILE};
-use ddpm_train::config::ModelKind;
+use ddpm_train::config::{ModelConfig, ModelKind};
 use ddpm_train::engine::{TrainOptions, TrainSummary};
 use ddpm_train::run_dir::RunDir;
 use ddpm_train::tasks::{train_gan, train_vae};
@@ -22,9 +22,11 @@ type Train = fn(&Path, &TrainConfig, bool, &TrainOptions) -> Result<TrainSummary
 /// A baseline small enough to take a step in milliseconds on one CPU thread.
 fn tiny(kind: ModelKind, steps: usize) -> TrainConfig {
     let mut c = TrainConfig::preset_for_model("mnist-cpu", kind).unwrap();
-    c.model.latent_dim = 8;
-    c.model.base_channels = 8;
-    c.model.disc_channels = 8;
+    match &mut c.model {
+        ModelConfig::Gan(g) => (g.latent_dim, g.base_channels, g.disc_channels) = (8, 8, 8),
+        ModelConfig::Vae(v) => (v.latent_dim, v.base_channels) = (8, 8),
+        ModelConfig::Ddpm(_) => unreachable!("tiny() is for the baselines"),
+    }
     c.data.path = mnist_h5();
     c.data.batch_size = 8;
     c.run.steps = steps;

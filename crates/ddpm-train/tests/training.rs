@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use ddpm_math::{LossType, ModelVarType};
 use ddpm_train::engine::TrainOptions;
 use ddpm_train::run_dir::RunDir;
 use ddpm_train::tasks::train_ddpm;
@@ -136,7 +137,7 @@ fn resuming_with_a_mismatched_checkpoint_names_the_tensor() {
     .unwrap();
     // Change the architecture of the run, then resume: the checkpoint no longer fits.
     let mut cfg = common::tiny_config(4);
-    cfg.model.unet.block_out_channels = vec![8, 24];
+    cfg.model.unet_mut().unwrap().block_out_channels = vec![8, 24];
     let err = train_ddpm(&run, &cfg, true, &TrainOptions::default())
         .unwrap_err()
         .to_string();
@@ -200,18 +201,18 @@ fn resume_of_a_missing_run_is_an_error() {
 fn hybrid_and_vlb_objectives_train_and_resume_exactly() {
     let _rng = common::torch_rng_lock();
     let dir = tempfile::tempdir().unwrap();
-    let learned = |steps: usize, loss: &str, importance: bool| {
+    let learned = |steps: usize, loss: LossType, importance: bool| {
         let mut c = common::tiny_config(steps);
-        c.model.unet.out_channels = 2;
-        c.diffusion.var_type = "learned-range".into();
-        c.diffusion.loss_type = loss.into();
+        c.model.unet_mut().unwrap().out_channels = 2;
+        c.diffusion.var_type = ModelVarType::LearnedRange;
+        c.diffusion.loss_type = loss;
         c.diffusion.importance_sampling = importance;
         c
     };
     let opts = TrainOptions::default();
     let s = train_ddpm(
         &dir.path().join("hybrid"),
-        &learned(4, "hybrid", false),
+        &learned(4, LossType::Hybrid, false),
         false,
         &opts,
     )
@@ -219,8 +220,8 @@ fn hybrid_and_vlb_objectives_train_and_resume_exactly() {
     assert!(s.last_loss.is_finite() && s.last_loss > 0.0);
     // L_vlb with the importance sampler: its loss history is checkpointed, so resuming is exact.
     let (full, split) = (dir.path().join("vlb-full"), dir.path().join("vlb-split"));
-    train_ddpm(&full, &learned(6, "vlb", true), false, &opts).unwrap();
-    train_ddpm(&split, &learned(4, "vlb", true), false, &opts).unwrap();
+    train_ddpm(&full, &learned(6, LossType::Vlb, true), false, &opts).unwrap();
+    train_ddpm(&split, &learned(4, LossType::Vlb, true), false, &opts).unwrap();
     let state = RunDir::read_state(&split.join("checkpoints/step_0000004")).unwrap();
     let history = state
         .sampler_history
@@ -231,7 +232,7 @@ fn hybrid_and_vlb_objectives_train_and_resume_exactly() {
         16,
         "4 steps × batch 4 losses recorded"
     );
-    train_ddpm(&split, &learned(6, "vlb", true), true, &opts).unwrap();
+    train_ddpm(&split, &learned(6, LossType::Vlb, true), true, &opts).unwrap();
     assert_same(
         &full.join("checkpoints/step_0000006/model.safetensors"),
         &split.join("checkpoints/step_0000006/model.safetensors"),
@@ -286,10 +287,10 @@ fn gradient_accumulation_equals_one_full_batch_step() {
     let dir = tempfile::tempdir().unwrap();
     let run = |name: &str, k: usize| {
         let mut cfg = common::tiny_config(2);
-        cfg.model.unet.dropout = 0.0; // dropout masks are drawn per micro-batch
-                                      // Adam's first update is lr·g/(|g| + ε): with the default ε = 1e-8 it turns rounding noise
-                                      // on parameters whose true gradient is 0 (attention key biases: softmax ignores them) into
-                                      // ±lr. A larger ε makes the update Lipschitz in g, so the comparison sees the gradients.
+        cfg.model.unet_mut().unwrap().dropout = 0.0; // dropout masks are drawn per micro-batch
+                                                     // Adam's first update is lr·g/(|g| + ε): with the default ε = 1e-8 it turns rounding noise
+                                                     // on parameters whose true gradient is 0 (attention key biases: softmax ignores them) into
+                                                     // ±lr. A larger ε makes the update Lipschitz in g, so the comparison sees the gradients.
         cfg.optim.eps = 1e-3;
         cfg.data.batch_size = 8;
         cfg.optim.grad_accum = k;
@@ -313,7 +314,7 @@ fn gradient_accumulation_equals_one_full_batch_step() {
     }
     // The runs did train (a different batch size would not give the same weights).
     let mut other = common::tiny_config(2);
-    other.model.unet.dropout = 0.0;
+    other.model.unet_mut().unwrap().dropout = 0.0;
     other.data.batch_size = 2;
     let p = dir.path().join("small");
     train_ddpm(&p, &other, false, &TrainOptions::default()).unwrap();

@@ -168,13 +168,18 @@ fn ensure_run(cfg: &CompareConfig, entry: &ModelEntry, kind: ModelKind) -> Resul
     } else {
         let mut set = cfg.train.set.clone();
         set.extend(entry.set.iter().cloned());
-        TrainConfig::preset_for_model(&cfg.train.preset, kind)?.with_overrides(&set)?
+        // The runs train on the reference's dataset file (its train split) unless `set` says otherwise.
+        let mut tc = TrainConfig::preset_for_model(&cfg.train.preset, kind)?;
+        if let Ok(ImageSource::Split { path, .. }) = ImageSource::parse(&cfg.reference) {
+            tc.data.path = path;
+        }
+        tc.with_overrides(&set)?
     };
-    if tc.model.kind != kind {
+    if tc.model.kind() != kind {
         bail!(
             "{}: holds a {:?} run, expected {kind:?}",
             dir.display(),
-            tc.model.kind
+            tc.model.kind()
         );
     }
     tracing::info!(dir = %dir.display(), ?kind, steps = tc.run.steps, resume, "training a missing run");

@@ -21,7 +21,7 @@ use crate::loader::ImageData;
 use crate::objective::training_losses;
 use crate::optim::{named_trainables, Adam, Ema};
 use crate::run_dir::TrainState;
-use crate::sampler::{to_uint8_nhwc, Sampler, SamplerSpec};
+use crate::sampler::{to_uint8_nhwc, Sampler};
 use crate::tables::DeviceTables;
 
 /// The networks and their variable stores: the live model and its EMA copy.
@@ -41,9 +41,9 @@ impl DdpmModel {
     /// Builds both networks on `device` (the EMA starts equal to the fresh weights).
     pub fn new(cfg: &TrainConfig, device: Device) -> Result<Self> {
         let vs = nn::VarStore::new(device);
-        let unet = UNet2DModel::new(vs.root(), &cfg.model.unet)?;
+        let unet = UNet2DModel::new(vs.root(), cfg.unet()?)?;
         let mut ema_vs = nn::VarStore::new(device);
-        let ema_unet = UNet2DModel::new(ema_vs.root(), &cfg.model.unet)?;
+        let ema_unet = UNet2DModel::new(ema_vs.root(), cfg.unet()?)?;
         ema_vs.copy(&vs)?;
         ema_vs.freeze();
         Ok(Self {
@@ -154,7 +154,7 @@ impl DdpmTask {
             tables: DeviceTables::full(&diffusion, device),
             weights: diffusion.loss_weights(),
             autocast: super::uses_bf16(cfg, device),
-            null_class: cfg.model.unet.num_class_embeds.map(|n| n - 1),
+            null_class: cfg.unet()?.num_class_embeds.map(|n| n - 1),
             diffusion,
             model,
             adam,
@@ -381,9 +381,9 @@ pub fn sample_grid_images(
     n: usize,
     device: Device,
 ) -> Result<Tensor> {
-    let spec = SamplerSpec::parse(&cfg.run.sample_steps, diffusion.num_timesteps())?;
+    let spec = cfg.run.sample_steps.resolve(diffusion.num_timesteps())?;
     let sampler = Sampler::new(diffusion, &spec, device)?;
-    let u = &cfg.model.unet;
+    let u = cfg.unet()?;
     let (h, w) = sample_hw(cfg);
     let n = n as i64;
     let _guard = tch::no_grad_guard();
@@ -403,7 +403,7 @@ pub fn sample_grid_images(
 
 /// The image size a model of this run samples at.
 pub fn sample_hw(cfg: &TrainConfig) -> (i64, i64) {
-    let base = match cfg.model.unet.sample_size {
+    let base = match cfg.model.unet().and_then(|u| u.sample_size) {
         Some(ddpm_nets::unet::SampleSize::Square(s)) => (s, s),
         Some(ddpm_nets::unet::SampleSize::Rect([h, w])) => (h, w),
         None => (32, 32),
@@ -418,17 +418,18 @@ pub fn sample_hw(cfg: &TrainConfig) -> (i64, i64) {
 /// Checks that the UNet of `cfg` fits the images of `data` (channels, classes).
 pub fn check_model_fits_data(cfg: &TrainConfig, data: &ImageData) -> Result<()> {
     let (c, _, _) = data.chw();
-    if c != cfg.model.unet.in_channels {
+    let unet = cfg.unet()?;
+    if c != unet.in_channels {
         return Err(TrainError::config(
             "model.unet.in_channels",
             format!(
                 "is {} but {} has {c}-channel images",
-                cfg.model.unet.in_channels,
+                unet.in_channels,
                 cfg.data.path.display()
             ),
         ));
     }
-    if let Some(k) = cfg.model.unet.num_class_embeds {
+    if let Some(k) = unet.num_class_embeds {
         if k < data.num_classes + 1 {
             return Err(TrainError::config(
                 "model.unet.num_class_embeds",

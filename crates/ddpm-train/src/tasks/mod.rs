@@ -21,8 +21,7 @@ pub fn setup_device(cfg: &TrainConfig) -> Result<Device> {
     if cfg.run.cpu_threads > 0 {
         tch::set_num_threads(cfg.run.cpu_threads as i32);
     }
-    let spec: ddpm_nets::device::DeviceSpec = cfg.run.device.parse()?;
-    Ok(spec.resolve()?)
+    Ok(cfg.run.device.resolve()?)
 }
 
 /// Whether the network runs under bf16 autocast on `device`: `run.bf16` on CUDA, `run.cpu_bf16` on
@@ -67,7 +66,7 @@ pub fn train(
     resume: bool,
     opts: &TrainOptions,
 ) -> Result<TrainSummary> {
-    match cfg.model.kind {
+    match cfg.model.kind() {
         ModelKind::Ddpm => train_ddpm(dir, cfg, resume, opts),
         ModelKind::Gan => train_gan(dir, cfg, resume, opts),
         ModelKind::Vae => train_vae(dir, cfg, resume, opts),
@@ -77,10 +76,10 @@ pub fn train(
 /// Checks `cfg` for `kind`, sets up the device and loads the training images.
 fn prepare(cfg: &TrainConfig, kind: ModelKind) -> Result<(Device, ImageData)> {
     cfg.validate()?;
-    if cfg.model.kind != kind {
+    if cfg.model.kind() != kind {
         return Err(TrainError::config(
             "model.kind",
-            format!("is {:?}; this trains {kind:?}", cfg.model.kind),
+            format!("is {:?}; this trains {kind:?}", cfg.model.kind()),
         ));
     }
     let device = setup_device(cfg)?;

@@ -20,13 +20,14 @@ pub fn mnist_h5() -> PathBuf {
 /// A DDPM small enough to take a training step in well under a second on a CPU.
 pub fn tiny_config(steps: usize) -> TrainConfig {
     let mut c = TrainConfig::preset("mnist-cpu").unwrap();
-    c.model.unet.block_out_channels = vec![8, 16];
-    c.model.unet.down_block_types = vec![DownBlockType::Down, DownBlockType::AttnDown];
-    c.model.unet.up_block_types = vec![UpBlockType::AttnUp, UpBlockType::Up];
-    c.model.unet.norm_num_groups = 4;
-    c.model.unet.layers_per_block = 1;
-    c.model.unet.dropout = 0.1;
-    c.model.unet.sample_size = Some(SampleSize::Square(28));
+    c.model.unet_mut().unwrap().block_out_channels = vec![8, 16];
+    c.model.unet_mut().unwrap().down_block_types =
+        vec![DownBlockType::Down, DownBlockType::AttnDown];
+    c.model.unet_mut().unwrap().up_block_types = vec![UpBlockType::AttnUp, UpBlockType::Up];
+    c.model.unet_mut().unwrap().norm_num_groups = 4;
+    c.model.unet_mut().unwrap().layers_per_block = 1;
+    c.model.unet_mut().unwrap().dropout = 0.1;
+    c.model.unet_mut().unwrap().sample_size = Some(SampleSize::Square(28));
     c.diffusion.timesteps = 50;
     c.data.path = mnist_h5();
     c.data.batch_size = 4;
@@ -38,7 +39,7 @@ pub fn tiny_config(steps: usize) -> TrainConfig {
     c.run.checkpoint_every = 2;
     c.run.sample_every = 0;
     c.run.sample_num = 4;
-    c.run.sample_steps = "ddim5".into();
+    c.run.sample_steps = "ddim5".parse().unwrap();
     c
 }
 
