@@ -175,44 +175,7 @@ pub fn bench_pytorch(ctx: &Ctx, args: &BenchArgs) -> Result<()> {
     for r in 0..args.repeats.max(1) {
         let ours_json = out.join(format!("ours_{r}.json"));
         let pt_json = out.join(format!("pytorch_{r}.json"));
-        let mut cmd = Command::new(&cli);
-        venv::apply_env(&mut cmd, &ctx.venv());
-        cmd.args([
-            "bench",
-            "--json",
-            "--preset",
-            &args.preset,
-            "--device",
-            &args.device,
-        ])
-        .args([
-            "--threads",
-            &args.threads.to_string(),
-            "--steps",
-            &args.steps.to_string(),
-        ])
-        .args([
-            "--sample-steps",
-            &args.sample_steps.to_string(),
-            "--chain",
-            &args.chain,
-            "--dtype",
-            &args.dtype,
-        ])
-        .arg("--weights-out")
-        .arg(&weights);
-        if let Some(b) = args.batch {
-            cmd.args(["--batch", &b.to_string()]);
-        }
-        if let Some(b) = args.chain_batch {
-            cmd.args(["--chain-batch", &b.to_string()]);
-        }
-        if args.profile {
-            cmd.arg("--profile");
-        }
-        if args.reference_layers {
-            cmd.arg("--reference-layers");
-        }
+        let mut cmd = ours_command(ctx, args, &cli, &weights);
         eprintln!(
             "\n==> repeat {}/{} ddpm-rs ({}): {cmd:?}",
             r + 1,
@@ -231,29 +194,7 @@ pub fn bench_pytorch(ctx: &Ctx, args: &BenchArgs) -> Result<()> {
         }
         crate::fetch::write_atomic(&ours_json, &output.stdout)?;
 
-        let mut cmd = Command::new(&python);
-        cmd.env("HF_HUB_OFFLINE", "1")
-            .arg(&script)
-            .arg("--weights")
-            .arg(&weights)
-            .arg("--ours")
-            .arg(&ours_json)
-            .args([
-                "--device",
-                &args.device,
-                "--dtype",
-                &args.dtype,
-                "--adam",
-                &args.adam,
-            ])
-            .arg("--out")
-            .arg(&pt_json);
-        if args.pytorch_retain_memory {
-            // The values ddpm_nets::host_memory sets through mallopt.
-            cmd.env("MALLOC_MMAP_THRESHOLD_", "1073741824")
-                .env("MALLOC_TRIM_THRESHOLD_", "2147483647")
-                .env("MALLOC_TOP_PAD_", "67108864");
-        }
+        let mut cmd = pytorch_command(args, &python, &script, [&weights, &ours_json, &pt_json]);
         eprintln!(
             "==> repeat {}/{} pytorch ({}): {cmd:?}",
             r + 1,
@@ -281,4 +222,77 @@ pub fn bench_pytorch(ctx: &Ctx, args: &BenchArgs) -> Result<()> {
     run(&mut cmd)?;
     println!("reports: {}", out.display());
     Ok(())
+}
+
+/// `ddpm-cli bench --json …` for one repeat, writing the initial weights to `weights`.
+fn ours_command(ctx: &Ctx, args: &BenchArgs, cli: &Path, weights: &Path) -> Command {
+    let mut cmd = Command::new(cli);
+    venv::apply_env(&mut cmd, &ctx.venv());
+    cmd.args([
+        "bench",
+        "--json",
+        "--preset",
+        &args.preset,
+        "--device",
+        &args.device,
+    ])
+    .args([
+        "--threads",
+        &args.threads.to_string(),
+        "--steps",
+        &args.steps.to_string(),
+    ])
+    .args([
+        "--sample-steps",
+        &args.sample_steps.to_string(),
+        "--chain",
+        &args.chain,
+        "--dtype",
+        &args.dtype,
+    ])
+    .arg("--weights-out")
+    .arg(weights);
+    if let Some(b) = args.batch {
+        cmd.args(["--batch", &b.to_string()]);
+    }
+    if let Some(b) = args.chain_batch {
+        cmd.args(["--chain-batch", &b.to_string()]);
+    }
+    if args.profile {
+        cmd.arg("--profile");
+    }
+    if args.reference_layers {
+        cmd.arg("--reference-layers");
+    }
+    cmd
+}
+
+/// `scripts/bench_pytorch.py` for one repeat on the same `weights`, beside `ours_json`, writing
+/// `pt_json`.
+fn pytorch_command(args: &BenchArgs, python: &Path, script: &Path, files: [&Path; 3]) -> Command {
+    let [weights, ours_json, pt_json] = files;
+    let mut cmd = Command::new(python);
+    cmd.env("HF_HUB_OFFLINE", "1")
+        .arg(script)
+        .arg("--weights")
+        .arg(weights)
+        .arg("--ours")
+        .arg(ours_json)
+        .args([
+            "--device",
+            &args.device,
+            "--dtype",
+            &args.dtype,
+            "--adam",
+            &args.adam,
+        ])
+        .arg("--out")
+        .arg(pt_json);
+    if args.pytorch_retain_memory {
+        // The values ddpm_nets::host_memory sets through mallopt.
+        cmd.env("MALLOC_MMAP_THRESHOLD_", "1073741824")
+            .env("MALLOC_TRIM_THRESHOLD_", "2147483647")
+            .env("MALLOC_TOP_PAD_", "67108864");
+    }
+    cmd
 }

@@ -102,23 +102,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
     )?;
     let sampler = Sampler::new(&model.diffusion, &spec, device)?;
     let cfg = model.unet.config().clone();
-    let guidance = match (args.class, cfg.num_class_embeds) {
-        (Some(c), Some(k)) if c >= 0 && c < k - 1 => Some(Guidance {
-            class: c,
-            null_class: k - 1,
-            weight: args.guidance,
-        }),
-        (Some(c), Some(k)) => bail!("--class {c} is outside 0..{} of this model", k - 1),
-        (Some(_), None) => bail!(
-            "--class needs a class-conditional model; {} is unconditional",
-            args.model.display()
-        ),
-        (None, Some(_)) => bail!(
-            "{} is class-conditional: give --class C",
-            args.model.display()
-        ),
-        (None, None) => None,
-    };
+    let guidance = guidance_for(&args, cfg.num_class_embeds)?;
     let (h, w) = model.hw;
     let total_evals = spec.timesteps.len() * args.num.div_ceil(args.batch_size);
     let bar = ddpm_train::progress::bar(true, total_evals as u64, "network steps", "sampling");
@@ -177,13 +161,41 @@ pub fn run(args: SampleArgs) -> Result<()> {
             / secs,
         args.out.display()
     );
+    write_pictures(&args, &images, &strip)
+}
+
+/// Classifier-free guidance from `--class` / `--guidance` for a model with `num_class_embeds`
+/// (classes + the null label); errors for a class outside the model's or a missing one.
+fn guidance_for(args: &SampleArgs, num_class_embeds: Option<i64>) -> Result<Option<Guidance>> {
+    Ok(match (args.class, num_class_embeds) {
+        (Some(c), Some(k)) if c >= 0 && c < k - 1 => Some(Guidance {
+            class: c,
+            null_class: k - 1,
+            weight: args.guidance,
+        }),
+        (Some(c), Some(k)) => bail!("--class {c} is outside 0..{} of this model", k - 1),
+        (Some(_), None) => bail!(
+            "--class needs a class-conditional model; {} is unconditional",
+            args.model.display()
+        ),
+        (None, Some(_)) => bail!(
+            "{} is class-conditional: give --class C",
+            args.model.display()
+        ),
+        (None, None) => None,
+    })
+}
+
+/// Writes `--grid` (uint8 `images` `[N, H, W, C]`) and `--trajectory` (the frames of the first
+/// chain, each `[n, C, H, W]` in [−1, 1]) when asked.
+fn write_pictures(args: &SampleArgs, images: &Tensor, strip: &[Tensor]) -> Result<()> {
     if let Some(path) = &args.grid {
         let ncol = (args.num as f64).sqrt().ceil() as usize;
-        viz::save_png(&viz::grid_nhwc(&images, ncol), path)?;
+        viz::save_png(&viz::grid_nhwc(images, ncol), path)?;
         println!("grid: {}", path.display());
     }
     if let Some(path) = &args.trajectory {
-        let frames = Tensor::cat(&strip, 0);
+        let frames = Tensor::cat(strip, 0);
         let img = viz::grid_nhwc(&to_uint8_nhwc(&frames), strip.len());
         viz::save_png(&img, path)?;
         println!(

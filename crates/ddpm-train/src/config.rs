@@ -907,6 +907,20 @@ impl TrainConfig {
 
     /// Checks the values (each error names its key).
     pub fn validate(&self) -> Result<()> {
+        self.validate_optim()?;
+        self.validate_data_and_run()?;
+        self.validate_model()?;
+        if self.data.path.as_os_str().is_empty() {
+            return Err(TrainError::config(
+                "data.path",
+                "is empty: set it to the HDF5 dataset file to train on",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The checks of `[optim]`.
+    fn validate_optim(&self) -> Result<()> {
         let o = &self.optim;
         let positive = |key: &str, v: f64| {
             if v.is_finite() && v > 0.0 {
@@ -944,6 +958,12 @@ impl TrainConfig {
                 format!("must be ≥ 0 (0 = off), got {}", o.grad_clip),
             ));
         }
+        Ok(())
+    }
+
+    /// The checks of `[data]` and `[run]` (with `optim.grad_accum`, which must divide the batch).
+    fn validate_data_and_run(&self) -> Result<()> {
+        let o = &self.optim;
         if self.data.batch_size == 0 {
             return Err(TrainError::config("data.batch_size", "must be ≥ 1"));
         }
@@ -981,6 +1001,11 @@ impl TrainConfig {
             .sample_steps
             .resolve(self.diffusion.timesteps)
             .map_err(|e| TrainError::config("run.sample_steps", e.to_string()))?;
+        Ok(())
+    }
+
+    /// The checks of `[model]` for its kind.
+    fn validate_model(&self) -> Result<()> {
         match &self.model {
             ModelConfig::Ddpm(m) => self.validate_ddpm(&m.unet)?,
             ModelConfig::Gan(m) => {
@@ -1004,12 +1029,6 @@ impl TrainConfig {
                     return Err(TrainError::config("model.min_log_scale", "must be finite"));
                 }
             }
-        }
-        if self.data.path.as_os_str().is_empty() {
-            return Err(TrainError::config(
-                "data.path",
-                "is empty: set it to the HDF5 dataset file to train on",
-            ));
         }
         Ok(())
     }
