@@ -140,7 +140,16 @@ pub fn train_classifier(
     if steps == 0 {
         return Err(TrainError::config("classifier.epochs", "must be ≥ 1"));
     }
-    let mut task = ClassifierTask::new(&net, cfg, device)?;
+    let optim = OptimConfig {
+        lr: cfg.lr,
+        weight_decay: cfg.weight_decay,
+        warmup_steps: 0,
+        lr_schedule: LrSchedule::Cosine,
+        grad_clip: 0.0,
+        ema_decay: 0.0,
+        ..OptimConfig::default()
+    };
+    let mut task = ClassifierTask::new(&net, &optim, cfg.seed, device)?;
     let settings = LoopSettings {
         steps,
         seed: cfg.seed,
@@ -149,15 +158,7 @@ pub fn train_classifier(
         data_limit: Some(n_train),
         pad_to_32: false,
         random_flip: false,
-        optim: OptimConfig {
-            lr: cfg.lr,
-            weight_decay: cfg.weight_decay,
-            warmup_steps: 0,
-            lr_schedule: LrSchedule::Cosine,
-            grad_clip: 0.0,
-            ema_decay: 0.0,
-            ..OptimConfig::default()
-        },
+        optim,
         log_every: cfg.log_every,
         checkpoint_every: cfg.checkpoint_every,
         keep_checkpoints: 1,
@@ -280,22 +281,19 @@ pub struct ClassifierTask {
 }
 
 impl ClassifierTask {
-    /// A fresh network of `net` (weights from `cfg.seed`) with Adam (`cfg.lr`, `cfg.weight_decay`).
+    /// A fresh network of `net` (weights from `seed`) with Adam of `optim` (the learning rate
+    /// itself comes from the engine's schedule each step).
     pub fn new(
         net: &ClassifierConfig,
-        cfg: &ClassifierTrainConfig,
+        optim: &OptimConfig,
+        seed: u64,
         device: Device,
     ) -> Result<Self> {
-        tch::manual_seed(cfg.seed as i64);
+        tch::manual_seed(seed as i64);
         let vs = nn::VarStore::new(device);
         let clf = Classifier::new(vs.root(), net)?;
-        let optim = OptimConfig {
-            lr: cfg.lr,
-            weight_decay: cfg.weight_decay,
-            ..OptimConfig::default()
-        };
         Ok(Self {
-            adam: Adam::for_store(&vs, &optim),
+            adam: Adam::for_store(&vs, optim),
             vs,
             net: clf,
             device,
