@@ -1,6 +1,6 @@
 //! What fetch-data and fetch-weights install: file names, published checksums and sources.
 
-/// One gzipped IDX file with its published digests.
+/// One published file with its digests.
 pub struct FileSpec {
     /// File name, identical on every mirror.
     pub name: &'static str,
@@ -10,14 +10,25 @@ pub struct FileSpec {
     pub sha256: &'static str,
 }
 
-/// An MNIST-style dataset: four files and the mirrors that serve them.
+/// How `ddpm-cli data import --raw` is given a dataset's files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RawLayout {
+    /// The folder of the four IDX files (MNIST-style).
+    IdxFolder,
+    /// The one archive file itself (CIFAR-10).
+    Archive,
+}
+
+/// A dataset: its published files and the mirrors that serve them.
 pub struct DatasetSpec {
-    /// Name used for `datasets/<name>.h5` and `datasets/raw/<name>/`.
+    /// Name used for `datasets/<name>.h5` and `datasets/raw/<name>/`, and `data import --name`.
     pub name: &'static str,
     /// Base URLs, tried in order.
     pub mirrors: &'static [&'static str],
-    /// The four files.
-    pub files: [FileSpec; 4],
+    /// The files.
+    pub files: &'static [FileSpec],
+    /// How the importer takes them.
+    pub layout: RawLayout,
 }
 
 pub const MNIST: DatasetSpec = DatasetSpec {
@@ -27,7 +38,8 @@ pub const MNIST: DatasetSpec = DatasetSpec {
         "https://storage.googleapis.com/cvdf-datasets/mnist/",
         "http://yann.lecun.com/exdb/mnist/",
     ],
-    files: [
+    layout: RawLayout::IdxFolder,
+    files: &[
         FileSpec {
             name: "train-images-idx3-ubyte.gz",
             md5: "f68b3c2dcbeaaa9fbdd348bbdeb94873",
@@ -57,7 +69,8 @@ pub const FASHION_MNIST: DatasetSpec = DatasetSpec {
         "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
         "https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion/",
     ],
-    files: [
+    layout: RawLayout::IdxFolder,
+    files: &[
         FileSpec {
             name: "train-images-idx3-ubyte.gz",
             md5: "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
@@ -79,6 +92,19 @@ pub const FASHION_MNIST: DatasetSpec = DatasetSpec {
             sha256: "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
         },
     ],
+};
+
+/// CIFAR-10 (Krizhevsky 2009): the python archive from the authors' page; md5 as published there
+/// (and by torchvision), sha256 of the same 170,498,071 bytes (as Keras checks it).
+pub const CIFAR10: DatasetSpec = DatasetSpec {
+    name: "cifar10",
+    mirrors: &["https://www.cs.toronto.edu/~kriz/"],
+    layout: RawLayout::Archive,
+    files: &[FileSpec {
+        name: "cifar-10-python.tar.gz",
+        md5: "c58f30108f718f92721af3b95e74349a",
+        sha256: "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce",
+    }],
 };
 
 /// A variant of the FID Inception TorchScript.

@@ -9,7 +9,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use md5::Md5;
 use sha2::{Digest, Sha256};
 
-use crate::catalog::{self, DatasetSpec, FileSpec, WeightsSpec};
+use crate::catalog::{self, DatasetSpec, FileSpec, RawLayout, WeightsSpec};
 use crate::ctx::{run, Ctx};
 
 /// md5 and sha256 of a byte string, lower-case hex.
@@ -92,13 +92,18 @@ fn local_fallbacks(ctx: &Ctx, spec: &DatasetSpec) -> Vec<PathBuf> {
     vec![ctx.root.join("../shared/datasets").join(spec.name)]
 }
 
-/// The folder under `from` that holds the dataset's files: `from` itself or `from/<name>`.
-fn resolve_from(from: &Path, spec: &DatasetSpec) -> PathBuf {
+/// Where under `from` a file of the dataset is: `from` itself when it is that file (a
+/// one-file dataset such as CIFAR-10's archive), else `from/<name>/FILE` when that exists, else
+/// `from/FILE`.
+fn resolve_from(from: &Path, spec: &DatasetSpec, file: &FileSpec) -> PathBuf {
+    if from.is_file() && spec.files.len() == 1 {
+        return from.to_path_buf();
+    }
     let sub = from.join(spec.name);
     if sub.join(spec.files[0].name).exists() {
-        sub
+        sub.join(file.name)
     } else {
-        from.to_path_buf()
+        from.join(file.name)
     }
 }
 
@@ -122,7 +127,7 @@ fn obtain(
         );
     }
     if let Some(from) = from {
-        let src = resolve_from(from, spec).join(file.name);
+        let src = resolve_from(from, spec, file);
         let bytes = fs::read(&src).with_context(|| format!("cannot read {}", src.display()))?;
         verify_file(file, &bytes, &src.display().to_string())?;
         return write_atomic(&dest, &bytes);
@@ -205,12 +210,16 @@ pub fn fetch_dataset(
         }
     }
     let raw = ctx.datasets().join("raw").join(spec.name);
-    for file in &spec.files {
+    for file in spec.files {
         obtain(ctx, spec, file, &raw, from)?;
     }
+    let raw_arg = match spec.layout {
+        RawLayout::IdxFolder => raw.clone(),
+        RawLayout::Archive => raw.join(spec.files[0].name),
+    };
     let mut import = ctx.ddpm_cli(["data", "import", "--name", spec.name, "--raw"]);
     import
-        .arg(&raw)
+        .arg(&raw_arg)
         .arg("--out")
         .arg(&out)
         .args(expect_args(spec));
@@ -412,8 +421,8 @@ mod tests {
 
     #[test]
     fn catalog_digests_are_well_formed() {
-        for ds in [&catalog::MNIST, &catalog::FASHION_MNIST] {
-            for f in &ds.files {
+        for ds in [&catalog::MNIST, &catalog::FASHION_MNIST, &catalog::CIFAR10] {
+            for f in ds.files {
                 assert_eq!(f.md5.len(), 32, "{}", f.name);
                 assert_eq!(f.sha256.len(), 64, "{}", f.name);
                 assert!(f
@@ -467,12 +476,27 @@ mod tests {
     }
 
     #[test]
-    fn from_folder_may_hold_a_subfolder_per_dataset() {
+    fn from_folder_may_hold_a_subfolder_per_dataset_or_be_the_archive() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(resolve_from(dir.path(), &catalog::MNIST), dir.path());
+        let labels = &catalog::MNIST.files[1];
+        assert_eq!(
+            resolve_from(dir.path(), &catalog::MNIST, labels),
+            dir.path().join(labels.name)
+        );
         let sub = dir.path().join("mnist");
         fs::create_dir_all(&sub).unwrap();
         fs::write(sub.join(catalog::MNIST.files[0].name), b"x").unwrap();
-        assert_eq!(resolve_from(dir.path(), &catalog::MNIST), sub);
+        assert_eq!(
+            resolve_from(dir.path(), &catalog::MNIST, labels),
+            sub.join(labels.name)
+        );
+        let cifar = &catalog::CIFAR10.files[0];
+        let archive = dir.path().join("my-copy.tar.gz");
+        fs::write(&archive, b"x").unwrap();
+        assert_eq!(resolve_from(&archive, &catalog::CIFAR10, cifar), archive);
+        assert_eq!(
+            resolve_from(dir.path(), &catalog::CIFAR10, cifar),
+            dir.path().join(cifar.name)
+        );
     }
 }

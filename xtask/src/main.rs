@@ -29,8 +29,13 @@ struct Cli {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum DatasetChoice {
+    /// MNIST (four gzipped IDX files, 11 MB).
     Mnist,
+    /// Fashion-MNIST (four gzipped IDX files, 30 MB).
     FashionMnist,
+    /// CIFAR-10 (the python archive, 163 MB).
+    Cifar10,
+    /// MNIST and Fashion-MNIST (CIFAR-10 only by name).
     All,
 }
 
@@ -42,7 +47,8 @@ enum Cmd {
     FetchData {
         #[arg(long, value_enum, default_value = "mnist")]
         dataset: DatasetChoice,
-        /// Folder holding the official .gz files (or a folder with one sub-folder per dataset).
+        /// Folder holding the official files (or a folder with one sub-folder per dataset); for
+        /// CIFAR-10 also the archive cifar-10-python.tar.gz itself.
         #[arg(long)]
         from: Option<PathBuf>,
         /// Rebuild even when a valid file is present.
@@ -125,6 +131,7 @@ fn datasets_of(choice: DatasetChoice) -> Vec<&'static catalog::DatasetSpec> {
     match choice {
         DatasetChoice::Mnist => vec![&catalog::MNIST],
         DatasetChoice::FashionMnist => vec![&catalog::FASHION_MNIST],
+        DatasetChoice::Cifar10 => vec![&catalog::CIFAR10],
         DatasetChoice::All => vec![&catalog::MNIST, &catalog::FASHION_MNIST],
     }
 }

@@ -1,26 +1,40 @@
-//! `ddpm-cli data`: import the official IDX files into HDF5, check a dataset file, look at it.
-use std::path::PathBuf;
+//! `ddpm-cli data`: import datasets (the official files of MNIST, Fashion-MNIST and CIFAR-10, or a
+//! folder of images) into HDF5, check a dataset file, look at it.
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use ddpm_train::data::{self, Expected};
+use ddpm_train::image_folder::{self, FolderImport};
 
 /// Dataset subcommands.
 #[derive(clap::Subcommand)]
 pub enum DataCommand {
-    /// Verify, decompress and convert the four gzipped IDX files of a dataset into one HDF5 file.
+    /// Convert a dataset into our HDF5 layout: the official files of a known dataset (`--name` with
+    /// `--raw`), or a folder of your own PNG/JPEG images (`--images`).
+    ///
+    /// A folder is read recursively in sorted path order; each file is converted on its own to the
+    /// chosen channels, resized so that its short side is --size (bicubic, antialiased) and
+    /// centre-cropped to a square. The file is written atomically.
+    #[command(group(clap::ArgGroup::new("input").required(true).args(["raw", "images"])))]
     Import {
-        /// Dataset name recorded in the file (mnist, fashion-mnist).
-        #[arg(long)]
-        name: String,
-        /// Folder holding the .gz files.
-        #[arg(long)]
-        raw: PathBuf,
+        /// Known dataset of the files in --raw.
+        #[arg(long, value_enum, requires = "raw")]
+        name: Option<KnownDataset>,
+        /// The official files: the folder of the four .gz IDX files (mnist, fashion-mnist), or the
+        /// archive cifar-10-python.tar.gz (cifar10).
+        #[arg(long, requires = "name")]
+        raw: Option<PathBuf>,
+        /// A folder of PNG and JPEG images (searched recursively).
+        #[arg(long, conflicts_with = "name")]
+        images: Option<PathBuf>,
         /// Output HDF5 file (written atomically).
         #[arg(long)]
         out: PathBuf,
         /// Published digest a file must match, as FILE=HEX (md5 or sha256); repeatable.
-        #[arg(long = "expect", value_parser = parse_expected)]
+        #[arg(long = "expect", value_parser = parse_expected, requires = "raw")]
         expected: Vec<Expected>,
+        #[command(flatten)]
+        folder: FolderArgs,
     },
     /// Check that a dataset file has our layout (and, with --expect, came from the given files).
     Check {
@@ -40,6 +54,119 @@ pub enum DataCommand {
         #[arg(long)]
         grid: Option<PathBuf>,
     },
+}
+
+/// Datasets with an importer for their official files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum KnownDataset {
+    /// MNIST: four gzipped IDX files.
+    Mnist,
+    /// Fashion-MNIST: four gzipped IDX files.
+    FashionMnist,
+    /// CIFAR-10: the python archive cifar-10-python.tar.gz.
+    Cifar10,
+}
+
+impl KnownDataset {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Mnist => "mnist",
+            Self::FashionMnist => "fashion-mnist",
+            Self::Cifar10 => "cifar10",
+        }
+    }
+}
+
+/// How a crop is made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CropArg {
+    /// Short side to --size, then the centre square.
+    Center,
+    /// The whole image resized to --size × --size (aspect ratio not kept).
+    None,
+}
+
+/// Channels to convert every image to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ChannelsArg {
+    /// Three channels.
+    Rgb,
+    /// One channel (PIL's luma).
+    Grey,
+}
+
+/// Where class labels come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LabelsArg {
+    /// The first sub-folder below --images names the class (DIR/CLASS/…/FILE).
+    Folders,
+}
+
+/// Options of `data import --images`.
+#[derive(clap::Args)]
+pub struct FolderArgs {
+    /// Image size N: short side to N, then an N×N crop (default: keep the files' size, which must
+    /// then be one size).
+    #[arg(long, requires = "images")]
+    size: Option<u32>,
+    /// How to make the N×N square.
+    #[arg(long, value_enum, default_value = "center", requires = "size")]
+    crop: CropArg,
+    /// Convert every image to these channels (default: as the files are, which must all be grey
+    /// or all colour).
+    #[arg(long, value_enum, requires = "images")]
+    channels: Option<ChannelsArg>,
+    /// Class labels (default: none).
+    #[arg(long, value_enum, requires = "images")]
+    labels: Option<LabelsArg>,
+    /// Fraction of the images put into a /test split, drawn with --seed (default 0: train only).
+    #[arg(long, default_value_t = 0.0, requires = "images")]
+    test_fraction: f64,
+    /// Seed of the train/test assignment.
+    #[arg(long, default_value_t = 0, requires = "images")]
+    seed: u64,
+    /// Enlarge images whose short side is below --size (refused otherwise).
+    #[arg(long, requires = "size")]
+    upscale: bool,
+    /// Leave out unreadable, corrupt, too small or odd-sized files (listed on stderr and in the
+    /// file's `skipped` attribute) instead of stopping at the first.
+    #[arg(long, requires = "images")]
+    skip_bad: bool,
+    /// Dataset name recorded in the file (default: the folder's name).
+    #[arg(long = "dataset-name", requires = "images")]
+    dataset_name: Option<String>,
+    /// No progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+impl FolderArgs {
+    fn to_import(&self) -> FolderImport {
+        use image_folder::{ChannelPolicy, Channels, Preprocess, Resize};
+        let resize = match (self.size, self.crop) {
+            (None, _) => Resize::Keep,
+            (Some(n), CropArg::Center) => Resize::CenterCrop(n),
+            (Some(n), CropArg::None) => Resize::Stretch(n),
+        };
+        let channels = match self.channels {
+            None => ChannelPolicy::Uniform,
+            Some(ChannelsArg::Rgb) => ChannelPolicy::Convert(Channels::Rgb),
+            Some(ChannelsArg::Grey) => ChannelPolicy::Convert(Channels::Grey),
+        };
+        FolderImport {
+            preprocess: Preprocess {
+                resize,
+                channels,
+                upscale: self.upscale,
+            },
+            labels_from_folders: self.labels == Some(LabelsArg::Folders),
+            test_fraction: self.test_fraction,
+            seed: self.seed,
+            skip_bad: self.skip_bad,
+            name: self.dataset_name.clone(),
+            progress: !self.no_progress,
+        }
+    }
 }
 
 fn parse_expected(s: &str) -> Result<Expected, String> {
@@ -63,21 +190,11 @@ pub fn run(cmd: DataCommand) -> Result<()> {
         DataCommand::Import {
             name,
             raw,
+            images,
             out,
             expected,
-        } => {
-            let s = data::import_idx_dataset(&name, &raw, &out, &expected)?;
-            println!(
-                "{}: {} train + {} test images of {}x{} ({})",
-                out.display(),
-                s.n_train,
-                s.n_test,
-                s.image_hw.0,
-                s.image_hw.1,
-                s.name
-            );
-            Ok(())
-        }
+            folder,
+        } => import(name, raw, images, &out, &expected, &folder),
         DataCommand::Check { file, expected } => {
             let s = data::check_dataset(&file)?;
             for e in &expected {
@@ -114,52 +231,130 @@ pub fn run(cmd: DataCommand) -> Result<()> {
     }
 }
 
-fn summary(file: &std::path::Path, grid: Option<&std::path::Path>) -> Result<()> {
+fn import(
+    name: Option<KnownDataset>,
+    raw: Option<PathBuf>,
+    images: Option<PathBuf>,
+    out: &Path,
+    expected: &[Expected],
+    folder: &FolderArgs,
+) -> Result<()> {
+    let summary = match (name, raw, images) {
+        (_, _, Some(dir)) => {
+            let report = image_folder::import_image_folder(&dir, out, &folder.to_import())?;
+            for s in &report.skipped {
+                eprintln!("skipped {}: {}", s.path.display(), s.reason);
+            }
+            report.summary
+        }
+        (Some(KnownDataset::Cifar10), Some(archive), None) => {
+            ddpm_train::cifar10::import_cifar10(&archive, out, expected)?
+        }
+        (Some(known), Some(raw), None) => {
+            data::import_idx_dataset(known.name(), &raw, out, expected)?
+        }
+        _ => bail!("give --name with --raw for a known dataset, or --images DIR for a folder"),
+    };
+    println!(
+        "{}: {} train + {} test images of {}x{}, {} ({}{})",
+        out.display(),
+        summary.n_train,
+        summary.n_test,
+        summary.image_hw.0,
+        summary.image_hw.1,
+        if summary.channels == 3 { "RGB" } else { "grey" },
+        summary.name,
+        if summary.class_names.is_empty() {
+            String::new()
+        } else {
+            format!(", {} classes", summary.class_names.len())
+        }
+    );
+    Ok(())
+}
+
+fn summary(file: &Path, grid: Option<&Path>) -> Result<()> {
     let s = data::check_dataset(file)?;
     println!("dataset {} ({})", s.name, file.display());
     println!(
-        "  image size   {}x{} uint8, grey",
-        s.image_hw.0, s.image_hw.1
+        "  image size   {}x{} uint8, {}",
+        s.image_hw.0,
+        s.image_hw.1,
+        if s.channels == 3 { "RGB" } else { "grey" }
     );
-    for split in ["train", "test"] {
-        let d = data::load_split(file, split)?;
-        let mut counts = [0usize; 256];
-        for &l in d.labels.iter() {
-            counts[l as usize] += 1;
-        }
-        let classes: Vec<String> = counts
+    if !s.class_names.is_empty() {
+        let names: Vec<String> = s
+            .class_names
             .iter()
             .enumerate()
-            .filter(|(_, &c)| c > 0)
-            .map(|(k, c)| format!("{k}:{c}"))
+            .map(|(k, n)| format!("{k}:{n}"))
             .collect();
-        let n = d.images.len() as f64;
-        let mean = d.images.iter().map(|&p| p as f64).sum::<f64>() / n;
-        let var = d
-            .images
-            .iter()
-            .map(|&p| (p as f64 - mean).powi(2))
-            .sum::<f64>()
-            / n;
+        println!("  classes      {}", names.join(" "));
+    }
+    for split in ["train", "test"]
+        .into_iter()
+        .take(if s.n_test > 0 { 2 } else { 1 })
+    {
+        let (images, labels) = ddpm_train::h5images::read_split(file, split)?;
         println!(
-            "  {split:<5} {:>6} images, pixel mean {:.2} std {:.2} (of 255), per class {}",
-            d.len(),
-            mean,
-            var.sqrt(),
-            classes.join(" ")
+            "  {split:<5} {:>6} images, {}",
+            images.dim().0,
+            pixel_stats(&images)
         );
-        if split == "train" {
-            if let Some(path) = grid {
-                let k = d.len().min(100);
-                let images = d.images.slice(ndarray::s![..k, .., ..]);
-                let img = ddpm_train::viz::grid(images.insert_axis(ndarray::Axis(3)), 10);
-                ddpm_train::viz::save_png(&img, path)?;
-                println!(
-                    "  grid of the first {k} training images: {}",
-                    path.display()
-                );
-            }
+        if let Some(labels) = &labels {
+            println!("        per class {}", class_counts(labels, &s.class_names));
+        }
+        if let (Some(path), "train") = (grid, split) {
+            let k = images.dim().0.min(100);
+            let img = ddpm_train::viz::grid(images.slice(ndarray::s![..k, .., .., ..]), 10);
+            ddpm_train::viz::save_png(&img, path)?;
+            println!(
+                "  grid of the first {k} training images: {}",
+                path.display()
+            );
         }
     }
     Ok(())
+}
+
+/// `pixel mean M std S (of 255)`, per channel for colour images.
+fn pixel_stats(images: &ndarray::Array4<u8>) -> String {
+    let c = images.dim().3;
+    let stats: Vec<String> = (0..c)
+        .map(|k| {
+            let ch = images.index_axis(ndarray::Axis(3), k);
+            let n = ch.len() as f64;
+            let mean = ch.iter().map(|&p| f64::from(p)).sum::<f64>() / n;
+            let var = ch
+                .iter()
+                .map(|&p| (f64::from(p) - mean).powi(2))
+                .sum::<f64>()
+                / n;
+            format!("{mean:.2} ± {:.2}", var.sqrt())
+        })
+        .collect();
+    let what = if c == 3 {
+        "pixel mean ± std (R, G, B)"
+    } else {
+        "pixel mean ± std"
+    };
+    format!("{what} {} (of 255)", stats.join(", "))
+}
+
+/// `k:count` (or `name:count`) for each label present.
+fn class_counts(labels: &ndarray::Array1<u8>, names: &[String]) -> String {
+    let mut counts = [0usize; 256];
+    for &l in labels {
+        counts[usize::from(l)] += 1;
+    }
+    counts
+        .iter()
+        .enumerate()
+        .filter(|(_, &c)| c > 0)
+        .map(|(k, c)| match names.get(k) {
+            Some(n) => format!("{n}:{c}"),
+            None => format!("{k}:{c}"),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }

@@ -80,11 +80,18 @@ pub fn run(args: InfoArgs) -> Result<()> {
 /// The files the project installs, and whether each is there.
 fn present_files(dir: &std::path::Path) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    for name in ["mnist.h5", "fashion-mnist.h5"] {
+    for (name, fetch) in [
+        ("mnist.h5", "cargo xtask fetch-data"),
+        (
+            "fashion-mnist.h5",
+            "cargo xtask fetch-data --dataset fashion-mnist",
+        ),
+        ("cifar10.h5", "cargo xtask fetch-data --dataset cifar10"),
+    ] {
         let path = dir.join(name);
         let state = match ddpm_train::data::check_dataset(&path) {
             Ok(s) => format!("present ({} train, {} test)", s.n_train, s.n_test),
-            Err(_) if !path.exists() => "missing (cargo xtask fetch-data)".to_string(),
+            Err(_) if !path.exists() => format!("missing ({fetch})"),
             Err(e) => format!("invalid: {e}"),
         };
         out.push((name.to_string(), state));

@@ -6,15 +6,22 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use ddpm_train::config::{ModelKind, TrainConfig};
 use ddpm_train::engine::TrainOptions;
+use ddpm_train::fit::DataShape;
 
 use crate::models;
 
 /// Arguments of `ddpm-cli train`.
 #[derive(clap::Args)]
 pub struct TrainArgs {
-    /// A built-in preset: mnist-cpu, mnist, fashion-mnist, cifar10.
+    /// A built-in preset: mnist-cpu, mnist, fashion-mnist, cifar10, or auto (a DDPM UNet sized
+    /// for the resolution and channels of --data, as improved-diffusion sizes one).
     #[arg(long, conflicts_with = "config")]
     preset: Option<String>,
+    /// The dataset file to train on (sets data.path; default for a preset:
+    /// datasets/<dataset>.h5). The UNet's channels and sample_size are checked against it (and set
+    /// where the config leaves them out).
+    #[arg(long)]
+    data: Option<PathBuf>,
     /// A TOML config file (sections model, diffusion, optim, data, run).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -66,6 +73,17 @@ fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
         (cfg, format!("the run {}", dir.display()))
     } else if let Some(path) = &args.config {
         (TrainConfig::from_file(path)?, path.display().to_string())
+    } else if args.preset.as_deref() == Some("auto") {
+        let data = args
+            .data
+            .as_ref()
+            .context("--preset auto sizes the UNet for a dataset: give --data FILE.h5")?;
+        if kind.is_some_and(|k| k != ModelKind::Ddpm) {
+            bail!("--preset auto is a DDPM preset; use another preset with --model gan or vae");
+        }
+        let mut cfg = TrainConfig::auto(&DataShape::read(data, "train")?)?;
+        cfg.data.path = data.clone();
+        (cfg, "preset auto".to_string())
     } else {
         // A baseline starts from its own recipe of the preset (DCGAN's Adam β₁ = 0.5, epochs, …).
         let preset = args.preset.as_deref().unwrap_or("mnist-cpu");
@@ -89,7 +107,23 @@ fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
     if let Some(s) = args.steps {
         overrides.push(format!("run.steps={s}"));
     }
-    let cfg = base.with_overrides(&overrides)?;
+    let mut cfg = base.with_overrides(&overrides)?;
+    if let Some(data) = &args.data {
+        if args.resume.is_some() && data != &cfg.data.path {
+            bail!(
+                "--data {}: the run trains on {}; a resumed run keeps its data",
+                data.display(),
+                cfg.data.path.display()
+            );
+        }
+        cfg.data.path = data.clone();
+    }
+    if cfg.model.kind() == ModelKind::Ddpm && !cfg.data.path.as_os_str().is_empty() {
+        // Before validation: fitting completes what the data decides (sample_size, the class
+        // embeddings of a conditional run).
+        let shape = DataShape::read(&cfg.data.path, &cfg.data.split)?;
+        cfg.fit_to_data(&shape)?;
+    }
     cfg.validate()?;
     Ok(cfg)
 }

@@ -13,9 +13,12 @@ use tch::{Device, Kind, Tensor};
 pub enum VisualizeCommand {
     /// Real images noised along the forward process q(x_t | x_0): one row per image, one column per t.
     Forward {
-        /// Dataset file.
+        /// Dataset file (grey or colour).
         #[arg(long, default_value = "datasets/mnist.h5")]
         data: PathBuf,
+        /// Split to take the images from (default: test when the file has one, else train).
+        #[arg(long)]
+        split: Option<String>,
         /// Number of images (rows).
         #[arg(long, default_value_t = 8)]
         num: usize,
@@ -45,6 +48,7 @@ pub fn run(cmd: VisualizeCommand) -> Result<()> {
     match cmd {
         VisualizeCommand::Forward {
             data,
+            split,
             num,
             schedule,
             timesteps,
@@ -63,7 +67,15 @@ pub fn run(cmd: VisualizeCommand) -> Result<()> {
                 LossType::Simple,
             )?;
             let tables = DeviceTables::full(&d, Device::Cpu);
-            let images = loader::load_images(&data, "test")?;
+            let split = match split {
+                Some(s) => s,
+                None => {
+                    let file = ddpm_train::h5images::open(&data)?;
+                    let has_test = ddpm_train::h5images::split_shape(&file, &data, "test")?;
+                    if has_test.is_some() { "test" } else { "train" }.to_string()
+                }
+            };
+            let images = loader::load_images(&data, &split)?;
             let idx: Vec<usize> = (0..num.min(images.len())).collect();
             let (x_u8, _) = images.gather(&idx);
             let x0 = loader::to_model_input(&x_u8, false, Device::Cpu);

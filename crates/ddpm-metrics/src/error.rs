@@ -27,14 +27,6 @@ pub enum MetricsError {
         /// The underlying error.
         source: hdf5::Error,
     },
-    /// Decoding an image file failed.
-    #[error("{path}: {source}")]
-    Image {
-        /// The image file.
-        path: PathBuf,
-        /// The underlying error.
-        source: image::ImageError,
-    },
     /// libtorch reported an error (loading or running the network).
     #[error("{what}: {source}")]
     Torch {

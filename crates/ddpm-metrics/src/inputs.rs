@@ -2,8 +2,9 @@
 //! of PNG files, all loaded as uint8 `[N, H, W, C]` with C = 1 (grey) or 3 (RGB).
 //!
 //! Source strings:
-//! * `DIR` — every `*.png` in the folder (not recursive), sorted by file name; grey or RGB (RGBA
-//!   and 16-bit files are converted like the first file's colour type says);
+//! * `DIR` — every PNG and JPEG file in the folder and its sub-folders, sorted by path, read
+//!   through [`ddpm_train::image_folder`]: each file is converted on its own (alpha dropped,
+//!   16-bit reduced), to grey when every file is grey and to RGB otherwise; all must have one size;
 //! * `FILE.h5` — a samples file with a uint8 dataset `images`, `[N, H, W, C]` or `[N, H, W]`;
 //! * `FILE.h5:SPLIT` — a dataset file's `/SPLIT/images` (e.g. `datasets/mnist.h5:test`).
 use std::fmt;
@@ -11,7 +12,8 @@ use std::path::{Path, PathBuf};
 
 use ddpm_train::data::DataError;
 use ddpm_train::h5images;
-use ndarray::{Array4, ArrayView4, Axis};
+use ddpm_train::image_folder::{self, Preprocess};
+use ndarray::{Array4, ArrayView4};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{MetricsError, Result};
@@ -31,8 +33,8 @@ pub enum ImageSource {
         /// The group name (`train`, `test`, ...).
         split: String,
     },
-    /// A folder of PNG files.
-    PngDir {
+    /// A folder of PNG and JPEG files (searched recursively).
+    ImageDir {
         /// The folder.
         path: PathBuf,
     },
@@ -47,7 +49,7 @@ impl ImageSource {
         };
         let whole = Path::new(text);
         if whole.is_dir() {
-            return Ok(Self::PngDir {
+            return Ok(Self::ImageDir {
                 path: whole.to_path_buf(),
             });
         }
@@ -79,7 +81,7 @@ impl ImageSource {
     /// The file or folder the images come from.
     pub fn path(&self) -> &Path {
         match self {
-            Self::Samples { path } | Self::Split { path, .. } | Self::PngDir { path } => path,
+            Self::Samples { path } | Self::Split { path, .. } | Self::ImageDir { path } => path,
         }
     }
 
@@ -88,7 +90,7 @@ impl ImageSource {
         let images = match self {
             Self::Samples { path } => read_h5_images(path, "images", limit)?,
             Self::Split { path, split } => read_h5_images(path, &format!("{split}/images"), limit)?,
-            Self::PngDir { path } => read_png_dir(path, limit)?,
+            Self::ImageDir { path } => read_image_dir(path, limit)?,
         };
         let (n, h, w, c) = images.dim();
         if n == 0 {
@@ -104,7 +106,7 @@ impl fmt::Display for ImageSource {
         match self {
             Self::Samples { path } => write!(f, "{}", path.display()),
             Self::Split { path, split } => write!(f, "{}:{split}", path.display()),
-            Self::PngDir { path } => write!(f, "{}/*.png", path.display()),
+            Self::ImageDir { path } => write!(f, "{}/ (PNG, JPEG)", path.display()),
         }
     }
 }
@@ -163,62 +165,17 @@ fn read_h5_images(path: &Path, name: &str, limit: Option<usize>) -> Result<Array
     })
 }
 
-/// Reads the PNG files of a folder, sorted by name.
-fn read_png_dir(dir: &Path, limit: Option<usize>) -> Result<Array4<u8>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| MetricsError::io(dir, e))?
-        .map(|entry| {
-            entry
-                .map(|e| e.path())
-                .map_err(|e| MetricsError::io(dir, e))
-        })
-        .collect::<Result<Vec<_>>>()?
-        .into_iter()
-        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x.eq_ignore_ascii_case("png")))
-        .collect();
-    files.sort();
+/// Reads the first `limit` PNG and JPEG files of a folder (recursively, sorted by path) with
+/// [`Preprocess::EVAL`]: sizes kept, grey unless some file has colour.
+fn read_image_dir(dir: &Path, limit: Option<usize>) -> Result<Array4<u8>> {
+    let mut files =
+        image_folder::image_files(dir, true).map_err(|e| MetricsError::Train(e.into()))?;
     if let Some(l) = limit {
         files.truncate(l);
     }
-    let Some(first) = files.first() else {
-        return Err(MetricsError::BadImages(format!(
-            "{}: no .png files",
-            dir.display()
-        )));
-    };
-    let decode = |p: &Path| {
-        image::open(p).map_err(|e| MetricsError::Image {
-            path: p.to_path_buf(),
-            source: e,
-        })
-    };
-    let img0 = decode(first)?;
-    let grey = !img0.color().has_color();
-    let (w, h) = (img0.width() as usize, img0.height() as usize);
-    let c = if grey { 1 } else { 3 };
-    let mut out = Array4::<u8>::zeros((files.len(), h, w, c));
-    for (i, p) in files.iter().enumerate() {
-        let img = if i == 0 { img0.clone() } else { decode(p)? };
-        if (img.width() as usize, img.height() as usize) != (w, h) {
-            return Err(MetricsError::BadImages(format!(
-                "{}: {}×{} but {} is {w}×{h}; all images must have one size",
-                p.display(),
-                img.width(),
-                img.height(),
-                first.display()
-            )));
-        }
-        let raw = if grey {
-            img.to_luma8().into_raw()
-        } else {
-            img.to_rgb8().into_raw()
-        };
-        out.index_axis_mut(Axis(0), i)
-            .as_slice_mut()
-            .expect("standard layout")
-            .copy_from_slice(&raw);
-    }
-    Ok(out)
+    let read = image_folder::read_files(&files, &Preprocess::EVAL, false, || {})
+        .map_err(|e| MetricsError::Train(e.into()))?;
+    Ok(read.images)
 }
 
 #[cfg(test)]
@@ -247,7 +204,7 @@ mod tests {
         let d = dir.path().to_str().unwrap();
         assert_eq!(
             ImageSource::parse(d).unwrap(),
-            ImageSource::PngDir {
+            ImageSource::ImageDir {
                 path: dir.path().into()
             }
         );
@@ -268,6 +225,24 @@ mod tests {
             .to_string();
         assert!(err.contains("no such file"), "{err}");
         assert!(ImageSource::parse(&format!("{f}:")).is_err());
+    }
+
+    #[test]
+    fn a_folder_that_mixes_grey_and_colour_is_read_as_rgb_whatever_comes_first() {
+        let dir = tempfile::tempdir().unwrap();
+        image::GrayImage::from_pixel(3, 2, image::Luma([90]))
+            .save(dir.path().join("a_grey.png"))
+            .unwrap();
+        image::RgbImage::from_pixel(3, 2, image::Rgb([10, 20, 30]))
+            .save(dir.path().join("b_colour.png"))
+            .unwrap();
+        let imgs = ImageSource::parse(dir.path().to_str().unwrap())
+            .unwrap()
+            .load(None)
+            .unwrap();
+        assert_eq!(imgs.dim(), (2, 2, 3, 3));
+        assert_eq!(imgs.slice(ndarray::s![0, 1, 2, ..]).to_vec(), [90, 90, 90]);
+        assert_eq!(imgs.slice(ndarray::s![1, 0, 0, ..]).to_vec(), [10, 20, 30]);
     }
 
     #[test]

@@ -152,14 +152,14 @@ impl RefStats {
 }
 
 /// How a cache records which images its statistics describe: the canonical path of `src` (with
-/// `:split` or `/*.png`) and the number of images, e.g. `/abs/mnist.h5:test, first 2000 images`.
+/// `:split` or `/ (PNG, JPEG)`) and the number of images, e.g. `/abs/mnist.h5:test, first 2000 images`.
 /// Pass it as the `source` of [`reference_stats`], so that one cache serves every caller that
 /// describes the same images.
 pub fn source_description(src: &ImageSource, n: usize) -> String {
     let canonical = std::fs::canonicalize(src.path()).unwrap_or_else(|_| src.path().to_path_buf());
     let described = match src {
         ImageSource::Split { split, .. } => format!("{}:{split}", canonical.display()),
-        ImageSource::PngDir { .. } => format!("{}/*.png", canonical.display()),
+        ImageSource::ImageDir { .. } => format!("{}/ (PNG, JPEG)", canonical.display()),
         ImageSource::Samples { .. } => canonical.display().to_string(),
     };
     format!("{described}, first {n} images")

@@ -1,11 +1,14 @@
-//! Datasets: import of the official gzipped IDX files into our HDF5 layout, and loading it back.
+//! Datasets: import of the official gzipped IDX files into our HDF5 layout, the one writer and
+//! checker of dataset files ([`write_dataset`], [`check_dataset`]; the CIFAR-10 archive and image
+//! folders are imported through them too), and loading a grey split back.
 //!
 //! # HDF5 layout (h5py-readable)
 //! ```text
-//! /train/images  uint8 [N, 28, 28]     /train/labels  uint8 [N]
-//! /test/images   uint8 [M, 28, 28]     /test/labels   uint8 [M]
-//! attributes on /: dataset (name), format_version,
-//!   <file stem>.file / .md5 / .sha256 for each of the four source files
+//! /train/images  uint8 [N, H, W] or [N, H, W, C] (C = 1 or 3)   /train/labels  uint8 [N] (optional)
+//! /test/images   uint8 [M, H, W(, C)] (optional split)          /test/labels   uint8 [M]
+//! attributes on /: dataset (name), format_version, class_names (JSON list, optional),
+//!   KEY.file / .md5 / .sha256 for each source file (KEY in SOURCE_KEYS),
+//!   and importer-specific ones (source_folder, file_count, preprocessing, skipped)
 //! ```
 use std::fs;
 use std::io::Read;
@@ -116,6 +119,18 @@ pub enum DataError {
         available: Vec<String>,
     },
     /// The HDF5 file does not have the expected layout.
+    /// The CIFAR-10 archive is damaged or not laid out as published (the message names the archive
+    /// and the member).
+    #[error(transparent)]
+    Cifar10(#[from] crate::cifar10::archive::CifarError),
+    /// An image file that cannot be used (unreadable, empty, corrupt, too small, another size).
+    #[error("{path}: {message}")]
+    Image {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     #[error("{path}: {message}")]
     Layout {
         /// The HDF5 file.
@@ -189,7 +204,7 @@ pub struct Expected {
     pub digest: String,
 }
 
-fn verify(path: &Path, actual: &Digests, expected: &[Expected]) -> Result<()> {
+pub(crate) fn verify(path: &Path, actual: &Digests, expected: &[Expected]) -> Result<()> {
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -377,19 +392,101 @@ pub fn read_idx_split(
     Ok((split, files))
 }
 
-/// What an imported dataset file holds.
+/// What a dataset file holds (see [`check_dataset`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DatasetSummary {
-    /// Dataset name recorded in the file (e.g. `mnist`).
+    /// Dataset name recorded in the file (e.g. `mnist`, `cifar10`, or an imported folder's name).
     pub name: String,
     /// Number of training examples.
     pub n_train: usize,
-    /// Number of test examples.
+    /// Number of test examples (0 when the file has no `/test` split).
     pub n_test: usize,
     /// Image height and width.
     pub image_hw: (usize, usize),
-    /// The source files with their digests.
+    /// Channels: 1 (grey) or 3 (RGB).
+    pub channels: usize,
+    /// Whether the splits carry class labels.
+    pub has_labels: bool,
+    /// Class names by label (empty when the file records none, as the IDX imports).
+    pub class_names: Vec<String>,
+    /// The source files with their digests (IDX files, the CIFAR-10 archive; none for a folder).
     pub sources: Vec<SourceFile>,
+}
+
+/// One split of a dataset file to write: uint8 images `[N, H, W]` or `[N, H, W, C]` (C = 1 or 3)
+/// and, optionally, uint8 labels `[N]`.
+pub struct SplitData<'a> {
+    /// `train` or `test`.
+    pub name: &'a str,
+    /// The images.
+    pub images: ndarray::ArrayViewD<'a, u8>,
+    /// The labels.
+    pub labels: Option<ArrayView1<'a, u8>>,
+}
+
+/// What [`write_dataset`] records besides the splits.
+pub struct DatasetRecord<'a> {
+    /// The dataset name (attribute `dataset`).
+    pub name: &'a str,
+    /// Class names by label (attribute `class_names`, a JSON list); empty for none.
+    pub class_names: &'a [String],
+    /// Source files with their digests, by key (attributes `KEY.file`, `KEY.md5`, `KEY.sha256`).
+    pub sources: &'a [(&'a str, SourceFile)],
+    /// Further string attributes (e.g. `source_folder`, `preprocessing`).
+    pub attrs: &'a [(&'a str, String)],
+}
+
+/// Keys under which [`write_dataset`] callers record source files, in the order
+/// [`DatasetSummary::sources`] lists them.
+pub const SOURCE_KEYS: [&str; 5] = [
+    "train_images",
+    "train_labels",
+    "test_images",
+    "test_labels",
+    "archive",
+];
+
+/// Writes a dataset file in our layout, atomically (a failure leaves no partial `out` and keeps an
+/// existing one): `/<split>/images`, `/<split>/labels` when given, and the attributes of
+/// `record` plus `format_version`. Errors name `out`.
+pub fn write_dataset(
+    out: &Path,
+    splits: &[SplitData<'_>],
+    record: &DatasetRecord<'_>,
+) -> Result<()> {
+    h5images::create_atomically(out, |file: &hdf5::File| -> Result<()> {
+        set_str_attr(file, "dataset", record.name, out)?;
+        file.new_attr::<u32>()
+            .create("format_version")
+            .and_then(|a| a.write_scalar(&FORMAT_VERSION))
+            .map_err(h5_err(out))?;
+        if !record.class_names.is_empty() {
+            let json = serde_json::to_string(record.class_names).expect("strings serialize");
+            set_str_attr(file, "class_names", &json, out)?;
+        }
+        for split in splits {
+            let g = file.create_group(split.name).map_err(h5_err(out))?;
+            g.new_dataset_builder()
+                .with_data(&split.images.as_standard_layout())
+                .create("images")
+                .map_err(h5_err(out))?;
+            if let Some(labels) = split.labels {
+                g.new_dataset_builder()
+                    .with_data(&labels.as_standard_layout())
+                    .create("labels")
+                    .map_err(h5_err(out))?;
+            }
+        }
+        for (key, f) in record.sources {
+            set_str_attr(file, &format!("{key}.file"), &f.name, out)?;
+            set_str_attr(file, &format!("{key}.md5"), &f.digests.md5, out)?;
+            set_str_attr(file, &format!("{key}.sha256"), &f.digests.sha256, out)?;
+        }
+        for (key, value) in record.attrs {
+            set_str_attr(file, key, value, out)?;
+        }
+        Ok(())
+    })
 }
 
 /// Imports the four gzipped IDX files in `raw_dir` into the HDF5 file `out`.
@@ -421,84 +518,84 @@ pub fn import_idx_dataset(
             });
         }
     }
-    h5images::create_atomically(out, |file: &hdf5::File| -> Result<()> {
-        set_str_attr(file, "dataset", name, out)?;
-        file.new_attr::<u32>()
-            .create("format_version")
-            .and_then(|a| a.write_scalar(&FORMAT_VERSION))
-            .map_err(h5_err(out))?;
-        for (split, data, files) in &splits {
-            let g = file.create_group(split).map_err(h5_err(out))?;
-            g.new_dataset_builder()
-                .with_data(&data.images)
-                .create("images")
-                .map_err(h5_err(out))?;
-            g.new_dataset_builder()
-                .with_data(&data.labels)
-                .create("labels")
-                .map_err(h5_err(out))?;
-            for (kind, f) in ["images", "labels"].iter().zip(files) {
-                let key = format!("{split}_{kind}");
-                set_str_attr(file, &format!("{key}.file"), &f.name, out)?;
-                set_str_attr(file, &format!("{key}.md5"), &f.digests.md5, out)?;
-                set_str_attr(file, &format!("{key}.sha256"), &f.digests.sha256, out)?;
-            }
-        }
-        Ok(())
-    })?;
+    let to_write: Vec<SplitData<'_>> = splits
+        .iter()
+        .map(|(split, data, _)| SplitData {
+            name: split,
+            images: data.images.view().into_dyn(),
+            labels: Some(data.labels.view()),
+        })
+        .collect();
+    let keys: Vec<String> = splits
+        .iter()
+        .flat_map(|(split, _, _)| ["images", "labels"].map(|k| format!("{split}_{k}")))
+        .collect();
+    let sources: Vec<(&str, SourceFile)> = keys
+        .iter()
+        .map(String::as_str)
+        .zip(
+            splits
+                .iter()
+                .flat_map(|(_, _, files)| files.iter().cloned()),
+        )
+        .collect();
+    let record = DatasetRecord {
+        name,
+        class_names: &[],
+        sources: &sources,
+        attrs: &[],
+    };
+    write_dataset(out, &to_write, &record)?;
     tracing::info!(path = %out.display(), "wrote dataset {name}");
     check_dataset(out)
 }
 
-/// Opens an imported dataset and checks its layout: both splits present, images `[N, H, W]`
-/// uint8 with as many labels, and the source attributes. Returns what it holds.
+/// The class names recorded in a dataset file (attribute `class_names`, a JSON list), if any.
+fn class_names_of(file: &hdf5::File, path: &Path) -> Result<Vec<String>> {
+    if file.attr("class_names").is_err() {
+        return Ok(Vec::new());
+    }
+    let json = get_str_attr(file, "class_names", path)?;
+    serde_json::from_str(&json).map_err(|e| DataError::Layout {
+        path: path.to_path_buf(),
+        message: format!("attribute class_names is not a JSON list of strings: {e}"),
+    })
+}
+
+/// Opens a dataset file and checks its layout: a `/train` split (and optionally `/test`) of uint8
+/// images `[N, H, W]` or `[N, H, W, C]` of one size, labels `[N]` in every split or in none, the
+/// `dataset` attribute, and complete source records (`KEY.file` with `.md5` and `.sha256`).
+/// Returns what it holds. Errors name the file and what is wrong.
 pub fn check_dataset(path: &Path) -> Result<DatasetSummary> {
     let file = h5images::open(path)?;
     let name = get_str_attr(&file, "dataset", path)?;
-    let mut counts = Vec::new();
-    let mut hw = None;
-    let mut sources = Vec::new();
-    for (split, _, _) in IDX_FILES {
-        let images = file
-            .dataset(&format!("{split}/images"))
-            .map_err(|_| DataError::Layout {
-                path: path.to_path_buf(),
-                message: format!("missing dataset /{split}/images"),
-            })?;
-        let labels = file
-            .dataset(&format!("{split}/labels"))
-            .map_err(|_| DataError::Layout {
-                path: path.to_path_buf(),
-                message: format!("missing dataset /{split}/labels"),
-            })?;
-        let (ishape, lshape) = (images.shape(), labels.shape());
-        let layout = |message: String| DataError::Layout {
-            path: path.to_path_buf(),
-            message,
-        };
-        if ishape.len() != 3 || lshape.len() != 1 || ishape[0] != lshape[0] {
+    let layout = |message: String| DataError::Layout {
+        path: path.to_path_buf(),
+        message,
+    };
+    let shape = |split| -> Result<Option<([usize; 4], bool)>> {
+        Ok(h5images::split_shape(&file, path, split)?.map(|s| (s.nhwc, s.has_labels)))
+    };
+    let train =
+        shape("train")?.ok_or_else(|| layout("missing dataset /train/images".to_string()))?;
+    let test = shape("test")?;
+    if let Some((t, labels)) = test {
+        if t[1..] != train.0[1..] {
             return Err(layout(format!(
-                "/{split}/images {ishape:?} and /{split}/labels {lshape:?} do not form [N,H,W] + [N]"
+                "/test/images are {:?} but /train/images are {:?} (H, W, C)",
+                &t[1..],
+                &train.0[1..]
             )));
         }
-        for (ds, what) in [(&images, "images"), (&labels, "labels")] {
-            let dt = ds.dtype().map_err(h5_err(path))?;
-            if !dt.is::<u8>() {
-                return Err(layout(format!("/{split}/{what} is not uint8")));
-            }
+        if labels != train.1 {
+            return Err(layout(
+                "only one of /train and /test has labels".to_string(),
+            ));
         }
-        match hw {
-            None => hw = Some((ishape[1], ishape[2])),
-            Some(prev) if prev != (ishape[1], ishape[2]) => {
-                return Err(layout(format!(
-                    "/{split}/images has another image size than /train"
-                )));
-            }
-            Some(_) => {}
-        }
-        counts.push(ishape[0]);
-        for kind in ["images", "labels"] {
-            let key = format!("{split}_{kind}");
+    }
+    let mut sources = Vec::new();
+    for key in SOURCE_KEYS {
+        if file.attr(&format!("{key}.file")).is_ok() {
             sources.push(SourceFile {
                 name: get_str_attr(&file, &format!("{key}.file"), path)?,
                 digests: Digests {
@@ -510,9 +607,12 @@ pub fn check_dataset(path: &Path) -> Result<DatasetSummary> {
     }
     Ok(DatasetSummary {
         name,
-        n_train: counts[0],
-        n_test: counts[1],
-        image_hw: hw.unwrap_or((0, 0)),
+        n_train: train.0[0],
+        n_test: test.map_or(0, |t| t.0[0]),
+        image_hw: (train.0[1], train.0[2]),
+        channels: train.0[3],
+        has_labels: train.1,
+        class_names: class_names_of(&file, path)?,
         sources,
     })
 }
@@ -522,6 +622,10 @@ pub fn check_dataset(path: &Path) -> Result<DatasetSummary> {
 /// the dataset).
 pub fn load_split(path: &Path, split: &str) -> Result<Split> {
     let (images, labels) = h5images::read_split(path, split)?;
+    let labels = labels.ok_or_else(|| DataError::Layout {
+        path: path.to_path_buf(),
+        message: format!("/{split} has no labels"),
+    })?;
     if images.dim().3 != 1 {
         return Err(DataError::Layout {
             path: path.to_path_buf(),

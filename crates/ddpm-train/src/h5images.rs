@@ -144,11 +144,15 @@ pub fn read_labels(path: &Path, dataset: &str, limit: Option<usize>) -> Result<A
     labels_of(&open(path)?, path, dataset, limit)
 }
 
-/// Reads `/<split>/images` (`[N, H, W, C]`, see [`read_images`]) and `/<split>/labels` (`[N]`)
-/// of a dataset file; the two must hold the same number of examples ([`DataError::Layout`]).
-pub fn read_split(path: &Path, split: &str) -> Result<(Array4<u8>, Array1<u8>)> {
+/// Reads `/<split>/images` (`[N, H, W, C]`, see [`read_images`]) and, when the split has them,
+/// `/<split>/labels` (`[N]`) of a dataset file; the two must hold the same number of examples
+/// ([`DataError::Layout`]). A missing split is [`DataError::MissingDataset`] listing the splits.
+pub fn read_split(path: &Path, split: &str) -> Result<(Array4<u8>, Option<Array1<u8>>)> {
     let file = open(path)?;
     let images = images_of(&file, path, &format!("{split}/images"), None)?;
+    if file.dataset(&format!("{split}/labels")).is_err() {
+        return Ok((images, None));
+    }
     let labels = labels_of(&file, path, &format!("{split}/labels"), None)?;
     if images.dim().0 != labels.len() {
         return Err(DataError::Layout {
@@ -160,7 +164,58 @@ pub fn read_split(path: &Path, split: &str) -> Result<(Array4<u8>, Array1<u8>)> 
             ),
         });
     }
-    Ok((images, labels))
+    Ok((images, Some(labels)))
+}
+
+/// The shape of a split of a dataset file, read without its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SplitShape {
+    /// `[N, H, W, C]` of `/<split>/images` (a 3-D dataset has C = 1).
+    pub nhwc: [usize; 4],
+    /// Whether `/<split>/labels` exists (it then is uint8 `[N]`).
+    pub has_labels: bool,
+}
+
+/// The [`SplitShape`] of `/<split>` in the open dataset file `file` (read from `path`); `None` when
+/// the file has no `/<split>/images`. Errors ([`DataError::Layout`], naming the file): images not
+/// uint8 `[N, H, W]` / `[N, H, W, C]` with C = 1 or 3, labels not uint8 `[N]`.
+pub fn split_shape(file: &hdf5::File, path: &Path, split: &str) -> Result<Option<SplitShape>> {
+    let layout = |message: String| DataError::Layout {
+        path: path.to_path_buf(),
+        message,
+    };
+    let Ok(images) = file.dataset(&format!("{split}/images")) else {
+        return Ok(None);
+    };
+    let s = images.shape();
+    let shape = match s.as_slice() {
+        [n, h, w] => [*n, *h, *w, 1],
+        [n, h, w, c] if *c == 1 || *c == 3 => [*n, *h, *w, *c],
+        _ => {
+            return Err(layout(format!(
+            "/{split}/images has shape {s:?}; expected [N, H, W] or [N, H, W, C] with C = 1 or 3"
+        )))
+        }
+    };
+    if !images.dtype().map_err(h5_err(path))?.is::<u8>() {
+        return Err(layout(format!("/{split}/images is not uint8")));
+    }
+    let Ok(labels) = file.dataset(&format!("{split}/labels")) else {
+        return Ok(Some(SplitShape {
+            nhwc: shape,
+            has_labels: false,
+        }));
+    };
+    if labels.shape() != [shape[0]] || !labels.dtype().map_err(h5_err(path))?.is::<u8>() {
+        return Err(layout(format!(
+            "/{split}/labels {:?} does not match /{split}/images {s:?} (uint8 [N] expected)",
+            labels.shape()
+        )));
+    }
+    Ok(Some(SplitShape {
+        nhwc: shape,
+        has_labels: true,
+    }))
 }
 
 /// Creates the HDF5 file `path` atomically: `fill` writes into a new file at a temporary path in
@@ -308,7 +363,7 @@ mod tests {
         let (images, labels) = read_split(&path, "train").unwrap();
         assert_eq!(images.dim(), (6, 2, 3, 1));
         assert_eq!(images[[5, 1, 2, 0]], 35);
-        assert_eq!(labels.len(), 6);
+        assert_eq!(labels.unwrap().len(), 6);
         let err = read_split(&path, "test").unwrap_err().to_string();
         assert!(
             err.contains("6 images but 5 labels") && err.contains("d.h5"),

@@ -1,6 +1,8 @@
 //! Training, data loading and sampling for ddpm-rs.
 //!
-//! [`data`] imports the official IDX files into HDF5 and loads them; [`loader`] turns a split into
+//! [`data`] writes and checks dataset files (and imports the official IDX files), [`image_folder`]
+//! reads folders of PNG/JPEG images, [`cifar10`] imports the CIFAR-10 archive, [`fit`] fits a
+//! config to a dataset file; [`loader`] turns a split into
 //! seeded training batches; [`tables`] is the one place where ddpm-math's f64 tables become device
 //! tensors; [`objective`] and [`sampler`] are the training losses and reverse processes on tensors;
 //! [`engine`] is the one training loop, which drives the [`tasks`] (DDPM, GAN, VAE, digit
@@ -10,12 +12,15 @@
 //! sets, [`viz`] draws grids and plots, and [`progress`] is the one progress-bar style.
 pub mod baselines;
 pub mod bench;
+pub mod cifar10;
 pub mod classifier;
 pub mod config;
 pub mod data;
 pub mod engine;
 pub mod error;
+pub mod fit;
 pub mod h5images;
+pub mod image_folder;
 pub mod loader;
 pub mod model_io;
 pub mod objective;

@@ -13,20 +13,24 @@ use crate::config::DataConfig;
 use crate::error::{Result, TrainError};
 use crate::h5images;
 
-/// A split in memory, `[N, H, W, C]` uint8, with labels.
+/// A split in memory, `[N, H, W, C]` uint8, with its labels when the file has them.
 pub struct ImageData {
     images: Array4<u8>,
-    labels: Vec<i64>,
-    /// Number of distinct labels (max + 1).
+    labels: Option<Vec<i64>>,
+    /// Number of distinct labels (max + 1; 0 without labels).
     pub num_classes: i64,
 }
 
-/// Reads `/<split>/images` (`[N,H,W]` or `[N,H,W,C]` uint8, C = 1 or 3) and `/<split>/labels`
-/// (uint8 `[N]`) through [`h5images::read_split`]; errors name the file and the dataset.
+/// Reads `/<split>/images` (`[N,H,W]` or `[N,H,W,C]` uint8, C = 1 or 3) and, when present,
+/// `/<split>/labels` (uint8 `[N]`) through [`h5images::read_split`]; errors name the file and the
+/// dataset.
 pub fn load_images(path: &Path, split: &str) -> Result<ImageData> {
     let (images, labels) = h5images::read_split(path, split)?;
-    let labels: Vec<i64> = labels.iter().map(|&l| i64::from(l)).collect();
-    let num_classes = labels.iter().copied().max().map_or(0, |m| m + 1);
+    let labels: Option<Vec<i64>> = labels.map(|l| l.iter().map(|&l| i64::from(l)).collect());
+    let num_classes = labels
+        .as_ref()
+        .and_then(|l| l.iter().copied().max())
+        .map_or(0, |m| m + 1);
     Ok(ImageData {
         images,
         labels,
@@ -37,12 +41,17 @@ pub fn load_images(path: &Path, split: &str) -> Result<ImageData> {
 impl ImageData {
     /// Number of images.
     pub fn len(&self) -> usize {
-        self.labels.len()
+        self.images.dim().0
+    }
+
+    /// Whether the split has class labels.
+    pub fn has_labels(&self) -> bool {
+        self.labels.is_some()
     }
 
     /// Whether there are no images.
     pub fn is_empty(&self) -> bool {
-        self.labels.is_empty()
+        self.len() == 0
     }
 
     /// `(C, H, W)` of the stored images.
@@ -51,7 +60,8 @@ impl ImageData {
         (c as i64, h as i64, w as i64)
     }
 
-    /// Images `idx` as a uint8 tensor `[B, C, H, W]` on the CPU, and their labels `[B]`.
+    /// Images `idx` as a uint8 tensor `[B, C, H, W]` on the CPU, and their labels `[B]` (zeros
+    /// for a split without labels).
     pub fn gather(&self, idx: &[usize]) -> (Tensor, Tensor) {
         let (_, h, w, c) = self.images.dim();
         let mut buf = Vec::with_capacity(idx.len() * h * w * c);
@@ -61,7 +71,11 @@ impl ImageData {
         let x = Tensor::from_slice(&buf)
             .view([idx.len() as i64, h as i64, w as i64, c as i64])
             .permute([0, 3, 1, 2]);
-        let y = Tensor::from_slice(&idx.iter().map(|&i| self.labels[i]).collect::<Vec<_>>());
+        let y: Vec<i64> = match &self.labels {
+            Some(l) => idx.iter().map(|&i| l[i]).collect(),
+            None => vec![0; idx.len()],
+        };
+        let y = Tensor::from_slice(&y);
         (x, y)
     }
 }
@@ -147,6 +161,16 @@ pub fn check_data(cfg: &DataConfig, data: &ImageData) -> Result<()> {
             "data.path",
             format!(
                 "{} has no images in split {}",
+                cfg.path.display(),
+                cfg.split
+            ),
+        ));
+    }
+    if cfg.conditional && !data.has_labels() {
+        return Err(TrainError::config(
+            "data.conditional",
+            format!(
+                "is true but {} has no /{}/labels (import with --labels folders for class labels)",
                 cfg.path.display(),
                 cfg.split
             ),

@@ -16,7 +16,7 @@ use crate::engine::{
     scaled, split_rows, split_rows_opt, step_seed, Metric, MicroBatches, Plot, Probe, StateGroup,
     StepMetrics, TrainTask,
 };
-use crate::error::{Result, TrainError};
+use crate::error::Result;
 use crate::loader::ImageData;
 use crate::objective::training_losses;
 use crate::optim::{named_trainables, Adam, Ema};
@@ -415,30 +415,8 @@ pub fn sample_hw(cfg: &TrainConfig) -> (i64, i64) {
     }
 }
 
-/// Checks that the UNet of `cfg` fits the images of `data` (channels, classes).
+/// Checks that the UNet of `cfg` fits the images of `data` (channels, size, classes; see
+/// [`TrainConfig::check_fits_data`]).
 pub fn check_model_fits_data(cfg: &TrainConfig, data: &ImageData) -> Result<()> {
-    let (c, _, _) = data.chw();
-    let unet = cfg.unet()?;
-    if c != unet.in_channels {
-        return Err(TrainError::config(
-            "model.unet.in_channels",
-            format!(
-                "is {} but {} has {c}-channel images",
-                unet.in_channels,
-                cfg.data.path.display()
-            ),
-        ));
-    }
-    if let Some(k) = unet.num_class_embeds {
-        if k < data.num_classes + 1 {
-            return Err(TrainError::config(
-                "model.unet.num_class_embeds",
-                format!(
-                    "is {k} but the data has {} classes (+1 null label needed)",
-                    data.num_classes
-                ),
-            ));
-        }
-    }
-    Ok(())
+    cfg.check_fits_data(&crate::fit::DataShape::of(data))
 }
