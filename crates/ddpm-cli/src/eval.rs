@@ -94,7 +94,8 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = ddpm_metrics::inception_score::DEFAULT_SPLITS)]
     pub splits: usize,
     /// Cache for the real side's Inception statistics (HDF5): used when it records the same
-    /// images and network, (re)written otherwise.
+    /// decoded pixels (a sha256 of them, not the file names) and the same network; recomputed and
+    /// rewritten otherwise, saying why.
     #[arg(long, value_name = "FILE")]
     pub real_stats: Option<PathBuf>,
 }

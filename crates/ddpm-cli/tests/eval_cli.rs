@@ -304,3 +304,63 @@ fn missing_inception_file_names_the_fetch_command() {
         "{stderr}"
     );
 }
+
+/// Ten 28×28 grey PNGs named `000.png` … `009.png`, a pattern per `seed`.
+fn write_pattern_pngs(dir: &Path, seed: u32) {
+    std::fs::create_dir_all(dir).unwrap();
+    for n in 0..10u32 {
+        let img = image::GrayImage::from_fn(28, 28, |x, y| {
+            image::Luma([((n * 31 + seed * 97 + x * (seed + 3) + y * 5) % 256) as u8])
+        });
+        img.save(dir.join(format!("{n:03}.png"))).unwrap();
+    }
+}
+
+#[test]
+fn the_reference_statistics_cache_is_keyed_on_the_pixels_not_the_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let (real, fake) = (dir.path().join("real"), dir.path().join("fake"));
+    write_pattern_pngs(&real, 1);
+    write_pattern_pngs(&fake, 2);
+    let cache = dir.path().join("cache.h5");
+    let weights = pool3_weights();
+    let run = || {
+        let out = eval(&[
+            "--real",
+            real.to_str().unwrap(),
+            "--fake",
+            fake.to_str().unwrap(),
+            "--fid",
+            "--json",
+            "--device",
+            "cpu",
+            "--batch-size",
+            "5",
+            "--inception",
+            weights.to_str().unwrap(),
+            "--real-stats",
+            cache.to_str().unwrap(),
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        let v: Value = serde_json::from_str(stdout.trim()).unwrap();
+        (v["fid"].as_f64().unwrap(), stderr)
+    };
+    let (first, _) = run();
+    assert!(cache.is_file());
+    let (again, stderr) = run();
+    assert_eq!(again, first, "the cache gives the same statistics");
+    assert!(!stderr.contains("recomputing"), "{stderr}");
+    // Same names, same count, other pixels: the cache must not be used.
+    write_pattern_pngs(&real, 3);
+    let (replaced, stderr) = run();
+    assert!(
+        stderr.contains("other images") && stderr.contains("recomputing"),
+        "{stderr}"
+    );
+    std::fs::remove_file(&cache).unwrap();
+    let (fresh, _) = run();
+    assert_eq!(replaced, fresh, "equal to a computation without any cache");
+    assert!((replaced - first).abs() > 1e-6, "{replaced} vs {first}");
+}

@@ -1,10 +1,13 @@
 //! Cached reference statistics (μ, Σ, n, and what they were computed from) in an HDF5 file.
 //!
 //! Layout: dataset `/mu` f64 `[D]`, dataset `/sigma` f64 `[D, D]`, root attributes `n` (u64),
-//! `source` (the images, e.g. `datasets/mnist.h5:test, first 10000 images`), `network` (the
-//! feature extractor, e.g. `fid-inception-pool3.pt (sha256 …)`) and `format`. Files are written
-//! to a temporary file in the target's folder and renamed into place, so a reader never sees a
-//! half-written cache.
+//! `source` (the images, e.g. `datasets/mnist.h5:test, first 10000 images`), `pixels_sha256` (the
+//! digest of the decoded images, [`pixels_digest`]), `network` (the feature extractor, e.g.
+//! `fid-inception-pool3.pt (sha256 …)`) and `format`. A cache is keyed on its content: it is used
+//! only when the pixel digest and the network equal the current ones (the path and the count are
+//! only a description), so replacing the files of a folder by others with the same names is
+//! noticed. Files are written to a temporary file in the target's folder and renamed into place,
+//! so a reader never sees a half-written cache.
 use std::path::Path;
 use std::time::Instant;
 
@@ -26,8 +29,26 @@ pub struct RefStats {
     pub stats: FeatureStats,
     /// The images they were computed from.
     pub source: String,
+    /// sha256 of the decoded images ([`pixels_digest`]); empty in caches written before it existed.
+    pub pixels: String,
     /// The network that computed the features.
     pub network: String,
+}
+
+/// The content key of uint8 images `[N, H, W, C]`: sha256 (hex) of the shape (four little-endian
+/// u64) followed by the pixels in row-major order. Two image sets have the same key exactly when
+/// they hold the same decoded pixels in the same order.
+pub fn pixels_digest(images: ArrayView4<'_, u8>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for d in images.shape() {
+        h.update((*d as u64).to_le_bytes());
+    }
+    match images.as_slice() {
+        Some(all) => h.update(all),
+        None => images.iter().for_each(|&p| h.update([p])),
+    }
+    hex::encode(h.finalize())
 }
 
 fn vlu(path: &Path, s: &str) -> Result<VarLenUnicode> {
@@ -61,6 +82,7 @@ impl RefStats {
                 .map_err(h("writing attribute n"))?;
             for (name, value) in [
                 ("source", &self.source),
+                ("pixels_sha256", &self.pixels),
                 ("network", &self.network),
                 ("format", &FORMAT.to_string()),
             ] {
@@ -113,6 +135,11 @@ impl RefStats {
             .attr("network")
             .and_then(|a| a.read_scalar())
             .map_err(h("reading attribute network"))?;
+        let pixels: String = file
+            .attr("pixels_sha256")
+            .and_then(|a| a.read_scalar::<VarLenUnicode>())
+            .map(|v| v.as_str().to_string())
+            .unwrap_or_default();
         let stats = FeatureStats {
             mean,
             cov,
@@ -124,30 +151,46 @@ impl RefStats {
         Ok(Self {
             stats,
             source: source.as_str().to_string(),
+            pixels,
             network: network.as_str().to_string(),
         })
     }
 
-    /// The cached statistics at `path` when the file exists and was computed from `source` with
-    /// `network`; `None` when it is absent or records something else (then it should be rewritten).
+    /// The cached statistics at `path` when the file exists and was computed from images with the
+    /// pixel digest `pixels` ([`pixels_digest`]) by `network`; `None` when it is absent, or (said
+    /// on stderr, with the reason) when it records other images or another network — it should
+    /// then be recomputed and rewritten. `source` only describes the images in that message.
     pub fn load_matching(
         path: impl AsRef<Path>,
-        source: &str,
+        pixels: &str,
         network: &str,
+        source: &str,
     ) -> Result<Option<FeatureStats>> {
         let path = path.as_ref();
         if !path.exists() {
             return Ok(None);
         }
         let cached = Self::load(path)?;
-        if cached.source == source && cached.network == network {
-            tracing::info!(path = %path.display(), n = cached.stats.n, "using cached reference statistics");
-            Ok(Some(cached.stats))
+        let why = if cached.pixels.is_empty() {
+            "it records no pixel digest (written by an older version)".to_string()
+        } else if cached.pixels != pixels {
+            format!(
+                "it was computed from other images ({}, pixels sha256 {}…; now {source}, {}…)",
+                cached.source,
+                &cached.pixels[..12.min(cached.pixels.len())],
+                &pixels[..12.min(pixels.len())]
+            )
+        } else if cached.network != network {
+            format!("it was computed by {} (now {network})", cached.network)
         } else {
-            tracing::info!(path = %path.display(), cached_source = %cached.source, cached_network = %cached.network,
-                source, network, "cached reference statistics are for something else; recomputing");
-            Ok(None)
-        }
+            tracing::info!(path = %path.display(), n = cached.stats.n, "using cached reference statistics");
+            return Ok(Some(cached.stats));
+        };
+        tracing::warn!(
+            "{}: not using the cached statistics: {why}; recomputing",
+            path.display()
+        );
+        Ok(None)
     }
 }
 
@@ -166,10 +209,9 @@ pub fn source_description(src: &ImageSource, n: usize) -> String {
 }
 
 /// The Inception feature statistics of the reference `images` (uint8 `[N, H, W, C]`): read from
-/// `cache` when that file records the same `source` (see [`source_description`]) and network,
-/// computed with `net` otherwise (`opts` with `features` forced on) and then written to `cache`
-/// when one is given. Every caller records the same source text, so one cache file serves all
-/// of them.
+/// `cache` when that file records the same pixels ([`pixels_digest`]) and network, computed with
+/// `net` otherwise (`opts` with `features` forced on) and then written to `cache` when one is
+/// given, with `source` (see [`source_description`]) as its description.
 ///
 /// # Errors
 /// An unreadable or unwritable cache (naming the file), or the network failing on the images.
@@ -181,8 +223,9 @@ pub fn reference_stats(
     opts: &EvalOptions,
 ) -> Result<FeatureStats> {
     let network = net.describe();
+    let pixels = pixels_digest(images);
     if let Some(cache) = cache {
-        if let Some(stats) = RefStats::load_matching(cache, source, &network)? {
+        if let Some(stats) = RefStats::load_matching(cache, &pixels, &network, source)? {
             return Ok(stats);
         }
     }
@@ -205,6 +248,7 @@ pub fn reference_stats(
         RefStats {
             stats: stats.clone(),
             source: source.to_string(),
+            pixels,
             network,
         }
         .save(cache)?;
@@ -228,25 +272,55 @@ mod tests {
                 n: 17,
             },
             source: "datasets/mnist.h5:test, first 17 images".into(),
+            pixels: "ab12".repeat(16),
             network: "fid-inception-pool3.pt (sha256 7ff4…)".into(),
         };
         r.save(&path).unwrap();
         assert_eq!(RefStats::load(&path).unwrap(), r);
+        let matching = |pixels: &str, network: &str| {
+            RefStats::load_matching(&path, pixels, network, "somewhere").unwrap()
+        };
+        assert_eq!(matching(&r.pixels, &r.network), Some(r.stats.clone()));
         assert_eq!(
-            RefStats::load_matching(&path, &r.source, &r.network).unwrap(),
-            Some(r.stats.clone())
+            matching(&"cd34".repeat(16), &r.network),
+            None,
+            "other pixels"
         );
+        assert_eq!(matching(&r.pixels, "another network"), None);
         assert_eq!(
-            RefStats::load_matching(&path, "other", &r.network).unwrap(),
-            None
-        );
-        assert_eq!(
-            RefStats::load_matching(dir.path().join("absent.h5"), "x", "y").unwrap(),
+            RefStats::load_matching(dir.path().join("absent.h5"), "x", "y", "z").unwrap(),
             None
         );
         // No temporary files left behind.
         let left: Vec<_> = std::fs::read_dir(dir.path().join("sub")).unwrap().collect();
         assert_eq!(left.len(), 1);
+    }
+
+    #[test]
+    fn the_pixel_digest_sees_every_pixel_the_order_and_the_shape() {
+        let a = ndarray::Array4::<u8>::from_shape_fn((2, 3, 4, 1), |(n, y, x, _)| {
+            (n * 12 + y * 4 + x) as u8
+        });
+        let d = pixels_digest(a.view());
+        assert_eq!(d.len(), 64);
+        assert_eq!(pixels_digest(a.view()), d);
+        let mut b = a.clone();
+        b[[1, 2, 3, 0]] ^= 1;
+        assert_ne!(pixels_digest(b.view()), d, "one pixel");
+        let swapped = ndarray::concatenate![
+            ndarray::Axis(0),
+            a.slice(ndarray::s![1..;1, .., .., ..]),
+            a.slice(ndarray::s![..1, .., .., ..])
+        ];
+        assert_ne!(pixels_digest(swapped.view()), d, "order");
+        let reshaped = a.clone().into_shape_with_order((2, 4, 3, 1)).unwrap();
+        assert_ne!(pixels_digest(reshaped.view()), d, "shape");
+        // A non-contiguous view digests like its contiguous copy.
+        let t = a.view().reversed_axes();
+        assert_eq!(
+            pixels_digest(t),
+            pixels_digest(t.as_standard_layout().view())
+        );
     }
 
     #[test]
