@@ -22,12 +22,13 @@ pub enum DataCommand {
         name: Option<KnownDataset>,
         /// The official files: the folder of the four .gz IDX files (mnist, fashion-mnist), or the
         /// archive cifar-10-python.tar.gz (cifar10).
-        #[arg(long, requires = "name")]
+        #[arg(long, requires = "name", conflicts_with_all = FOLDER_OPTIONS)]
         raw: Option<PathBuf>,
         /// A folder of PNG and JPEG images (searched recursively).
         #[arg(long, conflicts_with = "name")]
         images: Option<PathBuf>,
-        /// Output HDF5 file (written atomically).
+        /// Output HDF5 file (written atomically; an existing file is replaced only when it is an
+        /// HDF5 file).
         #[arg(long)]
         out: PathBuf,
         /// Published digest a file must match, as FILE=HEX (md5 or sha256); repeatable.
@@ -102,12 +103,25 @@ pub enum LabelsArg {
     Folders,
 }
 
+/// The options of [`FolderArgs`] (refused with `--raw`).
+const FOLDER_OPTIONS: [&str; 9] = [
+    "size",
+    "crop",
+    "channels",
+    "labels",
+    "test_fraction",
+    "seed",
+    "upscale",
+    "skip_bad",
+    "dataset_name",
+];
+
 /// Options of `data import --images`.
 #[derive(clap::Args)]
 pub struct FolderArgs {
     /// Image size N: short side to N, then an N×N crop (default: keep the files' size, which must
     /// then be one size).
-    #[arg(long, requires = "images")]
+    #[arg(long, requires = "images", value_parser = clap::value_parser!(u32).range(1..=4096))]
     size: Option<u32>,
     /// How to make the N×N square.
     #[arg(long, value_enum, default_value = "center", requires = "size")]
@@ -120,7 +134,12 @@ pub struct FolderArgs {
     #[arg(long, value_enum, requires = "images")]
     labels: Option<LabelsArg>,
     /// Fraction of the images put into a /test split, drawn with --seed (default 0: train only).
-    #[arg(long, default_value_t = 0.0, requires = "images")]
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        requires = "images",
+        allow_negative_numbers = true
+    )]
     test_fraction: f64,
     /// Seed of the train/test assignment.
     #[arg(long, default_value_t = 0, requires = "images")]
@@ -133,7 +152,7 @@ pub struct FolderArgs {
     #[arg(long, requires = "images")]
     skip_bad: bool,
     /// Dataset name recorded in the file (default: the folder's name).
-    #[arg(long = "dataset-name", requires = "images")]
+    #[arg(long = "dataset-name", requires = "images", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     dataset_name: Option<String>,
     /// No progress bar.
     #[arg(long)]
@@ -239,6 +258,13 @@ fn import(
     expected: &[Expected],
     folder: &FolderArgs,
 ) -> Result<()> {
+    refuse_non_hdf5_output(out)?;
+    ctrlc::set_handler(|| {
+        ddpm_nets::atomic::remove_in_flight();
+        eprintln!("\ninterrupted: nothing written");
+        std::process::exit(130);
+    })
+    .context("cannot install the Ctrl-C handler")?;
     let summary = match (name, raw, images) {
         (_, _, Some(dir)) => {
             let report = image_folder::import_image_folder(&dir, out, &folder.to_import())?;
@@ -264,12 +290,35 @@ fn import(
         summary.image_hw.1,
         if summary.channels == 3 { "RGB" } else { "grey" },
         summary.name,
-        if summary.class_names.is_empty() {
-            String::new()
-        } else {
-            format!(", {} classes", summary.class_names.len())
+        match summary.class_names.len() {
+            0 => String::new(),
+            1 => ", 1 class".to_string(),
+            k => format!(", {k} classes"),
         }
     );
+    Ok(())
+}
+
+/// An existing `--out` is replaced only when it is an HDF5 file (by its signature), so that a
+/// mistyped path cannot destroy an image or any other file.
+fn refuse_non_hdf5_output(out: &Path) -> Result<()> {
+    const SIGNATURE: &[u8] = b"\x89HDF\r\n\x1a\n";
+    if !out.exists() {
+        return Ok(());
+    }
+    let mut head = Vec::new();
+    if out.is_file() {
+        use std::io::Read;
+        std::fs::File::open(out)
+            .and_then(|f| f.take(8).read_to_end(&mut head))
+            .with_context(|| format!("cannot read {}", out.display()))?;
+    }
+    if head != SIGNATURE {
+        bail!(
+            "--out {}: exists and is not an HDF5 file; not replacing it (choose another path)",
+            out.display()
+        );
+    }
     Ok(())
 }
 

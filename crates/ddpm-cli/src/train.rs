@@ -118,6 +118,11 @@ fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
         }
         cfg.data.path = data.clone();
     }
+    if args.resume.is_none() && !cfg.data.path.as_os_str().is_empty() {
+        // The run records where its data is from any working folder.
+        cfg.data.path = std::path::absolute(&cfg.data.path)
+            .with_context(|| format!("data.path {}", cfg.data.path.display()))?;
+    }
     if cfg.model.kind() == ModelKind::Ddpm && !cfg.data.path.as_os_str().is_empty() {
         // Before validation: fitting completes what the data decides (sample_size, the class
         // embeddings of a conditional run).
@@ -146,6 +151,7 @@ pub fn stop_on_interrupt() -> Result<Arc<AtomicBool>> {
     ctrlc::set_handler(move || {
         if flag.swap(true, Ordering::SeqCst) {
             eprintln!("\nsecond interrupt: exiting without saving");
+            ddpm_nets::atomic::remove_in_flight();
             std::process::exit(130);
         }
         eprintln!("\ninterrupt: saving a checkpoint after this step (Ctrl-C again to abort)");

@@ -279,6 +279,57 @@ fn import_refuses_bad_choices_and_broken_folders_by_name() {
     );
     let imgs = d.join("imgs");
     colour_folder(&imgs);
+    // Choices checked by the parser (exit 2).
+    for (args, needle) in [
+        (vec!["--size", "0"], "1..=4096"),
+        (vec!["--test-fraction", "-0.1"], "outside [0, 1)"),
+        (vec!["--dataset-name", ""], "dataset-name"),
+    ] {
+        let mut full = vec![
+            "data",
+            "import",
+            "--images",
+            imgs.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        full.extend(args);
+        let o = cli(&full);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains(needle),
+            "{full:?}: {err}"
+        );
+    }
+    let err = fails(&[
+        "data",
+        "import",
+        "--name",
+        "cifar10",
+        "--raw",
+        "x.tar.gz",
+        "--out",
+        &s(&out),
+        "--size",
+        "16",
+    ]);
+    assert!(
+        err.contains("--size") && err.contains("cannot be used"),
+        "{err}"
+    );
+    // An existing file that is not HDF5 (here one of the input images) is never replaced.
+    let victim = imgs.join("red/00.png");
+    let before = std::fs::read(&victim).unwrap();
+    let err = fails(&[
+        "data",
+        "import",
+        "--images",
+        &s(&imgs),
+        "--out",
+        &s(&victim),
+    ]);
+    assert!(err.contains("not an HDF5 file"), "{err}");
+    assert_eq!(std::fs::read(&victim).unwrap(), before);
     std::fs::write(imgs.join("red/zz_broken.png"), b"not a png").unwrap();
     let err = fails(&[
         "data",

@@ -7,6 +7,37 @@
 //! removes the temporary file and leaves an existing destination untouched.
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Temporary files of writes in progress, so that a signal handler can remove them
+/// ([`remove_in_flight`]) before the process exits without running destructors.
+static IN_FLIGHT: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn in_flight() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    IN_FLIGHT.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Removes the temporary files of the atomic writes in progress (their destinations are not
+/// touched). For signal handlers that end the process at once (`std::process::exit` runs no
+/// destructors), e.g. a Ctrl-C during `data import` or a second Ctrl-C during training.
+pub fn remove_in_flight() {
+    for p in in_flight().drain(..) {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// Creates `dir` and its parents; when a parent exists as a file, the error says which one.
+fn create_folder(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        match dir.ancestors().find(|a| a.exists() && !a.is_dir()) {
+            Some(file) => std::io::Error::new(
+                std::io::ErrorKind::NotADirectory,
+                format!("{} is a file, not a folder", file.display()),
+            ),
+            None => e,
+        }
+    })
+}
 
 /// A failed atomic write: the destination and what went wrong (creating the folder or the
 /// temporary file, syncing it, or renaming it into place). Each crate's error type converts it
@@ -57,7 +88,7 @@ where
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    std::fs::create_dir_all(dir).map_err(fail)?;
+    create_folder(dir).map_err(fail)?;
     let prefix = format!(".{name}.");
     let mut builder = tempfile::Builder::new();
     builder.prefix(&prefix).suffix(".tmp");
@@ -67,10 +98,18 @@ where
         builder.permissions(std::fs::Permissions::from_mode(0o666));
     }
     let tmp = builder.tempfile_in(dir).map_err(fail)?;
-    // On error, `tmp` is dropped here, which removes the temporary file.
-    let value = write(tmp.path())?;
-    tmp.as_file().sync_all().map_err(fail)?;
-    tmp.persist(path).map_err(|e| fail(e.error))?;
+    let tmp_path = tmp.path().to_path_buf();
+    in_flight().push(tmp_path.clone());
+    let done = || in_flight().retain(|p| p != &tmp_path);
+    // On error, `tmp` is dropped, which removes the temporary file.
+    let value = write(tmp.path()).inspect_err(|_| done())?;
+    let result = tmp
+        .as_file()
+        .sync_all()
+        .map_err(fail)
+        .and_then(|()| tmp.persist(path).map_err(|e| fail(e.error)));
+    done();
+    result?;
     Ok(value)
 }
 
@@ -138,6 +177,43 @@ mod tests {
         std::fs::write(&plain, b"x").unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&ours), mode(&plain));
+    }
+
+    #[test]
+    fn a_parent_that_is_a_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("plain"), b"x").unwrap();
+        let err = write_bytes_atomically(&dir.path().join("plain/sub/x.h5"), b"y")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("plain is a file, not a folder") && err.contains("x.h5"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn writes_in_progress_are_registered_for_signal_handlers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.h5");
+        let tmp = write_atomically(&path, |tmp| -> Result<PathBuf, WriteError> {
+            std::fs::write(tmp, b"partial").unwrap();
+            assert!(
+                in_flight().iter().any(|p| p == tmp),
+                "registered while writing"
+            );
+            Ok(tmp.to_path_buf())
+        })
+        .unwrap();
+        assert!(!in_flight().contains(&tmp), "deregistered when done");
+        let failed = write_atomically(&path, |tmp| -> Result<(), WriteError> {
+            Err(WriteError {
+                path: tmp.to_path_buf(),
+                source: std::io::Error::other("boom"),
+            })
+        });
+        assert!(failed.is_err());
+        assert!(in_flight().iter().all(|p| p.parent() != Some(dir.path())));
     }
 
     #[test]

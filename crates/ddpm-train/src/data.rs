@@ -204,12 +204,43 @@ pub struct Expected {
     pub digest: String,
 }
 
+impl Expected {
+    /// Whether this entry is for the file called `name` (its `file` may be a path; its last
+    /// component is compared).
+    pub fn names(&self, name: &str) -> bool {
+        Path::new(&self.file)
+            .file_name()
+            .is_some_and(|f| f == std::ffi::OsStr::new(name))
+    }
+}
+
+/// Errors when an entry of `expected` names none of the files read (`names`), so that a digest
+/// given for a misspelt or other file is not silently left unchecked. `path` is where the files
+/// are (for the message).
+pub(crate) fn check_expected_names(
+    path: &Path,
+    expected: &[Expected],
+    names: &[&str],
+) -> Result<()> {
+    match expected.iter().find(|e| !names.iter().any(|n| e.names(n))) {
+        Some(e) => Err(DataError::Layout {
+            path: path.to_path_buf(),
+            message: format!(
+                "a digest is given for `{}`, which is not one of the files read ({})",
+                e.file,
+                names.join(", ")
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
 pub(crate) fn verify(path: &Path, actual: &Digests, expected: &[Expected]) -> Result<()> {
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or_default();
-    for e in expected.iter().filter(|e| e.file == name) {
+    for e in expected.iter().filter(|e| e.names(name)) {
         let want = e.digest.to_ascii_lowercase();
         let (algorithm, got) = match want.len() {
             32 => ("md5", &actual.md5),
@@ -501,6 +532,8 @@ pub fn import_idx_dataset(
     out: &Path,
     expected: &[Expected],
 ) -> Result<DatasetSummary> {
+    let names: Vec<&str> = IDX_FILES.iter().flat_map(|(_, i, l)| [*i, *l]).collect();
+    check_expected_names(raw_dir, expected, &names)?;
     let mut splits = Vec::new();
     for (split, images, labels) in IDX_FILES {
         let (data, files) = read_idx_split(raw_dir, images, labels, expected)?;

@@ -122,7 +122,11 @@ impl TrainConfig {
         let Some(unet) = self.model.unet() else {
             return Ok(());
         };
-        let file = self.data.path.display();
+        let file = if self.data.path.as_os_str().is_empty() {
+            "the data".to_string()
+        } else {
+            self.data.path.display().to_string()
+        };
         let (h, w) = self.input_hw(shape);
         if unet.in_channels != shape.channels {
             return Err(TrainError::config(
@@ -155,7 +159,7 @@ impl TrainConfig {
             return Err(TrainError::config(
                 "model.unet.block_out_channels",
                 format!(
-                    "has {} levels, so the image size must divide by {factor}; {file} gives {h}x{w}",
+                    "has {} levels, so the image size must divide by {factor}; {file} has {h}x{w}",
                     unet.block_out_channels.len()
                 ),
             ));
@@ -195,15 +199,21 @@ impl TrainConfig {
     /// above, `(1, 1, 2, 3, 4)` at 128, `(1, 2, 3, 4)` at 64, `(1, 2, 2, 2)` at 32 — the DDPM
     /// CIFAR-10 model — and `(1, 2, 2)` below 32), 128 base channels (64 below 32), two residual
     /// blocks per level, self-attention at 16×16 (and at the lowest level below 32); the rest is
-    /// the `cifar10` recipe (Ho et al. 2020) without random flips. Channels, `sample_size` and
-    /// `data.pad_to_32 = false` follow the data. Errors: a size that the levels do not divide, or
-    /// non-square images.
+    /// the `cifar10` recipe (Ho et al. 2020) without random flips; a size that does not halve that
+    /// often gets fewer levels (30×30: two, 7×7: one). Channels, `sample_size` and
+    /// `data.pad_to_32 = false` follow the data. Errors: images below 4×4 or not square.
     pub fn auto(shape: &DataShape) -> Result<Self> {
         let (h, w) = (shape.height, shape.width);
         if h != w {
             return Err(TrainError::config(
                 "preset",
                 format!("auto needs square images; the data is {h}x{w} (import with --size N)"),
+            ));
+        }
+        if h < 4 {
+            return Err(TrainError::config(
+                "preset",
+                format!("auto needs images of at least 4x4; the data is {h}x{w}"),
             ));
         }
         let mult: &[i64] = match h {
@@ -213,6 +223,9 @@ impl TrainConfig {
             s if s >= 32 => &[1, 2, 2, 2],
             _ => &[1, 2, 2],
         };
+        // Each level halves the size: keep as many levels as the size divides into.
+        let divisible = 1 + h.trailing_zeros() as usize;
+        let mult = &mult[..mult.len().min(divisible)];
         let base = if h >= 32 { 128 } else { 64 };
         let levels = mult.len();
         let attn_level = (0..levels).find(|&i| h >> i == 16).unwrap_or(levels - 1);
@@ -280,11 +293,16 @@ mod tests {
         assert_eq!(u.down_block_types[2], DownBlockType::AttnDown);
         let c28 = TrainConfig::auto(&shape(1, 28, 0)).unwrap();
         assert_eq!(c28.unet().unwrap().block_out_channels, [64, 128, 128]);
-        let err = TrainConfig::auto(&shape(3, 30, 0)).unwrap_err().to_string();
-        assert!(
-            err.contains("divide by 4") && err.contains("30x30"),
-            "{err}"
+        let c30 = TrainConfig::auto(&shape(3, 30, 0)).unwrap();
+        assert_eq!(c30.unet().unwrap().block_out_channels, [64, 128]);
+        let c7 = TrainConfig::auto(&shape(3, 7, 0)).unwrap();
+        assert_eq!(c7.unet().unwrap().block_out_channels, [64]);
+        assert_eq!(
+            c7.unet().unwrap().down_block_types,
+            [DownBlockType::AttnDown]
         );
+        let err = TrainConfig::auto(&shape(3, 3, 0)).unwrap_err().to_string();
+        assert!(err.contains("at least 4x4") && err.contains("3x3"), "{err}");
     }
 
     #[test]

@@ -129,26 +129,43 @@ fn is_image_file(p: &Path) -> bool {
         .is_some_and(|e| ["png", "jpg", "jpeg"].contains(&e.to_ascii_lowercase().as_str()))
 }
 
+/// Whether a folder entry is left out: hidden names (`.git`, `._a.png`) and macOS archive
+/// metadata (`__MACOSX`).
+fn is_hidden(name: &std::ffi::OsStr) -> bool {
+    let name = name.to_string_lossy();
+    name.starts_with('.') || name == "__MACOSX"
+}
+
 /// The PNG and JPEG files (`.png`, `.jpg`, `.jpeg`, any case) under `dir`, sorted by path;
-/// `recursive` descends into sub-folders (symbolic links to folders are not followed).
+/// `recursive` descends into sub-folders, following symbolic links to folders (each folder is
+/// visited once, so a link loop ends). Hidden files and folders (names starting with `.`) and
+/// `__MACOSX` are left out.
 ///
 /// Errors: [`DataError::Io`] naming an unreadable folder; [`DataError::Layout`] when there is no
 /// image file.
 pub fn image_files(dir: &Path, recursive: bool) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
+    let mut visited = BTreeSet::new();
     while let Some(d) = stack.pop() {
         let io = |source| DataError::Io {
             path: d.clone(),
             source,
         };
+        if !visited.insert(d.canonicalize().map_err(io)?) {
+            continue;
+        }
         for entry in std::fs::read_dir(&d).map_err(io)? {
             let entry = entry.map_err(io)?;
-            let kind = entry.file_type().map_err(io)?;
             let path = entry.path();
-            if kind.is_dir() && recursive {
+            if is_hidden(&entry.file_name()) {
+                continue;
+            }
+            // Follows symbolic links; a dangling link counts as a file (and fails to decode).
+            let is_dir = path.is_dir();
+            if is_dir && recursive {
                 stack.push(path);
-            } else if !kind.is_dir() && is_image_file(&path) {
+            } else if !is_dir && is_image_file(&path) {
                 files.push(path);
             }
         }
@@ -348,7 +365,8 @@ pub fn read_files(
             Some((first, f)) if f.dims() != p.dims() => Err(bad(
                 path,
                 format!(
-                    "is {}x{} but {} is {}x{}; all images must have one size (give a size to resize them)",
+                    "is {}x{} but {} is {}x{}; all images must have one size \
+                     (`data import --size N` makes them N×N)",
                     p.dims().0,
                     p.dims().1,
                     first.display(),
@@ -361,10 +379,13 @@ pub fn read_files(
         match one {
             Ok(p) => prepared.push((path.clone(), p)),
             Err(e) if skip_bad => {
-                tracing::warn!("skipping {}: {e}", path.display());
+                let reason = match e {
+                    DataError::Image { message, .. } => message,
+                    other => other.to_string(),
+                };
                 skipped.push(Skipped {
                     path: path.clone(),
-                    reason: e.to_string(),
+                    reason,
                 });
             }
             Err(e) => return Err(e),
@@ -372,9 +393,16 @@ pub fn read_files(
         on_file();
     }
     if prepared.is_empty() {
+        let folder = files
+            .first()
+            .and_then(|f| f.parent())
+            .unwrap_or(Path::new("."));
         return Err(DataError::Layout {
-            path: files.first().cloned().unwrap_or_default(),
-            message: format!("none of the {} image files could be used", files.len()),
+            path: folder.to_path_buf(),
+            message: format!(
+                "none of the {} image files could be used (all were skipped)",
+                files.len()
+            ),
         });
     }
     let channels = decide_channels(pre, &prepared)?;
@@ -462,6 +490,46 @@ pub struct FolderImportReport {
     pub skipped: Vec<Skipped>,
 }
 
+/// The memory of this machine in bytes (`MemTotal` of `/proc/meminfo`), when it can be read.
+fn total_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// Refuses a size of 0, and an import whose images (held twice while they are assembled) would
+/// not fit in this machine's memory, before any file is read.
+fn check_output_size(dir: &Path, n_files: usize, pre: &Preprocess) -> Result<()> {
+    let n = match pre.resize {
+        Resize::Keep => return Ok(()),
+        Resize::CenterCrop(n) | Resize::Stretch(n) => u64::from(n),
+    };
+    let layout = |message: String| DataError::Layout {
+        path: dir.to_path_buf(),
+        message,
+    };
+    if n == 0 {
+        return Err(layout("the image size must be at least 1".to_string()));
+    }
+    let need = 2 * n_files as u64 * n * n * 3;
+    match total_memory() {
+        Some(have) if need > have => Err(layout(format!(
+            "{n_files} images of {n}x{n} need about {:.1} GB of memory to import; this machine \
+             has {:.1} GB (choose a smaller --size)",
+            need as f64 / 1e9,
+            have as f64 / 1e9
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// The indices of the test split: `round(fraction · n)` of `0..n` drawn with `seed`, sorted.
 pub fn test_indices(n: usize, fraction: f64, seed: u64) -> Vec<usize> {
     use rand::seq::SliceRandom;
@@ -500,6 +568,7 @@ pub fn import_image_folder(
         )));
     }
     let files = image_files(dir, true)?;
+    check_output_size(dir, files.len(), &opts.preprocess)?;
     let bar = crate::progress::bar(opts.progress, files.len() as u64, "images", "import");
     let read = read_files(&files, &opts.preprocess, opts.skip_bad, || bar.inc(1))?;
     bar.finish_and_clear();

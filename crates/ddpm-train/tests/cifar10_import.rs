@@ -112,6 +112,24 @@ fn bad_archives_are_named_and_leave_the_previous_file() {
     );
     assert_refused(&archive, &out, &[], &["3071", "3072"]);
 
+    // A digest for a file that is not read must not pass unnoticed.
+    write(dir.path(), &good);
+    let other = [Expected {
+        file: "other.tar.gz".into(),
+        digest: cifar10::ARCHIVE_MD5.into(),
+    }];
+    assert_refused(
+        &archive,
+        &out,
+        &other,
+        &["other.tar.gz", "not one of the files read"],
+    );
+    let by_path = [Expected {
+        file: format!("some/dir/{}", cifar10::ARCHIVE_NAME),
+        digest: cifar10::ARCHIVE_MD5.into(),
+    }];
+    assert_refused(&archive, &out, &by_path, &["md5 checksum mismatch"]);
+
     fs::remove_file(&archive).unwrap();
     assert_refused(&archive, &out, &[], &["cifar-10-python.tar.gz"]);
     assert!(

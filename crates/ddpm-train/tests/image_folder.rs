@@ -329,3 +329,31 @@ fn a_test_fraction_splits_by_seed_and_records_the_preprocessing() {
     assert_eq!(summary.class_names, ["c0", "c1"]);
     let _: Vec<PathBuf> = image_folder::image_files(&src, true).unwrap();
 }
+
+#[test]
+fn linked_class_folders_are_followed_once_and_hidden_entries_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("linked");
+    save(rgb(1, 6, 6), &src.join("cat/a.png"));
+    save(rgb(2, 6, 6), &dir.path().join("elsewhere/dog/b.png"));
+    save(rgb(3, 6, 6), &dir.path().join("elsewhere/dog/c.png"));
+    std::os::unix::fs::symlink(dir.path().join("elsewhere/dog"), src.join("dog")).unwrap();
+    // A loop back to the top folder, and entries a zip made on macOS or git would add.
+    std::os::unix::fs::symlink(&src, src.join("cat/loop")).unwrap();
+    fs::write(src.join("cat/._a.png"), b"resource fork").unwrap();
+    save(rgb(4, 6, 6), &src.join(".git/x.png"));
+    save(rgb(5, 6, 6), &src.join("__MACOSX/cat/a.png"));
+    let files = image_folder::image_files(&src, true).unwrap();
+    let rel: Vec<String> = files
+        .iter()
+        .map(|f| f.strip_prefix(&src).unwrap().display().to_string())
+        .collect();
+    assert_eq!(rel, ["cat/a.png", "dog/b.png", "dog/c.png"]);
+    let out = dir.path().join("d.h5");
+    let mut o = opts(Resize::Keep, ChannelPolicy::Uniform);
+    o.labels_from_folders = true;
+    let s = image_folder::import_image_folder(&src, &out, &o)
+        .unwrap()
+        .summary;
+    assert_eq!((s.n_train, s.class_names.len()), (3, 2));
+}

@@ -31,6 +31,11 @@ pub fn import_cifar10(
         path: archive_path.to_path_buf(),
         source,
     })?;
+    let file_name = archive_path.file_name().map_or_else(
+        || ARCHIVE_NAME.to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    data::check_expected_names(archive_path, expected, &[&file_name])?;
     let digests = Digests::of(&bytes);
     data::verify(archive_path, &digests, expected)?;
     let set = archive::read_archive(&bytes, archive_path)?;
