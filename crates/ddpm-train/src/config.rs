@@ -671,9 +671,13 @@ pub struct TrainConfig {
 /// Names of the built-in presets.
 pub const PRESETS: [&str; 4] = ["mnist-cpu", "mnist", "fashion-mnist", "cifar10"];
 
-fn small_unet(channels: Vec<i64>, layers: i64, attn_level: usize, groups: i64) -> UNetConfig {
-    let n = channels.len();
-    let down = (0..n)
+/// The block types of a UNet with `levels` levels and self-attention at encoder level
+/// `attn_level` (0 = full resolution) and at the decoder level of the same resolution.
+pub(crate) fn block_types(
+    levels: usize,
+    attn_level: usize,
+) -> (Vec<DownBlockType>, Vec<UpBlockType>) {
+    let down = (0..levels)
         .map(|i| {
             if i == attn_level {
                 DownBlockType::AttnDown
@@ -682,15 +686,20 @@ fn small_unet(channels: Vec<i64>, layers: i64, attn_level: usize, groups: i64) -
             }
         })
         .collect();
-    let up = (0..n)
+    let up = (0..levels)
         .map(|i| {
-            if n - 1 - i == attn_level {
+            if levels - 1 - i == attn_level {
                 UpBlockType::AttnUp
             } else {
                 UpBlockType::Up
             }
         })
         .collect();
+    (down, up)
+}
+
+fn small_unet(channels: Vec<i64>, layers: i64, attn_level: usize, groups: i64) -> UNetConfig {
+    let (down, up) = block_types(channels.len(), attn_level);
     UNetConfig {
         sample_size: Some(SampleSize::Square(28)),
         in_channels: 1,

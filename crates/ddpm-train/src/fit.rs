@@ -3,7 +3,7 @@
 //! and the `auto` preset that sizes a UNet for the data's resolution ([`TrainConfig::auto`]).
 use std::path::Path;
 
-use ddpm_nets::unet::{DownBlockType, SampleSize, UpBlockType};
+use ddpm_nets::unet::SampleSize;
 use ddpm_nets::UNetConfig;
 
 use crate::config::{ModelKind, TrainConfig};
@@ -235,24 +235,8 @@ impl TrainConfig {
         cfg.model = crate::config::ModelConfig::default_for(ModelKind::Ddpm);
         let unet = cfg.model.unet_mut().expect("a DDPM model");
         unet.block_out_channels = mult.iter().map(|m| m * base).collect();
-        unet.down_block_types = (0..levels)
-            .map(|i| {
-                if i == attn_level {
-                    DownBlockType::AttnDown
-                } else {
-                    DownBlockType::Down
-                }
-            })
-            .collect();
-        unet.up_block_types = (0..levels)
-            .map(|i| {
-                if levels - 1 - i == attn_level {
-                    UpBlockType::AttnUp
-                } else {
-                    UpBlockType::Up
-                }
-            })
-            .collect();
+        (unet.down_block_types, unet.up_block_types) =
+            crate::config::block_types(levels, attn_level);
         unet.in_channels = shape.channels;
         unet.out_channels = shape.channels;
         unet.sample_size = Some(SampleSize::Square(h));
@@ -264,6 +248,7 @@ impl TrainConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ddpm_nets::unet::{DownBlockType, UpBlockType};
 
     fn shape(c: i64, s: i64, k: i64) -> DataShape {
         DataShape {
