@@ -201,11 +201,16 @@ pub fn fetch_dataset(
                 );
                 return Ok(());
             }
-            Ok(o) => eprintln!(
-                "{}: present but not valid ({}); rebuilding",
-                out.display(),
-                String::from_utf8_lossy(&o.stderr).trim()
-            ),
+            Ok(o) => {
+                eprintln!(
+                    "{}: present but not valid ({}); rebuilding",
+                    out.display(),
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                // `data import` replaces only HDF5 files; this one is ours and broken.
+                fs::remove_file(&out)
+                    .with_context(|| format!("cannot remove the invalid {}", out.display()))?;
+            }
             Err(e) => bail!("cannot run ddpm-cli data check: {e}"),
         }
     }
