@@ -134,7 +134,10 @@ fn import_a_colour_folder_train_sample_and_score_against_it() {
         text.contains("RGB") && text.contains("0:blue 1:red"),
         "{text}"
     );
-    assert!(text.contains("blue:12") || text.contains("blue:"), "{text}");
+    assert!(
+        text.contains("per class blue:") && text.contains(" red:"),
+        "{text}"
+    );
     ok(&[
         "visualize",
         "forward",
