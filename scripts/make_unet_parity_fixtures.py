@@ -5,7 +5,7 @@ How to run (from the repository root; needs PyPI, nothing else from the internet
 
     python3 scripts/make_unet_parity_fixtures.py
 
-The script runs itself inside a throw-away virtual environment (default /tmp/venv-diffusers, override with
+The script runs itself inside a throw-away virtual environment (scripts/diffusers_venv.py; default /tmp/venv-diffusers, override with
 DDPM_DIFFUSERS_VENV). If that venv lacks diffusers, it is created and `diffusers==0.42.1 safetensors numpy` are
 installed into it with pip. torch is taken from the project's `.venv` (a .pth file points at its site-packages)
 when that exists, otherwise `torch==2.11.0` is installed from PyPI. Nothing is downloaded from the Hugging Face
@@ -25,37 +25,13 @@ Fixtures:
 """
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
-DIFFUSERS_VERSION = "0.42.1"
+from diffusers_venv import ensure_venv
+
 REPO = Path(__file__).resolve().parent.parent
-VENV = Path(os.environ.get("DDPM_DIFFUSERS_VENV", "/tmp/venv-diffusers"))
 OUT = REPO / "crates" / "ddpm-nets" / "tests" / "fixtures"
-
-
-def ensure_venv() -> None:
-    """Re-executes this script with the throw-away venv's Python, creating the venv when needed."""
-    venv_python = VENV / "bin" / "python"
-    if Path(sys.prefix).resolve() == VENV.resolve():
-        return
-    if not venv_python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-    probe = subprocess.run([str(venv_python), "-c", "import diffusers, safetensors, torch"], capture_output=True)
-    if probe.returncode != 0:
-        project_site = REPO / ".venv" / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
-        site = subprocess.run(
-            [str(venv_python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            check=True, capture_output=True, text=True,
-        ).stdout.strip()
-        packages = [f"diffusers=={DIFFUSERS_VERSION}", "safetensors", "numpy"]
-        if (project_site / "torch").is_dir():
-            Path(site, "ddpm-project-torch.pth").write_text(f"{project_site}\n")
-        else:
-            packages.append("torch==2.11.0")
-        subprocess.run([str(venv_python), "-m", "pip", "install", "-q", *packages], check=True)
-    os.execv(str(venv_python), [str(venv_python), __file__, *sys.argv[1:]])
 
 
 def perturb_norms(model) -> None:
@@ -97,7 +73,7 @@ def write_fixture(name: str, config: dict, x_shape, t, class_labels=None, seed: 
 
 
 def main() -> None:
-    ensure_venv()
+    ensure_venv(__file__, sys.argv[1:])
     os.environ["HF_HUB_OFFLINE"] = "1"
     import torch
 

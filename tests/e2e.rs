@@ -380,3 +380,97 @@ fn class_conditional_training_and_guided_sampling() {
         );
     }
 }
+
+#[test]
+fn zero_terminal_snr_schedules_train_and_sample_visible_images() {
+    // The bug report's inputs: `jsd` (β_{T−1} = 1) and `linear` at T = 20 (β_end = 1) with
+    // ε-prediction sampled to all-black images (NaN written as 0) with exit status 0.
+    for (schedule, t) in [("jsd", "100"), ("linear", "20")] {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        let config = tiny_config_with(
+            dir.path(),
+            2,
+            &[
+                &format!("diffusion.schedule=\"{schedule}\""),
+                &format!("diffusion.timesteps={t}"),
+                "run.sample_steps=\"ddim2\"",
+            ],
+        );
+        ok(
+            cli()
+                .args(["train", "--no-progress", "--config"])
+                .arg(&config)
+                .arg("--out")
+                .arg(&run)
+                .output()
+                .unwrap(),
+            "train",
+        );
+        for (sampler, steps) in [("ddim", "10"), ("ddpm", t)] {
+            let out = dir.path().join(format!("{sampler}.h5"));
+            ok(
+                cli()
+                    .args([
+                        "sample",
+                        "--device",
+                        "cpu",
+                        "--num",
+                        "4",
+                        "--sampler",
+                        sampler,
+                    ])
+                    .args(["--steps", steps, "--model"])
+                    .arg(&run)
+                    .arg("--out")
+                    .arg(&out)
+                    .output()
+                    .unwrap(),
+                &format!("{schedule}: sample {sampler}"),
+            );
+            let (_, px) = read_images(&out);
+            let (lo, hi) = (px.iter().min().unwrap(), px.iter().max().unwrap());
+            assert!(hi > lo, "{schedule} {sampler}: one grey level only ({lo})");
+        }
+        // Training an ε-model there without clipping is refused before anything is created.
+        let refused = dir.path().join("refused");
+        let res = cli()
+            .args(["train", "--no-progress", "--config"])
+            .arg(&config)
+            .args(["--set", "diffusion.clip_sample=false", "--out"])
+            .arg(&refused)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&res.stderr);
+        assert!(
+            !res.status.success() && err.contains("diffusion.clip_sample"),
+            "{err}"
+        );
+        assert!(
+            !refused.exists(),
+            "a refused run left {}",
+            refused.display()
+        );
+        // Without clipping an ε-model has no finite first step there: refused, nothing written.
+        let out = dir.path().join("noclip.h5");
+        let res = cli()
+            .args([
+                "sample",
+                "--device",
+                "cpu",
+                "--num",
+                "1",
+                "--sampler",
+                "ddpm",
+            ])
+            .args(["--steps", t, "--no-clip-sample", "--model"])
+            .arg(&run)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&res.stderr);
+        assert!(!res.status.success() && err.contains("clip"), "{err}");
+        assert!(!out.exists());
+    }
+}

@@ -8,7 +8,9 @@ use anyhow::{bail, Result};
 use ddpm_nets::device::DeviceSpec;
 use ddpm_train::config::ModelKind;
 use ddpm_train::model_io::{self, Weights};
-use ddpm_train::sampler::{to_uint8_nhwc, Guidance, Sampler, SamplerSpec};
+use ddpm_train::sampler::{
+    to_uint8_nhwc, Guidance, Sampler, SamplerSpec, SamplingSettings, X0Processing,
+};
 use ddpm_train::viz;
 use tch::{Kind, Tensor};
 
@@ -23,10 +25,12 @@ pub struct SampleArgs {
     /// Number of images.
     #[arg(long, default_value_t = 64)]
     num: usize,
-    /// ddpm (ancestral) or ddim.
+    /// ddpm (ancestral), ddim, or dpm++ (DPM-Solver++(2M), Lu et al. 2022: deterministic, good
+    /// images in 10–20 steps).
     #[arg(long, default_value = "ddim")]
     sampler: String,
-    /// Timesteps to visit: N (evenly; `ddimN` striding for ddim), `ddimN`, or sections `a,b,c`.
+    /// Timesteps to visit: N (evenly; `ddimN` striding for ddim; diffusers' `linspace` for dpm++;
+    /// a diffusers folder's `set_timesteps(N)`), `ddimN`, or sections `a,b,c`.
     #[arg(long, default_value = "50")]
     steps: String,
     /// DDIM stochasticity η (0 = deterministic, 1 = ancestral-like).
@@ -59,6 +63,27 @@ pub struct SampleArgs {
     /// Use the raw weights of a run instead of its EMA.
     #[arg(long)]
     raw_weights: bool,
+    /// Clamp the predicted x̂₀ to [−R, R] at each step (R = --clip-sample-range); the default is
+    /// the model's own setting (our runs: `diffusion.clip_sample`; diffusers: `clip_sample`).
+    #[arg(long, overrides_with = "no_clip_sample")]
+    clip_sample: bool,
+    /// Do not clamp x̂₀ (overrides the model's setting).
+    #[arg(long, overrides_with = "clip_sample")]
+    no_clip_sample: bool,
+    /// The clipping bound R > 0 (implies --clip-sample).
+    #[arg(long, allow_negative_numbers = true)]
+    clip_sample_range: Option<f64>,
+    /// Dynamic thresholding of x̂₀ (Saharia et al. 2022): per image s = the
+    /// --dynamic-thresholding-ratio quantile of |x̂₀|, clamped to [1, --sample-max-value], then
+    /// x̂₀ ← clamp(x̂₀, −s, s)/s. Replaces clipping.
+    #[arg(long)]
+    thresholding: bool,
+    /// The quantile of dynamic thresholding, in (0, 1] (default: the model's, else 0.995).
+    #[arg(long, allow_negative_numbers = true)]
+    dynamic_thresholding_ratio: Option<f64>,
+    /// The largest threshold s, ≥ 1 (default: the model's, else 1).
+    #[arg(long, allow_negative_numbers = true)]
+    sample_max_value: Option<f64>,
     /// Network arithmetic: auto (bf16 autocast on CUDA, f32 on the CPU), f32, or bf16 (autocast on either;
     /// on the CPU it pays with AVX512-BF16 or AMX). The chain itself (means, noise) stays f32.
     #[arg(long, default_value = "auto")]
@@ -94,11 +119,16 @@ pub fn run(args: SampleArgs) -> Result<()> {
         Weights::Ema
     };
     let model = models::load_ddpm(&args.model, weights, device)?;
+    let settings = SamplingSettings {
+        x0: x0_processing(&args, &model.sampling)?,
+        ..model.sampling
+    };
     let spec = SamplerSpec::from_cli(
         &args.sampler,
         &args.steps,
         args.eta,
         model.diffusion.num_timesteps(),
+        &settings,
     )?;
     let sampler = Sampler::new(&model.diffusion, &spec, device)?;
     let cfg = model.unet.config().clone();
@@ -129,7 +159,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
             guidance,
             keep,
             |k| bar.set_position(base + k as u64),
-        );
+        )?;
         chunks.push(to_uint8_nhwc(&samples.images).to_device(tch::Device::Cpu));
         if keep > 0 {
             strip = samples.trajectory;
@@ -144,6 +174,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
         ("weights", model.source.display().to_string()),
         ("sampler", spec.label()),
         ("eta", args.eta.to_string()),
+        ("x0_processing", spec.x0.label()),
         ("seed", args.seed.to_string()),
         ("class", args.class.map_or("none".into(), |c| c.to_string())),
         ("guidance", args.guidance.to_string()),
@@ -247,4 +278,33 @@ fn run_baseline(args: &SampleArgs, device: tch::Device) -> Result<()> {
         println!("grid: {}", path.display());
     }
     Ok(())
+}
+
+/// The x̂₀ processing: the model's own, changed by the command line's options (their defaults are
+/// the model's configured range, quantile and maximum, also when its own mode differs).
+fn x0_processing(args: &SampleArgs, model: &SamplingSettings) -> Result<X0Processing> {
+    let (ratio, max_value) = model.threshold;
+    let x0 = if args.thresholding {
+        if args.clip_sample || args.clip_sample_range.is_some() {
+            bail!("--thresholding replaces clipping: drop --clip-sample / --clip-sample-range");
+        }
+        X0Processing::DynamicThreshold {
+            ratio: args.dynamic_thresholding_ratio.unwrap_or(ratio),
+            max_value: args.sample_max_value.unwrap_or(max_value),
+        }
+    } else if args.dynamic_thresholding_ratio.is_some() || args.sample_max_value.is_some() {
+        bail!("--dynamic-thresholding-ratio and --sample-max-value need --thresholding");
+    } else if args.no_clip_sample {
+        if args.clip_sample_range.is_some() {
+            bail!("--clip-sample-range contradicts --no-clip-sample");
+        }
+        X0Processing::None
+    } else if args.clip_sample || args.clip_sample_range.is_some() {
+        X0Processing::Clip {
+            range: args.clip_sample_range.unwrap_or(model.clip_sample_range),
+        }
+    } else {
+        model.x0
+    };
+    Ok(x0.validate(|k| format!("--{}", k.replace('_', "-")))?)
 }

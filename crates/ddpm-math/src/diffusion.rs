@@ -215,7 +215,13 @@ impl GaussianDiffusion {
     /// # Errors
     /// - the errors of [`validate_betas`] (empty, non-finite, outside `(0, 1]`);
     /// - [`Error::TooFewTimesteps`] for `T < 2` (the clipped log-variance needs `β̃_1`);
-    /// - [`Error::BetaTooSmall`] if `1 − β_0` rounds to 1 (then `1 − ᾱ_0 = 0`);
+    /// - [`Error::BetaTooSmall`] if `1 − β_0` rounds to 1 in f32 (then `1 − ᾱ_0 = 0` in the device tables);
+    /// - [`Error::AlphaBarUnderflow`] if `0 < ᾱ_t < 10⁻³⁰` for some `t` (f32 tables would hold 0);
+    /// - [`Error::ZeroAlphaBarBeforeEnd`] if `ᾱ_t = 0` for some `t < T − 1`. `ᾱ_{T−1} = 0` (zero terminal SNR,
+    ///   `β_{T−1} = 1`, as in the `jsd` schedule or Lin et al. 2024) is accepted: `q(x_{T−1}|x_0) = N(0, I)` exactly;
+    /// - [`Error::InvalidConfig`] for ε-prediction with a loss that has a variational-bound term (hybrid, vlb)
+    ///   when `ᾱ_{T−1} = 0`: ε̂ cannot give `x̂_0` there (it is `x_{T−1}` itself), so `L_{T−1}` has no finite
+    ///   value; v- or x₀-prediction (or the simple loss) train such schedules;
     /// - [`Error::InvalidConfig`] for [`LossType::Simple`] with a learned variance (nothing would train it) and
     ///   [`LossType::Hybrid`] with a fixed variance (its vb term would train nothing).
     pub fn new(
@@ -229,7 +235,7 @@ impl GaussianDiffusion {
         if t_len < 2 {
             return Err(Error::TooFewTimesteps(t_len));
         }
-        if 1.0 - betas[0] == 1.0 {
+        if 1.0f32 - betas[0] as f32 == 1.0 {
             return Err(Error::BetaTooSmall { value: betas[0] });
         }
         match (loss_type, var_type.is_learned()) {
@@ -253,6 +259,7 @@ impl GaussianDiffusion {
             acc *= a;
             *out = acc;
         }
+        check_zero_terminal_snr(&betas, &alphas_cumprod, mean_type, loss_type)?;
         let alphas_cumprod_prev =
             Array1::from_shape_fn(t_len, |t| if t == 0 { 1.0 } else { alphas_cumprod[t - 1] });
         let alphas_cumprod_next = Array1::from_shape_fn(t_len, |t| {
@@ -516,7 +523,10 @@ impl GaussianDiffusion {
         })
     }
 
-    /// `x̂_0 = √(1/ᾱ_t) x_t − √(1/ᾱ_t − 1) ε` (inverting `q_sample`).
+    /// `x̂_0 = (x_t − √(1 − ᾱ_t) ε)/√ᾱ_t` (inverting `q_sample`, Ho et al. 2020, eq. 4; the same as improved-diffusion's
+    /// `√(1/ᾱ_t) x_t − √(1/ᾱ_t − 1) ε`). Written as a quotient so that at `ᾱ_t = 0` it is `±∞` (the sign of
+    /// `x_t − ε`), which clipping turns into `±1` (the "clamped first step" of zero-terminal-SNR sampling),
+    /// rather than the `∞ − ∞ = NaN` of the product form.
     ///
     /// # Shapes
     /// `x_t, eps: [N, …]`, `t: [N]` → `[N, …]`.
@@ -537,11 +547,11 @@ impl GaussianDiffusion {
         self.check_batch("x_t", x_t.shape(), t)?;
         same_shape("eps", eps.shape(), x_t.shape())?;
         Ok(map2(x_t, eps, t, |tb, x, e| {
-            self.sqrt_recip_alphas_cumprod[tb] * x - self.sqrt_recipm1_alphas_cumprod[tb] * e
+            (x - self.sqrt_one_minus_alphas_cumprod[tb] * e) / self.sqrt_alphas_cumprod[tb]
         }))
     }
 
-    /// `ε = (√(1/ᾱ_t) x_t − x_0)/√(1/ᾱ_t − 1)` (inverting `q_sample`; undefined at `ᾱ_t = 0`).
+    /// `ε = (x_t − √ᾱ_t x_0)/√(1 − ᾱ_t)` (inverting `q_sample`); finite at `ᾱ_t = 0`, where it is `x_t`.
     ///
     /// # Shapes
     /// `x_t, x_start: [N, …]`, `t: [N]` → `[N, …]`.
@@ -562,7 +572,7 @@ impl GaussianDiffusion {
         self.check_batch("x_t", x_t.shape(), t)?;
         same_shape("x_start", x_start.shape(), x_t.shape())?;
         Ok(map2(x_t, x_start, t, |tb, x, x0| {
-            (self.sqrt_recip_alphas_cumprod[tb] * x - x0) / self.sqrt_recipm1_alphas_cumprod[tb]
+            (x - self.sqrt_alphas_cumprod[tb] * x0) / self.sqrt_one_minus_alphas_cumprod[tb]
         }))
     }
 
@@ -1138,6 +1148,49 @@ where
     rows.sum_axis(Axis(1)) / per_item as f64
 }
 
+/// The smallest positive `ᾱ_t` accepted: below it f32 tables would round `ᾱ_t` (and the ratios of
+/// respacing and DDIM) to 0.
+pub const MIN_ALPHA_BAR: f64 = 1e-30;
+
+/// The checks of [`GaussianDiffusion::new`] on where `ᾱ` reaches 0: only at the last timestep, and not under an
+/// ε-prediction loss with a variational-bound term.
+fn check_zero_terminal_snr(
+    betas: &Array1<f64>,
+    alphas_cumprod: &Array1<f64>,
+    mean_type: ModelMeanType,
+    loss_type: LossType,
+) -> Result<()> {
+    let last = alphas_cumprod.len() - 1;
+    if let Some(index) = alphas_cumprod
+        .iter()
+        .position(|&a| a > 0.0 && a < MIN_ALPHA_BAR)
+    {
+        return Err(Error::AlphaBarUnderflow {
+            index,
+            num_timesteps: last + 1,
+            value: alphas_cumprod[index],
+        });
+    }
+    if let Some(index) = alphas_cumprod.iter().position(|&a| a == 0.0) {
+        if index < last {
+            return Err(Error::ZeroAlphaBarBeforeEnd {
+                index,
+                num_timesteps: last + 1,
+                beta: betas[index],
+            });
+        }
+        if mean_type == ModelMeanType::Epsilon && loss_type != LossType::Simple {
+            return Err(Error::InvalidConfig(format!(
+                "alpha_bar reaches 0 at the last timestep (beta[{last}] = {}), where an epsilon-prediction \
+                 model cannot predict x_0, so the {loss_type:?} loss has no finite variational-bound term; \
+                 use v- or x0-prediction, the simple loss, or a schedule with beta < 1",
+                betas[last]
+            )));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1146,6 +1199,90 @@ mod tests {
 
     fn linear(mean: ModelMeanType, var: ModelVarType, loss: LossType) -> GaussianDiffusion {
         GaussianDiffusion::new(BetaSchedule::Linear.betas(1000).unwrap(), mean, var, loss).unwrap()
+    }
+
+    #[test]
+    fn alpha_bar_may_reach_zero_only_at_the_last_step() {
+        let new = |betas: Array1<f64>, mean, loss| {
+            let var = if loss == LossType::Simple {
+                ModelVarType::FixedSmall
+            } else {
+                ModelVarType::LearnedRange
+            };
+            GaussianDiffusion::new(betas, mean, var, loss)
+        };
+        use LossType::*;
+        use ModelMeanType::*;
+        assert_eq!(
+            new(array![0.1, 1.0, 0.5], Epsilon, Simple),
+            Err(Error::ZeroAlphaBarBeforeEnd {
+                index: 1,
+                num_timesteps: 3,
+                beta: 1.0
+            })
+        );
+        // 0.001^k falls below 1e-30 at k = 11 (f32 tables would hold 0) and underflows later.
+        let err = new(Array1::from_elem(300, 0.999), V, Simple).unwrap_err();
+        assert!(
+            matches!(err, Error::AlphaBarUnderflow { index: 10, .. }),
+            "{err:?}"
+        );
+        // 1 − 1e-9 is 1 in f32.
+        assert_eq!(
+            new(array![1e-9, 0.1], V, Simple),
+            Err(Error::BetaTooSmall { value: 1e-9 })
+        );
+        let jsd = || BetaSchedule::Jsd.betas(20).unwrap();
+        assert!(new(jsd(), Epsilon, Simple).is_ok());
+        assert!(new(jsd(), V, Hybrid).is_ok());
+        assert!(new(jsd(), StartX, Vlb).is_ok());
+        for loss in [Hybrid, Vlb] {
+            let msg = new(jsd(), Epsilon, loss).unwrap_err().to_string();
+            assert!(
+                msg.contains("epsilon") && msg.contains("beta[19] = 1"),
+                "{msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_first_step_at_zero_terminal_snr_is_finite_with_clipping() {
+        // jsd ends with β = 1: ᾱ_{T−1} = 0 and x_{T−1} = ε exactly.
+        let d = GaussianDiffusion::new(
+            BetaSchedule::Jsd.betas(20).unwrap(),
+            ModelMeanType::Epsilon,
+            ModelVarType::FixedLarge,
+            LossType::Simple,
+        )
+        .unwrap();
+        assert_eq!(d.alphas_cumprod()[19], 0.0);
+        let x = array![[0.5, -0.25, 2.0]];
+        let eps = array![[0.25, 0.5, 1.0]];
+        let x0 = d.predict_xstart_from_eps(&x, &[19], &eps).unwrap();
+        assert_eq!(
+            x0,
+            array![[f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY]]
+        );
+        // ε from x̂_0 is x_t itself at ᾱ = 0, whatever x̂_0 is.
+        let e = d
+            .predict_eps_from_xstart(&x, &[19], &array![[1.0, -1.0, 0.3]])
+            .unwrap();
+        assert_eq!(e, x);
+        let p = d.p_mean_variance(&eps, &x, &[19], true).unwrap();
+        assert_eq!(p.pred_xstart, array![[1.0, -1.0, 1.0]]);
+        let c1 = d.alphas_cumprod()[18].sqrt();
+        for (m, want) in p.mean.iter().zip([c1, -c1, c1]) {
+            assert!((m - want).abs() < 1e-15, "{m} vs {want}");
+        }
+        for eta in [0.0, 1.0] {
+            let step = d
+                .ddim_sample(&eps, &x, &[19], eta, true, &array![[0.1, 0.2, 0.3]])
+                .unwrap();
+            assert!(step.sample.iter().all(|v| v.is_finite()));
+        }
+        // Without clipping there is no finite x̂_0: the values are ±∞, not NaN.
+        let p = d.p_mean_variance(&eps, &x, &[19], false).unwrap();
+        assert!(p.pred_xstart.iter().all(|v| v.is_infinite()));
     }
 
     #[test]
@@ -1172,7 +1309,13 @@ mod tests {
             new(array![0.1, 0.2], FixedSmall, Hybrid),
             Err(Error::InvalidConfig(_))
         ));
-        assert!(new(array![0.1, 1.0], Learned, Vlb).is_ok());
+        assert!(new(array![0.1, 0.9], Learned, Vlb).is_ok());
+        // β = 1 at the end is zero terminal SNR, which an ε-model cannot train with a vb term.
+        assert!(matches!(
+            new(array![0.1, 1.0], Learned, Vlb),
+            Err(Error::InvalidConfig(_))
+        ));
+        assert!(new(array![0.1, 1.0], FixedSmall, Simple).is_ok());
     }
 
     #[test]

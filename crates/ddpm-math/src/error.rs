@@ -14,9 +14,20 @@ pub enum Error {
     /// A beta lies outside `(0, 1]`.
     #[error("beta[{index}] = {value} is outside (0, 1]")]
     BetaOutOfRange { index: usize, value: f64 },
-    /// `1 - beta[0]` rounds to 1 in f64, so `1 - alpha_bar_0` is zero and the posterior is undefined.
-    #[error("beta[0] = {value} is too small: 1 - beta[0] rounds to 1 in f64")]
+    /// `1 - beta[0]` rounds to 1 in f32 (the precision of the device tables), so `1 - alpha_bar_0` is
+    /// zero there and the posterior is undefined.
+    #[error("beta[0] = {value} is too small: 1 - beta[0] rounds to 1 in f32, the precision of the device tables")]
     BetaTooSmall { value: f64 },
+    /// `ᾱ_t` is positive but below [`MIN_ALPHA_BAR`](crate::diffusion::MIN_ALPHA_BAR): f32 tables would hold 0.
+    #[error(
+        "alpha_bar[{index}] = {value:e} (of {num_timesteps} timesteps) is below 1e-30: the schedule destroys \
+         all signal long before its end, and the f32 tables of training and sampling would hold 0 there"
+    )]
+    AlphaBarUnderflow {
+        index: usize,
+        num_timesteps: usize,
+        value: f64,
+    },
     /// A [`GaussianDiffusion`](crate::GaussianDiffusion) needs at least two timesteps.
     #[error("a diffusion needs at least 2 timesteps, got {0}")]
     TooFewTimesteps(usize),
@@ -51,6 +62,17 @@ pub enum Error {
         spec: String,
         num_timesteps: usize,
         reason: String,
+    },
+    /// `ᾱ_t` reaches 0 before the last timestep (a `β = 1` before the end, or an underflowing product), so every
+    /// later step has no signal and the posterior and respacing ratios `ᾱ_t/ᾱ_{t−1}` are `0/0`.
+    #[error(
+        "alpha_bar reaches 0 at timestep {index} of {num_timesteps} (beta[{index}] = {beta}): only the last \
+         timestep may have alpha_bar = 0 (zero terminal SNR)"
+    )]
+    ZeroAlphaBarBeforeEnd {
+        index: usize,
+        num_timesteps: usize,
+        beta: f64,
     },
     /// The modelling choices do not fit together (e.g. a learned variance trained with the simple loss).
     #[error("invalid configuration: {0}")]

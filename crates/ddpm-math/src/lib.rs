@@ -33,6 +33,7 @@
 //! ```
 
 pub mod diffusion;
+pub mod dpm_solver;
 pub mod error;
 pub mod losses;
 pub mod resample;
@@ -42,6 +43,9 @@ pub mod schedule;
 pub use diffusion::{
     DdimCoefficients, GaussianDiffusion, LossTerms, LossType, LossWeights, MeanVariance,
     ModelMeanType, ModelVarType, PMeanVariance, SampleStep, VbTerms,
+};
+pub use dpm_solver::{
+    dpm_solver_timesteps, DpmSolverOptions, DpmSolverPlusPlus, DpmSolverStep, FinalSigma,
 };
 pub use error::{Error, Result};
 pub use resample::{LossSecondMomentSampler, ScheduleSampler, TimestepSample, UniformSampler};

@@ -267,3 +267,83 @@ fn reverse_process_matches_for_every_mean_and_variance_type() {
         );
     }
 }
+
+/// DPM-Solver++(2M): timesteps, α/σ/λ at every point, each step's order and coefficients, and a
+/// whole chain with a toy data prediction `m_i = tanh(0.7 x_i + 0.1 i)`, against `dpm_solver()` in
+/// gen_golden.py.
+#[test]
+fn dpm_solver_matches_numpy() {
+    use ddpm_math::{dpm_solver_timesteps, DpmSolverOptions, DpmSolverPlusPlus, FinalSigma};
+    let golden = load("dpm_solver.json");
+    let cases = golden["cases"].as_array().unwrap();
+    assert!(cases.len() >= 8);
+    for c in cases {
+        let (schedule, t_len, n) = (
+            c["schedule"].as_str().unwrap(),
+            c["num_timesteps"].as_u64().unwrap() as usize,
+            c["steps"].as_u64().unwrap() as usize,
+        );
+        let what = format!("{schedule} T={t_len} n={n} {}", c["final"]);
+        let d = GaussianDiffusion::new(
+            schedule
+                .parse::<BetaSchedule>()
+                .unwrap()
+                .betas(t_len)
+                .unwrap(),
+            ModelMeanType::Epsilon,
+            ModelVarType::FixedSmall,
+            LossType::Simple,
+        )
+        .unwrap();
+        let timesteps = dpm_solver_timesteps(t_len, n).unwrap();
+        assert_eq!(timesteps, indices(&c["timesteps"]), "{what}: timesteps");
+        let options = DpmSolverOptions {
+            final_sigma: match c["final"].as_str().unwrap() {
+                "zero" => FinalSigma::Zero,
+                _ => FinalSigma::SigmaMin,
+            },
+            lower_order_final: c["lower_order_final"].as_bool().unwrap(),
+            euler_at_final: c["euler_at_final"].as_bool().unwrap(),
+        };
+        let s = DpmSolverPlusPlus::new(&d, &timesteps, options).unwrap();
+        assert_close(&format!("{what} alpha"), s.alphas(), &floats(&c["alpha"]));
+        assert_close(&format!("{what} sigma"), s.sigmas(), &floats(&c["sigma"]));
+        assert_close(
+            &format!("{what} lambda"),
+            s.lambdas(),
+            &floats(&c["lambda"]),
+        );
+        let steps = s.steps();
+        let orders: Vec<usize> = steps.iter().map(|st| st.order).collect();
+        assert_eq!(orders, indices(&c["order"]), "{what}: orders");
+        for (name, get) in [
+            (
+                "x_coef",
+                (|st: &ddpm_math::DpmSolverStep| st.x) as fn(&_) -> f64,
+            ),
+            ("d0_coef", |st| st.d0),
+            ("d1_coef", |st| st.d1),
+        ] {
+            let got: Vec<f64> = steps.iter().map(get).collect();
+            assert_close(&format!("{what} {name}"), &got, &floats(&c[name]));
+        }
+        let chain = &c["dpm_solver_chain"];
+        let mut x = Array1::from(floats(&chain["x_start"]));
+        let mut prev: Option<Array1<f64>> = None;
+        for i in 0..n {
+            let m = x.mapv(|v| (0.7 * v + 0.1 * i as f64).tanh());
+            assert_close(
+                &format!("{what} m[{i}]"),
+                m.as_slice().unwrap(),
+                &floats(&chain["m"][i]),
+            );
+            x = s.step(i, &x, &m, prev.as_ref()).unwrap();
+            assert_close(
+                &format!("{what} x[{}]", i + 1),
+                x.as_slice().unwrap(),
+                &floats(&chain["x"][i + 1]),
+            );
+            prev = Some(m);
+        }
+    }
+}

@@ -408,7 +408,8 @@ fn bench_chain(task: &DdpmTask, cfg: &TrainConfig, opts: &BenchOptions) -> Resul
     }
     let device = task.model.vs.device();
     let diffusion = task.diffusion();
-    let spec = SamplerSpec::parse(&spec, diffusion.num_timesteps())?;
+    let mut spec = SamplerSpec::parse(&spec, diffusion.num_timesteps())?;
+    spec.x0 = cfg.diffusion.sampling()?.x0;
     let sampler = Sampler::new(diffusion, &spec, device)?;
     let n = opts.chain_batch.unwrap_or(cfg.data.batch_size) as i64;
     let (_, (sh, sw)) = shapes(cfg)?;
@@ -418,7 +419,7 @@ fn bench_chain(task: &DdpmTask, cfg: &TrainConfig, opts: &BenchOptions) -> Resul
     let noise = Tensor::randn([n, cfg.unet()?.in_channels, sh, sw], (Kind::Float, device));
     sync(device);
     let start = Instant::now();
-    let samples = sampler.sample(|x, t, _| eval(x, t), noise, None, 0, |_| {});
+    let samples = sampler.sample(|x, t, _| eval(x, t), noise, None, 0, |_| {})?;
     sync(device);
     let secs = start.elapsed().as_secs_f64();
     Ok(json!({

@@ -397,8 +397,9 @@ pub enum Optimizer {
     AdamW,
 }
 
-/// The sampler of the sample grids (`run.sample_steps`): `ddimN` (DDIM on the `ddimN` respacing)
-/// or a respacing like `100` or `10,20,30` for ancestral sampling. The syntax is checked when the
+/// The sampler of the sample grids (`run.sample_steps`): `ddimN` (DDIM on the `ddimN` respacing),
+/// `dpm++N` (DPM-Solver++(2M) with N steps) or a respacing like `100` or `10,20,30` for ancestral
+/// sampling. The syntax is checked when the
 /// config is read; whether the steps fit `diffusion.timesteps` is checked by
 /// [`SampleSteps::resolve`] (and so by [`TrainConfig::validate`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -409,11 +410,17 @@ impl SampleSteps {
     /// Checks the syntax of `spec`.
     pub fn new(spec: &str) -> std::result::Result<Self, String> {
         let spec = spec.trim();
-        let counts = spec.strip_prefix("ddim").unwrap_or(spec);
-        let ok = counts.split(',').all(|c| c.trim().parse::<usize>().is_ok());
+        let ok = match spec.strip_prefix("dpm++") {
+            Some(n) => n.trim().parse::<usize>().is_ok(),
+            None => {
+                let counts = spec.strip_prefix("ddim").unwrap_or(spec);
+                counts.split(',').all(|c| c.trim().parse::<usize>().is_ok())
+            }
+        };
         if spec.is_empty() || !ok {
             return Err(format!(
-                "`{spec}` is no sampler spec: expected ddimN or a respacing like 100 or 10,20,30"
+                "`{spec}` is no sampler spec: expected ddimN, dpm++N or a respacing like 100 or \
+                 10,20,30"
             ));
         }
         Ok(Self(spec.to_string()))
@@ -479,6 +486,18 @@ pub struct DiffusionConfig {
     pub loss_type: LossType,
     /// For `vlb`: draw t by the loss-second-moment importance sampler (else uniformly).
     pub importance_sampling: bool,
+    /// Sampling clamps x̂₀ to `[−clip_sample_range, clip_sample_range]` (diffusers' `clip_sample`;
+    /// DDPM clips to the data range [−1, 1]).
+    pub clip_sample: bool,
+    /// The clipping bound (> 0).
+    pub clip_sample_range: f64,
+    /// Sampling uses dynamic thresholding instead of clipping (diffusers' `thresholding`;
+    /// Saharia et al. 2022, §2.3).
+    pub thresholding: bool,
+    /// The quantile of |x̂₀| that sets the threshold, in (0, 1].
+    pub dynamic_thresholding_ratio: f64,
+    /// The largest threshold (≥ 1).
+    pub sample_max_value: f64,
 }
 
 impl Default for DiffusionConfig {
@@ -490,6 +509,11 @@ impl Default for DiffusionConfig {
             var_type: ModelVarType::FixedLarge,
             loss_type: LossType::Simple,
             importance_sampling: false,
+            clip_sample: true,
+            clip_sample_range: 1.0,
+            thresholding: false,
+            dynamic_thresholding_ratio: 0.995,
+            sample_max_value: 1.0,
         }
     }
 }
@@ -501,8 +525,61 @@ impl DiffusionConfig {
             .schedule
             .betas(self.timesteps)
             .map_err(|e| TrainError::config("diffusion.timesteps", e.to_string()))?;
+        self.sampling()?;
         GaussianDiffusion::new(betas, self.mean_type, self.var_type, self.loss_type)
             .map_err(|e| TrainError::config("diffusion", e.to_string()))
+    }
+
+    /// For training: the run's own sample grids must be able to sample it (an ε-model on a
+    /// zero-terminal-SNR schedule needs clipping).
+    fn check_sampleable(&self) -> Result<()> {
+        let d = self.build()?;
+        let sampling = self.sampling()?;
+        let zero_snr = d.alphas_cumprod()[d.num_timesteps() - 1] == 0.0;
+        let clipped = matches!(sampling.x0, crate::sampler::X0Processing::Clip { .. });
+        if zero_snr && self.mean_type == ModelMeanType::Epsilon && !clipped {
+            return Err(TrainError::config(
+                "diffusion.clip_sample",
+                format!(
+                    "`{}` reaches alpha_bar = 0 at its last timestep (zero terminal SNR), where an \
+                     epsilon-prediction model's x0 estimate is +-infinity; only clipping \
+                     (clip_sample = true, thresholding = false) samples it to finite images; or \
+                     use mean_type = \"v\" or \"x0\"",
+                    self.schedule
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// How this run's models sample: thresholding, else clipping, else nothing (diffusers'
+    /// precedence); errors name the `diffusion.*` key.
+    pub fn sampling(&self) -> Result<crate::sampler::SamplingSettings> {
+        use crate::sampler::X0Processing;
+        let key = |k: &str| format!("diffusion.{k}");
+        // Every value is checked, also those of the mode not chosen (`sample` may switch to it).
+        let threshold = X0Processing::DynamicThreshold {
+            ratio: self.dynamic_thresholding_ratio,
+            max_value: self.sample_max_value,
+        }
+        .validate(key)?;
+        let clip = X0Processing::Clip {
+            range: self.clip_sample_range,
+        }
+        .validate(key)?;
+        let x0 = if self.thresholding {
+            threshold
+        } else if self.clip_sample {
+            clip
+        } else {
+            X0Processing::None
+        };
+        Ok(crate::sampler::SamplingSettings {
+            x0,
+            clip_sample_range: self.clip_sample_range,
+            threshold: (self.dynamic_thresholding_ratio, self.sample_max_value),
+            diffusers: None,
+        })
     }
 }
 
@@ -916,6 +993,7 @@ impl TrainConfig {
 
     /// Checks the values (each error names its key).
     pub fn validate(&self) -> Result<()> {
+        self.diffusion.check_sampleable()?;
         self.validate_optim()?;
         self.validate_data_and_run()?;
         self.validate_model()?;
@@ -1151,6 +1229,25 @@ fn toml_error_key(e: &toml::de::Error, text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sample_steps_name_every_sampler() {
+        use crate::sampler::SamplerKind;
+        let kind = |s: &str| SampleSteps::new(s).unwrap().resolve(1000).unwrap();
+        assert_eq!(kind("ddim50").kind, SamplerKind::Ddim { eta: 0.0 });
+        let dpm = kind("dpm++20");
+        assert_eq!(dpm.kind, SamplerKind::DpmSolverPlusPlus);
+        assert_eq!(dpm.timesteps.len(), 20);
+        assert_eq!(dpm.timesteps.last(), Some(&999));
+        assert_eq!(kind("100").kind, SamplerKind::Ddpm);
+        for bad in ["dpm++", "dpm++x", "ddim", "fast"] {
+            assert!(SampleSteps::new(bad).is_err(), "{bad}");
+        }
+        assert!(SampleSteps::new("dpm++1000")
+            .unwrap()
+            .resolve(1000)
+            .is_err());
+    }
 
     #[test]
     fn presets_validate_and_round_trip_through_toml() {

@@ -44,6 +44,19 @@ pub enum TrainError {
         /// The newest checkpoint on disk.
         last_checkpoint: Option<PathBuf>,
     },
+    /// A sampling chain produced NaN or infinite values.
+    #[error(
+        "the sampling chain became non-finite (NaN or infinite) at step {step} of {steps} \
+         (timestep {timestep}); no images were written"
+    )]
+    SamplingNonFinite {
+        /// The 1-based step at which it first appeared.
+        step: usize,
+        /// The chain's length.
+        steps: usize,
+        /// The step's original timestep.
+        timestep: usize,
+    },
     /// A checkpoint or run directory does not fit what is asked of it.
     #[error("{path}: {message}")]
     Checkpoint {

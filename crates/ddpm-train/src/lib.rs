@@ -28,6 +28,7 @@ pub mod optim;
 pub mod progress;
 pub mod run_dir;
 pub mod sampler;
+pub mod scheduler_config;
 pub mod tables;
 pub mod tasks;
 pub mod viz;

@@ -3,17 +3,15 @@
 //! safetensors, and `scheduler_config.json` when present) — and writing sample files.
 use std::path::{Path, PathBuf};
 
-use ddpm_math::{
-    user_betas, BetaSchedule, GaussianDiffusion, LossType, ModelMeanType, ModelVarType,
-};
+use ddpm_math::{BetaSchedule, GaussianDiffusion, LossType, ModelMeanType, ModelVarType};
 use ddpm_nets::{diffusers, UNet2DModel};
-use serde_json::Value;
 use tch::{nn, Device, Tensor};
 
 use crate::config::ModelKind;
 use crate::error::{Result, TrainError};
 use crate::h5images;
 use crate::run_dir::RunDir;
+use crate::sampler::SamplingSettings;
 
 /// Which weights of a run to sample from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +36,8 @@ pub struct LoadedDdpm {
     pub source: PathBuf,
     /// Training steps of the checkpoint (our runs only).
     pub step: Option<usize>,
+    /// How it samples (x̂₀ processing; diffusers' timestep spacing for a diffusers folder).
+    pub sampling: SamplingSettings,
 }
 
 /// Loads a run directory or a diffusers folder.
@@ -85,6 +85,7 @@ fn load_run(dir: &Path, weights: Weights, device: Device) -> Result<LoadedDdpm> 
         hw: crate::tasks::ddpm::sample_hw(&cfg),
         source: file,
         step: Some(state.step),
+        sampling: cfg.diffusion.sampling()?,
     })
 }
 
@@ -101,19 +102,23 @@ fn load_diffusers(dir: &Path, device: Device) -> Result<LoadedDdpm> {
     ]
     .into_iter()
     .find(|p| p.is_file());
-    let diffusion = match &sched_path {
-        Some(p) => diffusion_from_scheduler(
-            p,
-            unet.config().out_channels == 2 * unet.config().in_channels,
-        )?,
+    let learned = unet.config().out_channels == 2 * unet.config().in_channels;
+    let (diffusion, sampling) = match &sched_path {
+        Some(p) => {
+            let c = crate::scheduler_config::read(p, learned)?;
+            (c.diffusion, c.sampling)
+        }
         None => {
             tracing::warn!(dir = %dir.display(), "no scheduler_config.json: assuming DDPM's linear T=1000, fixed-large, epsilon");
-            GaussianDiffusion::new(
-                BetaSchedule::Linear.betas(1000)?,
-                ModelMeanType::Epsilon,
-                ModelVarType::FixedLarge,
-                LossType::Simple,
-            )?
+            (
+                GaussianDiffusion::new(
+                    BetaSchedule::Linear.betas(1000)?,
+                    ModelMeanType::Epsilon,
+                    ModelVarType::FixedLarge,
+                    LossType::Simple,
+                )?,
+                SamplingSettings::default(),
+            )
         }
     };
     let hw = match unet.config().sample_size {
@@ -128,77 +133,8 @@ fn load_diffusers(dir: &Path, device: Device) -> Result<LoadedDdpm> {
         hw,
         source: unet_dir,
         step: None,
+        sampling,
     })
-}
-
-/// Builds the diffusion described by a diffusers `DDPMScheduler` config (errors name the key).
-pub fn diffusion_from_scheduler(path: &Path, learned_variance: bool) -> Result<GaussianDiffusion> {
-    let text = std::fs::read_to_string(path).map_err(TrainError::io(path))?;
-    let v: Value = serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    let key = |k: &str| format!("{}: {k}", path.display());
-    let t = v["num_train_timesteps"].as_u64().unwrap_or(1000) as usize;
-    let start = v["beta_start"].as_f64().unwrap_or(1e-4);
-    let end = v["beta_end"].as_f64().unwrap_or(0.02);
-    let betas = match v["beta_schedule"].as_str().unwrap_or("linear") {
-        "linear" => user_betas(
-            (0..t)
-                .map(|i| start + (end - start) * i as f64 / (t - 1).max(1) as f64)
-                .collect(),
-        )?,
-        "scaled_linear" => user_betas(
-            (0..t)
-                .map(|i| {
-                    (start.sqrt() + (end.sqrt() - start.sqrt()) * i as f64 / (t - 1).max(1) as f64)
-                        .powi(2)
-                })
-                .collect(),
-        )?,
-        "squaredcos_cap_v2" => BetaSchedule::Cosine.betas(t)?,
-        other => {
-            return Err(TrainError::config(
-                &key("beta_schedule"),
-                format!("`{other}` is not supported (linear, scaled_linear, squaredcos_cap_v2)"),
-            ))
-        }
-    };
-    let mean = match v["prediction_type"].as_str().unwrap_or("epsilon") {
-        "epsilon" => ModelMeanType::Epsilon,
-        "sample" => ModelMeanType::StartX,
-        "v_prediction" => ModelMeanType::V,
-        other => {
-            return Err(TrainError::config(
-                &key("prediction_type"),
-                format!("`{other}` is not supported"),
-            ))
-        }
-    };
-    let var = match (
-        v["variance_type"].as_str().unwrap_or("fixed_small"),
-        learned_variance,
-    ) {
-        ("fixed_small" | "fixed_small_log", false) => ModelVarType::FixedSmall,
-        ("fixed_large" | "fixed_large_log", false) => ModelVarType::FixedLarge,
-        ("learned", true) => ModelVarType::Learned,
-        ("learned_range", true) => ModelVarType::LearnedRange,
-        (other, l) => {
-            return Err(TrainError::config(
-                &key("variance_type"),
-                format!(
-                    "`{other}` does not fit a UNet with{} a variance output",
-                    if l { "" } else { "out" }
-                ),
-            ))
-        }
-    };
-    let loss = if var.is_learned() {
-        LossType::Hybrid
-    } else {
-        LossType::Simple
-    };
-    Ok(GaussianDiffusion::new(betas, mean, var, loss)?)
 }
 
 /// Writes uint8 samples `[N, H, W, C]` (C = 1 or 3, any device) to the HDF5 file `path` as

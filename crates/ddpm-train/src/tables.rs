@@ -19,8 +19,6 @@ pub struct DeviceTables {
     alphas_cumprod_prev: Tensor,
     sqrt_alphas_cumprod: Tensor,
     sqrt_one_minus_alphas_cumprod: Tensor,
-    sqrt_recip_alphas_cumprod: Tensor,
-    sqrt_recipm1_alphas_cumprod: Tensor,
     posterior_variance: Tensor,
     posterior_log_variance_clipped: Tensor,
     posterior_mean_coef1: Tensor,
@@ -88,8 +86,6 @@ impl DeviceTables {
                 device,
                 kind,
             ),
-            sqrt_recip_alphas_cumprod: to_device(d.sqrt_recip_alphas_cumprod(), device, kind),
-            sqrt_recipm1_alphas_cumprod: to_device(d.sqrt_recipm1_alphas_cumprod(), device, kind),
             posterior_variance: to_device(d.posterior_variance(), device, kind),
             posterior_log_variance_clipped: to_device(
                 d.posterior_log_variance_clipped(),
@@ -146,16 +142,22 @@ impl DeviceTables {
         }
     }
 
-    /// `x_0 = √(1/ᾱ) x_t − √(1/ᾱ − 1) ε`.
+    /// `x_0 = (x_t − √(1 − ᾱ) ε)/√ᾱ` (ddpm-math `predict_xstart_from_eps`; `±∞` at `ᾱ = 0`).
     pub fn xstart_from_eps(&self, x_t: &Tensor, t: &Tensor, eps: &Tensor) -> Tensor {
-        Self::extract(&self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
-            - Self::extract(&self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
+        (x_t - Self::extract(&self.sqrt_one_minus_alphas_cumprod, t, x_t) * eps)
+            / Self::extract(&self.sqrt_alphas_cumprod, t, x_t)
     }
 
-    /// `ε = (√(1/ᾱ) x_t − x_0) / √(1/ᾱ − 1)`.
+    /// `ε = (x_t − √ᾱ x_0)/√(1 − ᾱ)` (ddpm-math `predict_eps_from_xstart`; `x_t` at `ᾱ = 0`).
     pub fn eps_from_xstart(&self, x_t: &Tensor, t: &Tensor, x_start: &Tensor) -> Tensor {
-        (Self::extract(&self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x_start)
-            / Self::extract(&self.sqrt_recipm1_alphas_cumprod, t, x_t)
+        (x_t - Self::extract(&self.sqrt_alphas_cumprod, t, x_t) * x_start)
+            / Self::extract(&self.sqrt_one_minus_alphas_cumprod, t, x_t)
+    }
+
+    /// `ε = √ᾱ v + √(1 − ᾱ) x_t` (ddpm-math `predict_eps_from_v`).
+    pub fn eps_from_v(&self, x_t: &Tensor, t: &Tensor, v: &Tensor) -> Tensor {
+        Self::extract(&self.sqrt_alphas_cumprod, t, x_t) * v
+            + Self::extract(&self.sqrt_one_minus_alphas_cumprod, t, x_t) * x_t
     }
 
     /// `x_0 = √ᾱ x_t − √(1 − ᾱ) v`.
@@ -199,6 +201,44 @@ impl DeviceTables {
         t: &Tensor,
         clip: bool,
     ) -> PMean {
+        self.p_mean_variance_with(model_output, x_t, t, |x0| {
+            if clip {
+                x0.clamp(-1.0, 1.0)
+            } else {
+                x0
+            }
+        })
+    }
+
+    /// The x̂_0 of a model output's mean part by the mean type (ε: ddpm-math
+    /// `predict_xstart_from_eps`; v: `predict_xstart_from_v`).
+    pub fn xstart_from_output(&self, mean_out: &Tensor, x_t: &Tensor, t: &Tensor) -> Tensor {
+        match self.mean_type {
+            ModelMeanType::Epsilon => self.xstart_from_eps(x_t, t, mean_out),
+            ModelMeanType::StartX => mean_out.shallow_clone(),
+            ModelMeanType::V => self.xstart_from_v(x_t, t, mean_out),
+        }
+    }
+
+    /// The ε̂ of a model output (its mean part) by the mean type, from the unprocessed prediction.
+    pub fn eps_from_output(&self, model_output: &Tensor, x_t: &Tensor, t: &Tensor) -> Tensor {
+        let (mean_out, _) = self.split_output(model_output);
+        match self.mean_type {
+            ModelMeanType::Epsilon => mean_out,
+            ModelMeanType::StartX => self.eps_from_xstart(x_t, t, &mean_out),
+            ModelMeanType::V => self.eps_from_v(x_t, t, &mean_out),
+        }
+    }
+
+    /// [`p_mean_variance`](Self::p_mean_variance) with x̂_0 passed through `process` (clipping,
+    /// dynamic thresholding) before the posterior mean.
+    pub fn p_mean_variance_with(
+        &self,
+        model_output: &Tensor,
+        x_t: &Tensor,
+        t: &Tensor,
+        process: impl FnOnce(Tensor) -> Tensor,
+    ) -> PMean {
         let (mean_out, var_out) = self.split_output(model_output);
         let (variance, log_variance) = match (self.var_type, var_out) {
             (ModelVarType::Learned, Some(v)) => (v.exp(), v),
@@ -219,14 +259,7 @@ impl DeviceTables {
             ),
             (_, None) => unreachable!("learned variance types always split the output"),
         };
-        let mut pred_xstart = match self.mean_type {
-            ModelMeanType::Epsilon => self.xstart_from_eps(x_t, t, &mean_out),
-            ModelMeanType::StartX => mean_out,
-            ModelMeanType::V => self.xstart_from_v(x_t, t, &mean_out),
-        };
-        if clip {
-            pred_xstart = pred_xstart.clamp(-1.0, 1.0);
-        }
+        let pred_xstart = process(self.xstart_from_output(&mean_out, x_t, t));
         let mean = self.q_posterior(&pred_xstart, x_t, t).mean;
         PMean {
             dist: Gaussian {
@@ -254,13 +287,32 @@ impl DeviceTables {
         noise: &Tensor,
     ) -> Tensor {
         let eps = self.eps_from_xstart(x_t, t, &p.pred_xstart);
-        let a = Self::extract(&self.alphas_cumprod, t, x_t);
         let a_prev = Self::extract(&self.alphas_cumprod_prev, t, x_t);
+        let noise = nonzero_mask(t, x_t) * noise;
+        self.ddim_update(&p.pred_xstart, &eps, t, &a_prev, eta, Some(&noise))
+    }
+
+    /// The DDIM update from x̂_0 and ε̂ towards ᾱ_prev (`[N, 1, …]`, any value in (0, 1]):
+    /// `√ᾱ_prev x̂_0 + √(1 − ᾱ_prev − σ²) ε̂ + σ z`,
+    /// `σ = η √((1 − ᾱ_prev)/(1 − ᾱ_t)) √(1 − ᾱ_t/ᾱ_prev)` (Song et al. 2021, eq. 12 and 16).
+    pub fn ddim_update(
+        &self,
+        pred_xstart: &Tensor,
+        eps: &Tensor,
+        t: &Tensor,
+        a_prev: &Tensor,
+        eta: f64,
+        noise: Option<&Tensor>,
+    ) -> Tensor {
+        let a = Self::extract(&self.alphas_cumprod, t, pred_xstart);
         let sigma: Tensor =
-            ((-&a_prev + 1.0) / (-&a + 1.0)).sqrt() * (-(&a / &a_prev) + 1.0).sqrt() * eta;
-        let mean = &p.pred_xstart * a_prev.sqrt()
-            + (-&a_prev + 1.0 - sigma.square()).clamp_min(0.0).sqrt() * eps;
-        mean + nonzero_mask(t, x_t) * sigma * noise
+            ((-a_prev + 1.0) / (-&a + 1.0)).sqrt() * (-(&a / a_prev) + 1.0).sqrt() * eta;
+        let mean = pred_xstart * a_prev.sqrt()
+            + (-a_prev + 1.0 - sigma.square()).clamp_min(0.0).sqrt() * eps;
+        match noise {
+            Some(z) => mean + sigma * z,
+            None => mean,
+        }
     }
 
     /// Variational-bound term `L_t` in bits/dim per sample `[N]` (ddpm-math `vb_terms_bpd`):

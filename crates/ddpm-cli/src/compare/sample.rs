@@ -27,7 +27,8 @@ pub fn sample_ddpm(
     seed: u64,
     device: Device,
 ) -> Result<Drawn> {
-    let spec_parsed = SamplerSpec::parse(spec, model.diffusion.num_timesteps())?;
+    let mut spec_parsed = SamplerSpec::parse(spec, model.diffusion.num_timesteps())?;
+    spec_parsed.x0 = model.sampling.x0;
     let sampler = Sampler::new(&model.diffusion, &spec_parsed, device)?;
     tracing::info!(spec, n, steps = sampler.num_steps(), "DDPM sampling");
     let c = model.unet.config().in_channels;
@@ -45,13 +46,16 @@ pub fn sample_ddpm(
             None,
             0,
             |_| {},
-        );
+        )?;
         chunks.push(to_uint8_nhwc(&s.images).to_device(Device::Cpu));
         done += k as usize;
     }
     let label = match spec_parsed.kind {
         SamplerKind::Ddpm => format!("ancestral {}", spec_parsed.timesteps.len()),
         SamplerKind::Ddim { .. } => format!("DDIM {}", spec_parsed.timesteps.len()),
+        SamplerKind::DpmSolverPlusPlus => {
+            format!("DPM-Solver++ {}", spec_parsed.timesteps.len())
+        }
     };
     Ok(Drawn {
         images: Tensor::cat(&chunks, 0),

@@ -6,7 +6,16 @@ Run from the repository root (numpy only; any recent version):
     python3 -m venv /tmp/venv-np && /tmp/venv-np/bin/pip install -q numpy
     /tmp/venv-np/bin/python crates/ddpm-math/tests/golden/gen_golden.py
 
-It rewrites the *.json files next to this script. Non-finite floats are written as the strings "inf", "-inf"
+It rewrites the *.json files next to this script:
+
+    tables_1000.json          core tables of the linear and cosine schedules at T = 1000
+    tables_all_40.json        every table of every schedule at T = 40
+    respaced.json             space_timesteps and respaced diffusions
+    likelihood.json           normal_kl, approx_standard_normal_cdf, discretized_gaussian_log_likelihood
+    reverse_cosine_1000.json  p_mean_variance and vb_bpd for every mean and variance type
+    dpm_solver.json           DPM-Solver++ (2M) points, orders, step coefficients and a toy chain (see dpm_solver)
+
+Non-finite floats are written as the strings "inf", "-inf"
 and "nan" (JSON has no such numbers). Transcendental functions of scalars use Python's `math` module, so that
 both sides call the platform libm; array arithmetic is plain IEEE float64.
 """
@@ -186,6 +195,83 @@ def vb_bpd(tab, pmv, x0, x_t, t):
     return out
 
 
+# ---------------------------------------------------------------------------------------------- DPM-Solver++ (2M)
+def dpm_solver(betas, n, final="zero", lower_order_final=True, euler_at_final=False):
+    """Discrete-time DPM-Solver++ (2M): multistep, order 2, data prediction, midpoint form.
+
+    Source: Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic Models"
+    (arXiv 2211.01095), the multistep second-order update (eq. (9) form, Algorithm 2), with the discrete-time
+    lambda and the step-order rules of diffusers' DPMSolverMultistepScheduler (algorithm_type "dpmsolver++",
+    solver_order 2, solver_type "midpoint", timestep_spacing "linspace", use_karras_sigmas false).
+
+    - abar = cumprod(1 - betas); T = len(betas). The n visited timesteps are
+      round(np.linspace(0, T - 1, n + 1))[::-1][:-1] (decreasing; numpy's round is half to even).
+    - Points i = 0..n. For i < n, at the visited timestep t_i: alpha_i = sqrt(abar[t_i]), sigma_i =
+      sqrt(1 - abar[t_i]). The end point i = n: final "zero" gives alpha_n = 1, sigma_n = 0; final "sigma_min"
+      gives alpha_n = sqrt(abar[0]), sigma_n = sqrt(1 - abar[0]). lambda_i = log alpha_i - log sigma_i, which is
+      +inf where sigma = 0 and -inf where abar = 0.
+    - Step i (i = 0..n-1) goes from point i to point i+1. With m_i the data prediction x0_hat at point i:
+          x_{i+1} = x_coef[i] * x_i + d0_coef[i] * m_i + d1_coef[i] * (m_i - m_{i-1})
+      h = lambda_{i+1} - lambda_i, x_coef = sigma_{i+1} / sigma_i, d0_coef = alpha_{i+1} * (1 - exp(-h)),
+      d1_coef = 0 for an order-1 step, else 0.5 * d0_coef * h / h_prev with h_prev = lambda_i - lambda_{i-1}
+      (evaluated left to right, so h_prev = inf gives 0, never inf / inf).
+    - Orders: step 0 is order 1; the last step (i = n - 1) is order 1 if euler_at_final, or (lower_order_final
+      and n < 15), or final == "zero"; every other step is order 2. (n = 1: one step of order 1.)
+
+    Returns the dict of one case (timesteps, alpha, sigma, lambda of length n + 1 ... coefficients of length n).
+    """
+    T = len(betas)
+    abar = np.cumprod(1.0 - betas)
+    ts = [int(v) for v in np.round(np.linspace(0, T - 1, n + 1))[::-1][:-1]]
+    ab = [float(abar[t]) for t in ts]
+    alpha = [math.sqrt(a) for a in ab] + [1.0 if final == "zero" else math.sqrt(abar[0])]
+    sigma = [math.sqrt(1.0 - a) for a in ab] + [0.0 if final == "zero" else math.sqrt(1.0 - abar[0])]
+
+    def lam(a, s):
+        if s == 0.0:
+            return math.inf
+        if a == 0.0:
+            return -math.inf
+        return math.log(a) - math.log(s)
+
+    lamb = [lam(a, s) for a, s in zip(alpha, sigma)]
+    order, x_coef, d0_coef, d1_coef = [], [], [], []
+    for i in range(n):
+        last = i == n - 1
+        low = last and (euler_at_final or (lower_order_final and n < 15) or final == "zero")
+        o = 1 if i == 0 or low else 2
+        h = lamb[i + 1] - lamb[i]
+        d0 = alpha[i + 1] * (1.0 - math.exp(-h))
+        order.append(o)
+        x_coef.append(sigma[i + 1] / sigma[i])
+        d0_coef.append(d0)
+        d1_coef.append(0.0 if o == 1 else 0.5 * d0 * h / (lamb[i] - lamb[i - 1]))
+    return dict(num_timesteps=T, steps=n, final=final, lower_order_final=lower_order_final,
+                euler_at_final=euler_at_final, timesteps=ts, alpha=alpha, sigma=sigma, **{"lambda": lamb},
+                order=order, x_coef=x_coef, d0_coef=d0_coef, d1_coef=d1_coef)
+
+
+DPM_CHAIN_START = [0.3, -1.2, 2.0, 0.05]
+
+
+def dpm_solver_chain(case):
+    """A whole chain with the toy data prediction m_i = tanh(0.7 x_i + 0.1 i) (elementwise), from
+    x_0 = DPM_CHAIN_START: x_{i+1} = (x_coef x_i + d0_coef m_i) + d1_coef (m_i - m_{i-1}), the last term only for
+    i > 0. Returns {x_start, m (n vectors), x (n + 1 vectors, x[0] = x_start)}."""
+    x = [list(DPM_CHAIN_START)]
+    ms = []
+    for i in range(case["steps"]):
+        xi = x[-1]
+        m = [math.tanh(0.7 * v + 0.1 * i) for v in xi]
+        a, b, c = case["x_coef"][i], case["d0_coef"][i], case["d1_coef"][i]
+        nxt = [a * v + b * mv for v, mv in zip(xi, m)]
+        if i > 0:
+            nxt = [v + c * (mv - pv) for v, mv, pv in zip(nxt, m, ms[-1])]
+        ms.append(m)
+        x.append(nxt)
+    return dict(x_start=list(DPM_CHAIN_START), m=ms, x=x)
+
+
 # ---------------------------------------------------------------------------------------------- output
 def enc(v):
     if isinstance(v, np.ndarray):
@@ -259,6 +345,19 @@ def main():
     dump("reverse_cosine_1000.json", dict(schedule="cosine", num_timesteps=1000, t=t, x_start=x0, x_t=x_t,
                                           model_output_fixed=out_fixed, model_output_learned=out_learned,
                                           cases=cases))
+
+    # DPM-Solver++ (2M): (schedule, T, steps, final, lower_order_final, euler_at_final).
+    dpm_cases = [("linear", 1000, 20, "zero", True, False), ("cosine", 1000, 10, "zero", True, False),
+                 ("linear", 1000, 25, "sigma_min", True, False), ("linear", 1000, 8, "sigma_min", True, False),
+                 ("linear", 1000, 8, "sigma_min", False, False), ("jsd", 100, 7, "zero", True, False),
+                 ("quad", 20, 5, "zero", True, False), ("cosine", 50, 1, "zero", True, False),
+                 ("linear", 1000, 20, "sigma_min", True, True)]
+    dpm = []
+    for sched, T, n, final, lof, euler in dpm_cases:
+        case = dict(schedule=sched, **dpm_solver(schedule(sched, T), n, final, lof, euler))
+        case["dpm_solver_chain"] = dpm_solver_chain(case)
+        dpm.append(case)
+    dump("dpm_solver.json", {"cases": dpm})
 
 
 if __name__ == "__main__":

@@ -381,7 +381,8 @@ pub fn sample_grid_images(
     n: usize,
     device: Device,
 ) -> Result<Tensor> {
-    let spec = cfg.run.sample_steps.resolve(diffusion.num_timesteps())?;
+    let mut spec = cfg.run.sample_steps.resolve(diffusion.num_timesteps())?;
+    spec.x0 = cfg.diffusion.sampling()?.x0;
     let sampler = Sampler::new(diffusion, &spec, device)?;
     let u = cfg.unet()?;
     let (h, w) = sample_hw(cfg);
@@ -397,7 +398,7 @@ pub fn sample_grid_images(
         None,
         0,
         |_| {},
-    );
+    )?;
     Ok(to_uint8_nhwc(&samples.images).to_device(Device::Cpu))
 }
 
