@@ -3,7 +3,7 @@
 //! safetensors, and `scheduler_config.json` when present) — and writing sample files.
 use std::path::{Path, PathBuf};
 
-use ddpm_math::{BetaSchedule, GaussianDiffusion, LossType, ModelMeanType, ModelVarType};
+use ddpm_math::GaussianDiffusion;
 use ddpm_nets::{diffusers, UNet2DModel};
 use tch::{nn, Device, Tensor};
 
@@ -96,31 +96,29 @@ fn load_diffusers(dir: &Path, device: Device) -> Result<LoadedDdpm> {
         dir.to_path_buf()
     };
     let (vs, unet) = diffusers::load_pretrained(&unet_dir, device)?;
-    let sched_path = [
+    let candidates = [
         dir.join("scheduler/scheduler_config.json"),
         dir.join("scheduler_config.json"),
-    ]
-    .into_iter()
-    .find(|p| p.is_file());
+    ];
+    if let Some(p) = candidates.iter().find(|p| p.exists() && !p.is_file()) {
+        return Err(TrainError::Checkpoint {
+            path: p.clone(),
+            message: "is not a file (a diffusers scheduler config is a JSON file)".into(),
+        });
+    }
+    let found: Vec<&PathBuf> = candidates.iter().filter(|p| p.is_file()).collect();
+    if found.len() == 2 {
+        tracing::warn!(used = %found[0].display(), ignored = %found[1].display(), "two scheduler configs: the pipeline layout's is used");
+    }
     let learned = unet.config().out_channels == 2 * unet.config().in_channels;
-    let (diffusion, sampling) = match &sched_path {
-        Some(p) => {
-            let c = crate::scheduler_config::read(p, learned)?;
-            (c.diffusion, c.sampling)
-        }
+    let c = match found.first() {
+        Some(p) => crate::scheduler_config::read(p, learned)?,
         None => {
-            tracing::warn!(dir = %dir.display(), "no scheduler_config.json: assuming DDPM's linear T=1000, fixed-large, epsilon");
-            (
-                GaussianDiffusion::new(
-                    BetaSchedule::Linear.betas(1000)?,
-                    ModelMeanType::Epsilon,
-                    ModelVarType::FixedLarge,
-                    LossType::Simple,
-                )?,
-                SamplingSettings::default(),
-            )
+            tracing::warn!(dir = %dir.display(), "no scheduler_config.json: using diffusers' DDPMScheduler defaults (linear betas 1e-4..0.02, T = 1000, fixed_small, epsilon, clip_sample, leading spacing)");
+            crate::scheduler_config::defaults(learned)?
         }
     };
+    let (diffusion, sampling) = (c.diffusion, c.sampling);
     let hw = match unet.config().sample_size {
         Some(ddpm_nets::unet::SampleSize::Square(s)) => (s, s),
         Some(ddpm_nets::unet::SampleSize::Rect([h, w])) => (h, w),

@@ -165,14 +165,14 @@ impl DiffusersTimesteps {
     /// The timesteps diffusers' `set_timesteps(n)` visits for `T` training timesteps, increasing.
     ///
     /// # Errors
-    /// `n` = 0 or > T, or a timestep that falls outside `0..T` (a `steps_offset` too large).
+    /// `n` < 2 or > T, or a timestep that falls outside `0..T` (a `steps_offset` too large).
     pub fn timesteps(&self, num_train_timesteps: usize, n: usize) -> Result<Vec<usize>> {
         let t = num_train_timesteps;
-        if n == 0 || n > t {
+        if n < 2 || n > t {
             return Err(TrainError::config(
                 "steps",
                 format!(
-                    "{n} sampling steps: a scheduler with {t} training timesteps takes 1 to {t}"
+                    "{n} sampling steps: a scheduler with {t} training timesteps takes 2 to {t}"
                 ),
             ));
         }

@@ -245,3 +245,28 @@ fn an_epsilon_model_at_zero_terminal_snr_needs_clipping() {
         .to_string();
     assert!(err.contains("clip"), "{err}");
 }
+
+#[test]
+fn a_folder_without_a_scheduler_config_takes_ddpm_schedulers_defaults() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = pipeline(tmp.path(), "unet_eps", "{}");
+    std::fs::remove_file(dir.join("scheduler/scheduler_config.json")).unwrap();
+    let m = load_ddpm(&dir, Weights::Ema, Device::Cpu).unwrap();
+    let want = load_ddpm(
+        &pipeline(&tmp.path().join("b"), "unet_eps", "{}"),
+        Weights::Ema,
+        Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(m.diffusion, want.diffusion);
+    assert_eq!(m.sampling, want.sampling);
+    assert_eq!(m.diffusion.num_timesteps(), 1000);
+    assert_eq!(m.diffusion.var_type(), ddpm_math::ModelVarType::FixedSmall);
+    // A folder where the file should be is an error, not a silent default.
+    std::fs::create_dir(dir.join("scheduler/scheduler_config.json")).unwrap();
+    let err = load_ddpm(&dir, Weights::Ema, Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("not a file"), "{err}");
+}
