@@ -28,32 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-DIFFUSERS_VERSION = "0.42.1"
-REPO = Path(__file__).resolve().parent.parent
-VENV = Path(os.environ.get("DDPM_DIFFUSERS_VENV", "/tmp/venv-diffusers"))
-
-
-def ensure_venv() -> None:
-    """Re-executes this script with the throw-away venv's Python, creating the venv when needed."""
-    venv_python = VENV / "bin" / "python"
-    if Path(sys.prefix).resolve() == VENV.resolve():
-        return
-    if not venv_python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-    probe = subprocess.run([str(venv_python), "-c", "import diffusers, safetensors, torch"], capture_output=True)
-    if probe.returncode != 0:
-        project_site = REPO / ".venv" / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
-        site = subprocess.run(
-            [str(venv_python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            check=True, capture_output=True, text=True,
-        ).stdout.strip()
-        packages = [f"diffusers=={DIFFUSERS_VERSION}", "safetensors", "numpy"]
-        if (project_site / "torch").is_dir():
-            Path(site, "ddpm-project-torch.pth").write_text(f"{project_site}\n")
-        else:
-            packages.append("torch==2.11.0")
-        subprocess.run([str(venv_python), "-m", "pip", "install", "-q", *packages], check=True)
-    os.execv(str(venv_python), [str(venv_python), __file__, *sys.argv[1:]])
+from diffusers_venv import ensure_venv
 
 
 def summary(times):
@@ -426,7 +401,7 @@ def main():
         return
     if not args.weights:
         ap.error("--weights DIR is required")
-    ensure_venv()
+    ensure_venv(__file__, sys.argv[1:])
     report = bench(args)
     text = json.dumps(report, indent=2)
     if args.out:
