@@ -94,6 +94,13 @@ pub fn run(args: SampleArgs) -> Result<()> {
     if args.num == 0 || args.batch_size == 0 {
         bail!("--num and --batch-size must be at least 1");
     }
+    if args.eta != 0.0 && args.sampler != "ddim" {
+        bail!(
+            "--eta {} applies to --sampler ddim only (--sampler {} has no η)",
+            args.eta,
+            args.sampler
+        );
+    }
     let device = args.device.parse::<DeviceSpec>()?.resolve()?;
     let bf16 = match args.dtype.as_str() {
         "auto" => device.is_cuda(),
@@ -121,6 +128,10 @@ pub fn run(args: SampleArgs) -> Result<()> {
     let model = models::load_ddpm(&args.model, weights, device)?;
     let settings = SamplingSettings {
         x0: x0_processing(&args, &model.sampling)?,
+        x0_explicit: args.clip_sample
+            || args.no_clip_sample
+            || args.clip_sample_range.is_some()
+            || args.thresholding,
         ..model.sampling
     };
     let spec = SamplerSpec::from_cli(

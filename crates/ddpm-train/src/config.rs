@@ -579,6 +579,7 @@ impl DiffusionConfig {
             clip_sample_range: self.clip_sample_range,
             threshold: (self.dynamic_thresholding_ratio, self.sample_max_value),
             diffusers: None,
+            x0_explicit: false,
         })
     }
 }
@@ -1247,6 +1248,11 @@ mod tests {
             .unwrap()
             .resolve(1000)
             .is_err());
+        // One-step chains are refused when the config is read, not after training.
+        for one in ["dpm++1", "1"] {
+            let err = SampleSteps::new(one).unwrap().resolve(1000).unwrap_err();
+            assert!(err.to_string().contains("at least 2"), "{one}: {err}");
+        }
     }
 
     #[test]

@@ -100,10 +100,16 @@ fn load_diffusers(dir: &Path, device: Device) -> Result<LoadedDdpm> {
         dir.join("scheduler/scheduler_config.json"),
         dir.join("scheduler_config.json"),
     ];
-    if let Some(p) = candidates.iter().find(|p| p.exists() && !p.is_file()) {
+    // `symlink_metadata` also sees a dangling link, which `exists` calls absent.
+    if let Some(p) = candidates
+        .iter()
+        .find(|p| p.symlink_metadata().is_ok() && !p.is_file())
+    {
         return Err(TrainError::Checkpoint {
             path: p.clone(),
-            message: "is not a file (a diffusers scheduler config is a JSON file)".into(),
+            message: "is not a readable file (a folder or a dangling link); a diffusers \
+                      scheduler config is a JSON file"
+                .into(),
         });
     }
     let found: Vec<&PathBuf> = candidates.iter().filter(|p| p.is_file()).collect();

@@ -280,6 +280,9 @@ pub struct SamplingSettings {
     pub threshold: (f64, f64),
     /// `Some` for a diffusers scheduler config: `--steps N` follows its `set_timesteps(N)`.
     pub diffusers: Option<DiffusersTimesteps>,
+    /// `x0` was asked for on the command line (then DPM-Solver++ applies it even to a diffusers
+    /// config, whose own clipping only DDPM/DDIM read).
+    pub x0_explicit: bool,
 }
 
 impl Default for SamplingSettings {
@@ -289,6 +292,7 @@ impl Default for SamplingSettings {
             clip_sample_range: 1.0,
             threshold: (0.995, 1.0),
             diffusers: None,
+            x0_explicit: false,
         }
     }
 }
@@ -306,9 +310,11 @@ impl SamplerSpec {
         } else {
             SamplerKind::Ddpm
         };
+        let timesteps = space_timesteps(num_timesteps, spec)?;
+        check_chain_length(spec, &timesteps)?;
         Ok(Self {
             kind,
-            timesteps: space_timesteps(num_timesteps, spec)?,
+            timesteps,
             x0: X0Processing::Clip { range: 1.0 },
             convention: Convention::ImprovedDiffusion,
         })
@@ -362,6 +368,7 @@ impl SamplerSpec {
             }
             _ => space_timesteps(num_timesteps, steps)?,
         };
+        check_chain_length(steps, &timesteps)?;
         Ok(Self {
             kind,
             timesteps,
@@ -391,6 +398,7 @@ impl SamplerSpec {
                     ));
                 }
                 let x0 = match settings.x0 {
+                    x0 if settings.x0_explicit => x0,
                     t @ X0Processing::DynamicThreshold { .. } => t,
                     _ => X0Processing::None,
                 };
@@ -398,6 +406,12 @@ impl SamplerSpec {
                 (x0, d.dpm_solver, terminal)
             }
         };
+        if n < 2 {
+            return Err(TrainError::config(
+                "steps",
+                format!("dpm++{n}: a sampling chain takes at least 2 steps"),
+            ));
+        }
         let mut timesteps = dpm_solver_timesteps(num_timesteps, n)?;
         timesteps.reverse();
         Ok(Self {
@@ -712,6 +726,20 @@ impl Sampler {
             }
         }
     }
+}
+
+/// A chain needs two steps (its respaced diffusion does).
+fn check_chain_length(spec: &str, timesteps: &[usize]) -> Result<()> {
+    if timesteps.len() < 2 {
+        return Err(TrainError::config(
+            "steps",
+            format!(
+                "`{spec}` visits {} timestep(s): a sampling chain takes at least 2",
+                timesteps.len()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The diffusion with a terminal ᾱ = 0 replaced by `alpha_bar` (through the last β), or `None`

@@ -134,6 +134,7 @@ fn from_map(
             c.f64("sample_max_value", 1.0)?,
         ),
         diffusers: Some(c.timesteps()?),
+        x0_explicit: false,
     };
     Ok(SchedulerConfig {
         diffusion,
@@ -257,7 +258,8 @@ impl Config<'_> {
             return Err(self.error(
                 "_class_name",
                 format!(
-                    "`{class}` is not read (ddpm-rs reads {}; it samples with DDPM or DDIM)",
+                    "`{class}` is not read (ddpm-rs reads {}; it samples with DDPM, DDIM or \
+                     DPM-Solver++)",
                     CLASSES.join(", ")
                 ),
             ));
@@ -269,7 +271,7 @@ impl Config<'_> {
             match DPM_SOLVER_ONLY.iter().find(|(k, _)| k == key) {
                 Some((_, default)) => {
                     let default: Value = serde_json::from_str(default).expect("valid defaults");
-                    if value != &default && !value.is_null() {
+                    if value != &default {
                         return Err(self.error(
                             key,
                             format!(

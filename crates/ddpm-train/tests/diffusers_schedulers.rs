@@ -195,6 +195,7 @@ fn every_key_is_honoured_or_refused_by_name() {
         ("num_train_timesteps", Value::Null),
         ("beta_end", Value::Null),
         ("num_train_timesteps", Value::from(10_000_000)),
+        ("solver_order", Value::Null),
     ];
     for (key, value) in refused {
         let shown = value.to_string();
@@ -262,11 +263,47 @@ fn a_folder_without_a_scheduler_config_takes_ddpm_schedulers_defaults() {
     assert_eq!(m.sampling, want.sampling);
     assert_eq!(m.diffusion.num_timesteps(), 1000);
     assert_eq!(m.diffusion.var_type(), ddpm_math::ModelVarType::FixedSmall);
-    // A folder where the file should be is an error, not a silent default.
-    std::fs::create_dir(dir.join("scheduler/scheduler_config.json")).unwrap();
+    // A folder or a dangling link where the file should be is an error, not a silent default.
+    let file = dir.join("scheduler/scheduler_config.json");
+    std::os::unix::fs::symlink(tmp.path().join("nowhere.json"), &file).unwrap();
     let err = load_ddpm(&dir, Weights::Ema, Device::Cpu)
         .err()
         .unwrap()
         .to_string();
-    assert!(err.contains("not a file"), "{err}");
+    assert!(err.contains("not a readable file"), "{err}");
+    std::fs::remove_file(&file).unwrap();
+    std::fs::create_dir(&file).unwrap();
+    let err = load_ddpm(&dir, Weights::Ema, Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("not a readable file"), "{err}");
+}
+
+#[test]
+fn dpm_solver_ignores_a_configs_clipping_but_not_the_users() {
+    // DPMSolverMultistepScheduler has no clip_sample: a config's clipping is not applied…
+    let config = std::fs::read_to_string(fixtures().join("dpm_7.json")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let m = load_ddpm(
+        &pipeline(tmp.path(), "unet_eps", &config),
+        Weights::Ema,
+        Device::Cpu,
+    )
+    .unwrap();
+    let x0 = |explicit: bool, x0| {
+        let settings = ddpm_train::sampler::SamplingSettings {
+            x0,
+            x0_explicit: explicit,
+            ..m.sampling
+        };
+        SamplerSpec::from_cli("dpm++", "7", 0.0, 20, &settings)
+            .unwrap()
+            .x0
+    };
+    use ddpm_train::sampler::X0Processing;
+    let clip = X0Processing::Clip { range: 1.0 };
+    assert_eq!(x0(false, clip), X0Processing::None);
+    // …but one asked for on the command line is.
+    assert_eq!(x0(true, clip), clip);
 }

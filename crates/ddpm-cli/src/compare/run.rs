@@ -209,6 +209,11 @@ fn ddpm_rows(
     let dir = &cfg.ddpm.run;
     ensure_run(cfg, &cfg.ddpm, ModelKind::Ddpm)?;
     let m = models::load_ddpm(dir, Weights::Ema, device)?;
+    // Every row's sampler is checked before the first one samples (rows can take hours).
+    for row in &cfg.ddpm_rows {
+        ddpm_train::sampler::SamplerSpec::parse(&row.spec, m.diffusion.num_timesteps())
+            .with_context(|| format!("ddpm_rows: spec `{}`", row.spec))?;
+    }
     let state = models::latest_state(dir)?;
     let bpd = if r.nll_images.size()[0] > 0 {
         let rep = bits_per_dim::of_ddpm(&m, dir, &r.nll_images, device, &nll_options(cfg))?;
