@@ -94,13 +94,6 @@ pub fn run(args: SampleArgs) -> Result<()> {
     if args.num == 0 || args.batch_size == 0 {
         bail!("--num and --batch-size must be at least 1");
     }
-    if args.eta != 0.0 && args.sampler != "ddim" {
-        bail!(
-            "--eta {} applies to --sampler ddim only (--sampler {} has no η)",
-            args.eta,
-            args.sampler
-        );
-    }
     let device = args.device.parse::<DeviceSpec>()?.resolve()?;
     let bf16 = match args.dtype.as_str() {
         "auto" => device.is_cuda(),
@@ -126,21 +119,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
         Weights::Ema
     };
     let model = models::load_ddpm(&args.model, weights, device)?;
-    let settings = SamplingSettings {
-        x0: x0_processing(&args, &model.sampling)?,
-        x0_explicit: args.clip_sample
-            || args.no_clip_sample
-            || args.clip_sample_range.is_some()
-            || args.thresholding,
-        ..model.sampling
-    };
-    let spec = SamplerSpec::from_cli(
-        &args.sampler,
-        &args.steps,
-        args.eta,
-        model.diffusion.num_timesteps(),
-        &settings,
-    )?;
+    let spec = sampler_spec(&args, &model)?;
     let sampler = Sampler::new(&model.diffusion, &spec, device)?;
     let cfg = model.unet.config().clone();
     let guidance = guidance_for(&args, cfg.num_class_embeds)?;
@@ -289,6 +268,35 @@ fn run_baseline(args: &SampleArgs, device: tch::Device) -> Result<()> {
         println!("grid: {}", path.display());
     }
     Ok(())
+}
+
+/// The sampler the options ask for, with the model's sampling settings changed by the x̂₀ options.
+fn sampler_spec(
+    args: &SampleArgs,
+    model: &ddpm_train::model_io::LoadedDdpm,
+) -> Result<SamplerSpec> {
+    if args.eta != 0.0 && args.sampler != "ddim" {
+        bail!(
+            "--eta {} applies to --sampler ddim only (--sampler {} has no η)",
+            args.eta,
+            args.sampler
+        );
+    }
+    let settings = SamplingSettings {
+        x0: x0_processing(args, &model.sampling)?,
+        x0_explicit: args.clip_sample
+            || args.no_clip_sample
+            || args.clip_sample_range.is_some()
+            || args.thresholding,
+        ..model.sampling
+    };
+    Ok(SamplerSpec::from_cli(
+        &args.sampler,
+        &args.steps,
+        args.eta,
+        model.diffusion.num_timesteps(),
+        &settings,
+    )?)
 }
 
 /// The x̂₀ processing: the model's own, changed by the command line's options (their defaults are
