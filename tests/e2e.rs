@@ -474,3 +474,157 @@ fn zero_terminal_snr_schedules_train_and_sample_visible_images() {
         assert!(!out.exists());
     }
 }
+
+/// Trains the tiny DDPM for `steps` steps into `dir/run` and returns the run directory.
+fn tiny_run(dir: &Path, steps: usize, extra: &[&str]) -> PathBuf {
+    let run = dir.join("run");
+    let config = tiny_config_with(dir, steps, extra);
+    ok(
+        cli()
+            .args(["train", "--no-progress", "--config"])
+            .arg(&config)
+            .arg("--out")
+            .arg(&run)
+            .output()
+            .unwrap(),
+        "train",
+    );
+    run
+}
+
+/// `sample --model run --out out` with `args`.
+fn sample_to(run: &Path, out: &Path, args: &[&str]) -> Output {
+    cli()
+        .args(["sample", "--model"])
+        .arg(run)
+        .arg("--out")
+        .arg(out)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn noise_files_replay_chains_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = tiny_run(dir.path(), 2, &[]);
+    let d = dir.path();
+    let noise = d.join("noise.safetensors");
+    let ancestral = ["--sampler", "ddpm", "--steps", "10", "--device", "cpu"];
+    let first = d.join("a.h5");
+    let mut args = ancestral.to_vec();
+    args.extend([
+        "--num",
+        "5",
+        "--batch-size",
+        "2",
+        "--seed",
+        "1",
+        "--save-noise",
+    ]);
+    args.push(noise.to_str().unwrap());
+    let text = ok(sample_to(&run, &first, &args), "sample --save-noise");
+    assert!(text.contains("9 noise steps"), "{text}");
+    // Another seed and batch size, the noise from the file: the same images.
+    let replay = d.join("b.h5");
+    let mut args = ancestral.to_vec();
+    args.extend([
+        "--batch-size",
+        "3",
+        "--seed",
+        "7",
+        "--noise",
+        noise.to_str().unwrap(),
+    ]);
+    ok(sample_to(&run, &replay, &args), "sample --noise");
+    assert_eq!(read_images(&first), read_images(&replay));
+    // The seed alone gives other images (so the file is what made them equal).
+    let other = d.join("c.h5");
+    let mut args = ancestral.to_vec();
+    args.extend(["--num", "5", "--seed", "7"]);
+    ok(sample_to(&run, &other, &args), "sample --seed 7");
+    assert_ne!(read_images(&first).1, read_images(&other).1);
+
+    // x_T alone as .npy for a deterministic sampler, saved and replayed.
+    let npy = d.join("x_T.npy");
+    let dpm = [
+        "--sampler",
+        "dpm++",
+        "--steps",
+        "8",
+        "--device",
+        "cpu",
+        "--num",
+        "3",
+    ];
+    let mut args = dpm.to_vec();
+    args.extend(["--save-noise", npy.to_str().unwrap()]);
+    ok(
+        sample_to(&run, &d.join("d.h5"), &args),
+        "dpm++ --save-noise .npy",
+    );
+    ok(
+        sample_to(
+            &run,
+            &d.join("e.h5"),
+            &[
+                "--sampler",
+                "dpm++",
+                "--steps",
+                "8",
+                "--device",
+                "cpu",
+                "--seed",
+                "3",
+                "--noise",
+                npy.to_str().unwrap(),
+            ],
+        ),
+        "dpm++ --noise .npy",
+    );
+    assert_eq!(read_images(&d.join("d.h5")), read_images(&d.join("e.h5")));
+
+    // Bad uses fail before sampling, naming the file, and write nothing.
+    let bad = d.join("bad.h5");
+    let z_npy = d.join("z.npy");
+    let cases: [(Vec<&str>, &str); 3] = [
+        (
+            vec![
+                "--sampler",
+                "ddpm",
+                "--steps",
+                "20",
+                "--noise",
+                noise.to_str().unwrap(),
+            ],
+            "noise.safetensors",
+        ),
+        (
+            vec!["--num", "4", "--noise", noise.to_str().unwrap()],
+            "--num 4",
+        ),
+        (
+            vec![
+                "--sampler",
+                "ddpm",
+                "--steps",
+                "10",
+                "--save-noise",
+                z_npy.to_str().unwrap(),
+            ],
+            "z.npy",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = sample_to(&run, &bad, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(needle),
+            "{args:?}: {err}"
+        );
+        assert!(
+            !bad.exists() && !d.join("z.npy").exists(),
+            "{args:?} wrote a file"
+        );
+    }
+}

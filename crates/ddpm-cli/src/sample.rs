@@ -8,6 +8,7 @@ use anyhow::{bail, Result};
 use ddpm_nets::device::DeviceSpec;
 use ddpm_train::config::ModelKind;
 use ddpm_train::model_io::{self, Weights};
+use ddpm_train::noise_file::ChainNoise;
 use ddpm_train::sampler::{
     to_uint8_nhwc, Guidance, Sampler, SamplerSpec, SamplingSettings, X0Processing,
 };
@@ -22,9 +23,9 @@ pub struct SampleArgs {
     /// A run directory (config.toml + checkpoints) or a diffusers folder (config.json + safetensors).
     #[arg(long)]
     model: PathBuf,
-    /// Number of images.
-    #[arg(long, default_value_t = 64)]
-    num: usize,
+    /// Number of images (default 64, or the number of chains in --noise).
+    #[arg(long)]
+    num: Option<usize>,
     /// ddpm (ancestral), ddim, or dpm++ (DPM-Solver++(2M), Lu et al. 2022: deterministic, good
     /// images in 10–20 steps).
     #[arg(long, default_value = "ddim")]
@@ -39,6 +40,15 @@ pub struct SampleArgs {
     /// Seed of the initial noise and of the sampler's noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Take x_T, and the per-step noise when the file has it, from this file instead of --seed:
+    /// `.safetensors` or `.npz` with `x_T` [N, C, H, W] f32 and optionally `step_noise`
+    /// [M, N, C, H, W] (one slice per step that draws noise, from x_T on), or `.npy` with x_T.
+    #[arg(long, value_name = "FILE")]
+    noise: Option<PathBuf>,
+    /// Write the noise this command used (x_T and the per-step noise) to FILE, in the format of
+    /// --noise (`.npy` only for chains that draw no noise after x_T: dpm++, ddim with η = 0).
+    #[arg(long, value_name = "FILE")]
+    save_noise: Option<PathBuf>,
     /// Class to draw (class-conditional models).
     #[arg(long)]
     class: Option<i64>,
@@ -91,7 +101,7 @@ pub struct SampleArgs {
 }
 
 pub fn run(args: SampleArgs) -> Result<()> {
-    if args.num == 0 || args.batch_size == 0 {
+    if args.num == Some(0) || args.batch_size == 0 {
         bail!("--num and --batch-size must be at least 1");
     }
     let device = args.device.parse::<DeviceSpec>()?.resolve()?;
@@ -103,9 +113,9 @@ pub fn run(args: SampleArgs) -> Result<()> {
     };
     if let Some(kind) = models::run_kind(&args.model)? {
         if kind != ModelKind::Ddpm {
-            if args.dtype != "auto" {
+            if args.dtype != "auto" || args.noise.is_some() || args.save_noise.is_some() {
                 bail!(
-                    "--dtype applies to DDPM models; {} is a {} run",
+                    "--dtype, --noise and --save-noise apply to DDPM models; {} is a {} run",
                     args.model.display(),
                     format!("{kind:?}").to_lowercase()
                 );
@@ -113,6 +123,18 @@ pub fn run(args: SampleArgs) -> Result<()> {
             return run_baseline(&args, device);
         }
     }
+    let noise = args.noise.as_deref().map(ChainNoise::read).transpose()?;
+    let num = match (&noise, args.num) {
+        (Some(z), Some(n)) if n != z.num_chains() => bail!(
+            "--num {n} differs from the {} chains of --noise {}",
+            z.num_chains(),
+            args.noise
+                .as_ref()
+                .map_or(String::new(), |p| p.display().to_string())
+        ),
+        (Some(z), _) => z.num_chains(),
+        (None, n) => n.unwrap_or(64),
+    };
     let weights = if args.raw_weights {
         Weights::Raw
     } else {
@@ -121,44 +143,23 @@ pub fn run(args: SampleArgs) -> Result<()> {
     let model = models::load_ddpm(&args.model, weights, device)?;
     let spec = sampler_spec(&args, &model)?;
     let sampler = Sampler::new(&model.diffusion, &spec, device)?;
-    let cfg = model.unet.config().clone();
-    let guidance = guidance_for(&args, cfg.num_class_embeds)?;
-    let (h, w) = model.hw;
-    let total_evals = spec.timesteps.len() * args.num.div_ceil(args.batch_size);
+    let chw = [model.unet.config().in_channels, model.hw.0, model.hw.1];
+    check_noise_files(&args, noise.as_ref(), chw, sampler.noise_steps())?;
+    let guidance = guidance_for(&args, model.unet.config().num_class_embeds)?;
+    let total_evals = spec.timesteps.len() * num.div_ceil(args.batch_size);
     let bar = ddpm_train::progress::bar(true, total_evals as u64, "network steps", "sampling");
     let start = Instant::now();
     tch::manual_seed(args.seed as i64);
-    let mut chunks = Vec::new();
-    let mut strip = Vec::new();
-    let mut done = 0;
-    while done < args.num {
-        let n = (args.num - done).min(args.batch_size) as i64;
-        let noise = Tensor::randn([n, cfg.in_channels, h, w], (Kind::Float, device));
-        let keep = if done == 0 && args.trajectory.is_some() {
-            10
-        } else {
-            0
-        };
-        let base = bar.position();
-        let samples = sampler.sample(
-            |x, t, y| {
-                ddpm_nets::autocast::bf16_if(bf16, device, || model.unet.forward_t(x, t, y, false))
-                    .to_kind(Kind::Float)
-            },
-            noise,
-            guidance,
-            keep,
-            |k| bar.set_position(base + k as u64),
-        )?;
-        chunks.push(to_uint8_nhwc(&samples.images).to_device(tch::Device::Cpu));
-        if keep > 0 {
-            strip = samples.trajectory;
-        }
-        done += n as usize;
-    }
+    let chains = Chains {
+        num,
+        chw,
+        guidance,
+        noise: noise.as_ref(),
+        record: args.save_noise.is_some(),
+    };
+    let drawn = draw_chains(&args, &model, &sampler, &chains, bf16, &bar)?;
     bar.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
-    let images = Tensor::cat(&chunks, 0);
     let attrs = [
         ("model", args.model.display().to_string()),
         ("weights", model.source.display().to_string()),
@@ -166,23 +167,149 @@ pub fn run(args: SampleArgs) -> Result<()> {
         ("eta", args.eta.to_string()),
         ("x0_processing", spec.x0.label()),
         ("seed", args.seed.to_string()),
+        (
+            "noise",
+            args.noise
+                .as_ref()
+                .map_or("seed".into(), |p| p.display().to_string()),
+        ),
         ("class", args.class.map_or("none".into(), |c| c.to_string())),
         ("guidance", args.guidance.to_string()),
     ];
-    model_io::write_samples(&args.out, &images, &attrs)?;
+    model_io::write_samples(&args.out, &drawn.images, &attrs)?;
     println!(
-        "{} images ({}x{}) with {} in {:.1} s ({:.3} s/image, {:.1} network evals/s): {}",
-        args.num,
-        h,
-        w,
+        "{num} images ({}x{}) with {} in {secs:.1} s ({:.3} s/image, {:.1} network evals/s): {}",
+        chw[1],
+        chw[2],
         spec.label(),
-        secs,
-        secs / args.num as f64,
-        (spec.timesteps.len() * args.num) as f64 * if guidance.is_some() { 2.0 } else { 1.0 }
-            / secs,
+        secs / num as f64,
+        (spec.timesteps.len() * num) as f64 * if guidance.is_some() { 2.0 } else { 1.0 } / secs,
         args.out.display()
     );
-    write_pictures(&args, &images, &strip)
+    if let (Some(path), Some(used)) = (&args.save_noise, &drawn.used) {
+        used.write(path)?;
+        println!(
+            "noise (x_T and {} noise steps): {}",
+            sampler.noise_steps(),
+            path.display()
+        );
+    }
+    write_pictures(&args, num, &drawn.images, &drawn.strip)
+}
+
+/// Checks --noise against the model and the sampler, and that --save-noise can hold what this
+/// sampler draws, before anything is sampled.
+fn check_noise_files(
+    args: &SampleArgs,
+    noise: Option<&ChainNoise>,
+    chw: [i64; 3],
+    noise_steps: usize,
+) -> Result<()> {
+    if let (Some(path), Some(z)) = (&args.noise, noise) {
+        z.check_fits(path, chw, noise_steps)?;
+        if z.step_noise.is_none() && noise_steps > 0 {
+            tracing::info!(file = %path.display(), steps = noise_steps, "x_T from the file; the per-step noise from --seed");
+        }
+    }
+    if let Some(path) = &args.save_noise {
+        ChainNoise::check_target(path, noise_steps > 0)?;
+    }
+    Ok(())
+}
+
+/// What to draw: the chains, their image shape, guidance, and where the noise comes from.
+struct Chains<'a> {
+    num: usize,
+    chw: [i64; 3],
+    guidance: Option<Guidance>,
+    noise: Option<&'a ChainNoise>,
+    record: bool,
+}
+
+/// The result of [`draw_chains`].
+struct Drawn {
+    /// uint8 `[N, H, W, C]` on the CPU.
+    images: Tensor,
+    /// The frames of the first chain (with --trajectory).
+    strip: Vec<Tensor>,
+    /// The noise used (when recording).
+    used: Option<ChainNoise>,
+}
+
+/// Runs the chains batch by batch, x_T and the per-step noise from `chains.noise` or the seeded
+/// generator, recording them when asked.
+fn draw_chains(
+    args: &SampleArgs,
+    model: &ddpm_train::model_io::LoadedDdpm,
+    sampler: &Sampler,
+    chains: &Chains,
+    bf16: bool,
+    bar: &ddpm_train::progress::ProgressBar,
+) -> Result<Drawn> {
+    let device = model.vs.device();
+    let [c, h, w] = chains.chw;
+    let (mut images, mut strip, mut starts, mut steps) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut done = 0;
+    while done < chains.num {
+        let n = (chains.num - done).min(args.batch_size);
+        let (x_t, given) = match chains.noise {
+            Some(z) => z.slice(done, n, device),
+            None => (
+                Tensor::randn([n as i64, c, h, w], (Kind::Float, device)),
+                None,
+            ),
+        };
+        let keep = if done == 0 && args.trajectory.is_some() {
+            10
+        } else {
+            0
+        };
+        let base = bar.position();
+        let mut drawn = Vec::new();
+        if chains.record {
+            starts.push(x_t.to_device(tch::Device::Cpu));
+        }
+        let samples = sampler.sample_with_noise(
+            |x, t, y| {
+                ddpm_nets::autocast::bf16_if(bf16, device, || model.unet.forward_t(x, t, y, false))
+                    .to_kind(Kind::Float)
+            },
+            x_t,
+            chains.guidance,
+            keep,
+            |k| bar.set_position(base + k as u64),
+            |_, like| {
+                let z = match &given {
+                    Some(g) => g.get(drawn.len() as i64),
+                    None => like.randn_like(),
+                };
+                if chains.record {
+                    drawn.push(z.to_device(tch::Device::Cpu));
+                } else {
+                    drawn.push(Tensor::new());
+                }
+                z
+            },
+        )?;
+        images.push(to_uint8_nhwc(&samples.images).to_device(tch::Device::Cpu));
+        if keep > 0 {
+            strip = samples.trajectory;
+        }
+        if chains.record && !drawn.is_empty() {
+            steps.push(Tensor::stack(&drawn, 0));
+        }
+        done += n;
+    }
+    let used = chains.record.then(|| ChainNoise {
+        x_t: Tensor::cat(&starts, 0),
+        step_noise: (!steps.is_empty()).then(|| Tensor::cat(&steps, 1)),
+    });
+    Ok(Drawn {
+        images: Tensor::cat(&images, 0),
+        strip,
+        used,
+    })
 }
 
 /// Classifier-free guidance from `--class` / `--guidance` for a model with `num_class_embeds`
@@ -209,9 +336,9 @@ fn guidance_for(args: &SampleArgs, num_class_embeds: Option<i64>) -> Result<Opti
 
 /// Writes `--grid` (uint8 `images` `[N, H, W, C]`) and `--trajectory` (the frames of the first
 /// chain, each `[n, C, H, W]` in [−1, 1]) when asked.
-fn write_pictures(args: &SampleArgs, images: &Tensor, strip: &[Tensor]) -> Result<()> {
+fn write_pictures(args: &SampleArgs, num: usize, images: &Tensor, strip: &[Tensor]) -> Result<()> {
     if let Some(path) = &args.grid {
-        let ncol = (args.num as f64).sqrt().ceil() as usize;
+        let ncol = (num as f64).sqrt().ceil() as usize;
         viz::save_png(&viz::grid_nhwc(images, ncol), path)?;
         println!("grid: {}", path.display());
     }
@@ -236,9 +363,10 @@ fn run_baseline(args: &SampleArgs, device: tch::Device) -> Result<()> {
             args.model.display()
         );
     }
+    let num = args.num.unwrap_or(64);
     let model = models::load_baseline(&args.model, device)?;
     let start = Instant::now();
-    let images = models::sample_baseline(&model, args.num, args.batch_size, args.seed, device);
+    let images = models::sample_baseline(&model, num, args.batch_size, args.seed, device);
     let secs = start.elapsed().as_secs_f64();
     let method = match model.kind {
         ModelKind::Gan => "gan-generator",
@@ -255,7 +383,7 @@ fn run_baseline(args: &SampleArgs, device: tch::Device) -> Result<()> {
     let s = images.size();
     println!(
         "{} images ({}x{}) with {method} (step {}) in {:.2} s: {}",
-        args.num,
+        num,
         s[1],
         s[2],
         model.step,
@@ -263,7 +391,7 @@ fn run_baseline(args: &SampleArgs, device: tch::Device) -> Result<()> {
         args.out.display()
     );
     if let Some(path) = &args.grid {
-        let ncol = (args.num as f64).sqrt().ceil() as usize;
+        let ncol = (num as f64).sqrt().ceil() as usize;
         viz::save_png(&viz::grid_nhwc(&images, ncol), path)?;
         println!("grid: {}", path.display());
     }

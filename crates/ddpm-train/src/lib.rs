@@ -23,6 +23,7 @@ pub mod h5images;
 pub mod image_folder;
 pub mod loader;
 pub mod model_io;
+pub mod noise_file;
 pub mod objective;
 pub mod optim;
 pub mod progress;

@@ -1,5 +1,6 @@
 //! The one progress-bar style of the workspace (training, sampling, Inception features, bits/dim).
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+pub use indicatif::ProgressBar;
+use indicatif::{ProgressDrawTarget, ProgressStyle};
 
 /// The template of [`bar`] for a count of `unit`.
 fn template(unit: &str) -> String {

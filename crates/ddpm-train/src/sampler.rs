@@ -576,6 +576,19 @@ impl Sampler {
         self.tables.num_timesteps()
     }
 
+    /// Number of steps of a chain that draw noise (the calls of `step_noise` in
+    /// [`sample_with_noise`](Self::sample_with_noise)): ancestral steps above t = 0, DDIM steps
+    /// with σ > 0 (η > 0); none for DPM-Solver++.
+    pub fn noise_steps(&self) -> usize {
+        let steps = self.tables.num_timesteps();
+        match self.kind {
+            SamplerKind::Ddpm => self.timesteps.iter().filter(|&&t| t != 0).count(),
+            SamplerKind::Ddim { .. } => self.ddim_sigmas.iter().filter(|&&s| s > 0.0).count(),
+            SamplerKind::DpmSolverPlusPlus => 0,
+        }
+        .min(steps)
+    }
+
     /// Runs the chain from x_T = `noise` with `model(x_t, t_original, labels) → output`, drawing
     /// the per-step noise from the torch generator. `keep_trajectory` snapshots of chain 0 are
     /// returned (0 = none). `on_step` is called after each step with the number done. Runs under

@@ -244,3 +244,76 @@ fn dpm_solver_converges_to_the_ddim_ode_solution_on_a_fixed_model() {
         "20 steps: DPM-Solver++ {dpm_20} vs DDIM {ddim_20}"
     );
 }
+
+#[test]
+fn noise_steps_counts_the_draws_and_recorded_noise_replays_the_chain_bit_for_bit() {
+    use ddpm_train::sampler::{DiffusersTimesteps, SamplingSettings, TimestepSpacing};
+    let d = GaussianDiffusion::new(
+        BetaSchedule::Linear.betas(100).unwrap(),
+        ModelMeanType::Epsilon,
+        ModelVarType::FixedLarge,
+        LossType::Simple,
+    )
+    .unwrap();
+    let leading = SamplingSettings {
+        diffusers: Some(DiffusersTimesteps {
+            spacing: TimestepSpacing::Leading,
+            steps_offset: 1,
+            set_alpha_to_one: true,
+            dpm_solver: Default::default(),
+            rescale_betas_zero_snr: false,
+        }),
+        ..SamplingSettings::default()
+    };
+    let plain = SamplingSettings::default();
+    let cases = [
+        ("ddpm", "100", 0.0, &plain, 99),
+        ("ddpm", "10", 0.0, &plain, 9),
+        ("ddpm", "10", 0.0, &leading, 10),
+        ("ddim", "10", 0.0, &plain, 0),
+        ("ddim", "10", 1.0, &plain, 9), // σ = 0 on the last step (ᾱ_prev = 1)
+        ("dpm++", "10", 0.0, &plain, 0),
+    ];
+    let f = model(3, false, 100);
+    for (sampler, steps, eta, settings, want) in cases {
+        let spec = SamplerSpec::from_cli(sampler, steps, eta, 100, settings).unwrap();
+        let s = Sampler::new(&d, &spec, Device::Cpu).unwrap();
+        let label = format!("{sampler} {steps} η={eta}");
+        assert_eq!(s.noise_steps(), want, "{label}");
+        let x_t = Tensor::randn(SHAPE, (Kind::Float, Device::Cpu));
+        let mut drawn = Vec::new();
+        let first = s
+            .sample_with_noise(
+                |x, t, _| f(x, t),
+                x_t.copy(),
+                None,
+                0,
+                |_| {},
+                |_, like| {
+                    let z = like.randn_like();
+                    drawn.push(z.copy());
+                    z
+                },
+            )
+            .unwrap();
+        assert_eq!(drawn.len(), want, "{label}: draws");
+        // Replayed from the recorded noise, after the generator has moved on: the same chain.
+        let _ = Tensor::randn([7], (Kind::Float, Device::Cpu));
+        let mut m = 0;
+        let again = s
+            .sample_with_noise(
+                |x, t, _| f(x, t),
+                x_t,
+                None,
+                0,
+                |_| {},
+                |_, _| {
+                    m += 1;
+                    drawn[m - 1].shallow_clone()
+                },
+            )
+            .unwrap();
+        let equal = first.raw.eq_tensor(&again.raw).all().int64_value(&[]) == 1;
+        assert!(equal, "{label}: the replayed chain differs");
+    }
+}
