@@ -628,3 +628,103 @@ fn noise_files_replay_chains_bit_for_bit() {
         );
     }
 }
+
+#[test]
+fn export_round_trips_bit_for_bit_and_loads_in_diffusers() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let run = tiny_run(d, 2, &[]);
+    let exported = d.join("pipeline");
+    let export = |out: &Path| {
+        cli()
+            .args(["export", "--model"])
+            .arg(&run)
+            .arg("--out")
+            .arg(out)
+            .output()
+            .unwrap()
+    };
+    let text = ok(export(&exported), "export");
+    assert!(text.contains("step 2"), "{text}");
+    for f in ddpm_train::model_io::PIPELINE_FILES {
+        assert!(exported.join(f).is_file(), "{f} missing");
+    }
+    let again = export(&exported);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+
+    // The run and its export sample the same images from the same noise, for every sampler.
+    for (i, sampler) in [["ddpm", "10"], ["ddim", "10"], ["dpm++", "8"]]
+        .iter()
+        .enumerate()
+    {
+        let noise = d.join(format!("noise{i}.safetensors"));
+        let (a, b) = (d.join(format!("run{i}.h5")), d.join(format!("exp{i}.h5")));
+        let mut args = vec![
+            "--sampler",
+            sampler[0],
+            "--steps",
+            sampler[1],
+            "--device",
+            "cpu",
+        ];
+        args.extend(["--num", "4", "--save-noise", noise.to_str().unwrap()]);
+        ok(sample_to(&run, &a, &args), "sample the run");
+        let args = [
+            "--sampler",
+            sampler[0],
+            "--steps",
+            sampler[1],
+            "--device",
+            "cpu",
+            "--noise",
+            noise.to_str().unwrap(),
+        ];
+        ok(sample_to(&exported, &b, &args), "sample the export");
+        assert_eq!(read_images(&a), read_images(&b), "{sampler:?}");
+    }
+
+    // diffusers loads the folder; its UNet matches ours on fixed inputs.
+    let model = ddpm_train::model_io::load_ddpm(
+        &exported,
+        ddpm_train::model_io::Weights::Ema,
+        tch::Device::Cpu,
+    )
+    .unwrap();
+    let n = 3;
+    let sample = (tch::Tensor::arange(n * 28 * 28, (tch::Kind::Float, tch::Device::Cpu)) * 0.37)
+        .sin()
+        .view([n, 1, 28, 28]);
+    let timestep = tch::Tensor::from_slice(&[0i64, 37, 99]);
+    let output = tch::no_grad(|| model.unet.forward_t(&sample, &timestep, None, false));
+    let betas = tch::Tensor::from_slice(model.diffusion.betas().as_slice().unwrap());
+    let io = d.join("io.safetensors");
+    ddpm_nets::checkpoint::write_tensors(
+        &io,
+        &[
+            ("sample".into(), sample),
+            ("timestep".into(), timestep),
+            ("output".into(), output),
+            ("betas".into(), betas),
+        ],
+    )
+    .unwrap();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let python = root.join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run `cargo xtask setup`",
+        python.display()
+    );
+    let text = ok(
+        Command::new(python)
+            .arg(root.join("scripts/check_diffusers_export.py"))
+            .arg(&exported)
+            .arg(&io)
+            .output()
+            .unwrap(),
+        "scripts/check_diffusers_export.py",
+    );
+    assert!(text.contains("\"failures\": []"), "{text}");
+    println!("{text}");
+}

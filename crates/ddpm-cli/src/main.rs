@@ -7,6 +7,7 @@ mod bits_per_dim;
 mod compare;
 mod data;
 mod eval;
+mod export;
 mod forward;
 mod info;
 mod models;
@@ -45,6 +46,8 @@ enum Command {
     TrainClassifier(train_classifier::TrainClassifierArgs),
     /// Sample images from a run directory or a diffusers folder.
     Sample(sample::SampleArgs),
+    /// Write a run's DDPM as a diffusers DDPMPipeline folder (model_index.json, unet/, scheduler/).
+    Export(export::ExportArgs),
     /// Pictures of the diffusion process.
     #[command(subcommand)]
     Visualize(visualize::VisualizeCommand),
@@ -71,6 +74,7 @@ fn main() -> Result<()> {
         Command::Train(args) => train::run(args),
         Command::TrainClassifier(args) => train_classifier::run(args),
         Command::Sample(args) => sample::run(args),
+        Command::Export(args) => export::run(args),
         Command::Visualize(cmd) => visualize::run(cmd),
         Command::Compare(args) => compare::run(args),
         Command::Bench(args) => bench::run(args),

@@ -162,3 +162,110 @@ pub fn write_samples(path: &Path, images_nhwc: &Tensor, attrs: &[(&str, String)]
     let attrs: Vec<(&str, &str)> = attrs.iter().map(|(k, v)| (*k, v.as_str())).collect();
     Ok(h5images::write_images(path, arr.view(), None, &attrs)?)
 }
+
+/// The files of an exported pipeline folder, relative to it.
+pub const PIPELINE_FILES: [&str; 4] = [
+    "model_index.json",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "scheduler/scheduler_config.json",
+];
+
+/// Writes the DDPM of the run directory `run` (its newest checkpoint, EMA or raw `weights`) as a
+/// diffusers `DDPMPipeline` folder `out`: `model_index.json`, `unet/` (`config.json` with the
+/// run's sampling size, `diffusion_pytorch_model.safetensors`) and
+/// `scheduler/scheduler_config.json` ([`scheduler_config::to_json`](crate::scheduler_config::to_json):
+/// the trained betas, prediction and variance types, x̂₀ settings). The folder is assembled beside
+/// `out` and renamed into place only after it has been read back with [`load_ddpm`] and found
+/// equal to the run (tables, types, settings, every weight), so a failure leaves no `out`.
+/// Returns the checkpoint's step.
+///
+/// # Errors
+/// `out` exists; `run` is not a DDPM run with a checkpoint; a variance type diffusers cannot
+/// express (`learned`); a write failure or a read-back mismatch, naming the path.
+pub fn export_diffusers(run: &Path, out: &Path, weights: Weights) -> Result<usize> {
+    if out.symlink_metadata().is_ok() {
+        return Err(TrainError::Checkpoint {
+            path: out.to_path_buf(),
+            message: "already exists; export writes a new folder".into(),
+        });
+    }
+    let model = load_run(run, weights, Device::Cpu)?;
+    let step = model.step.unwrap_or(0);
+    let mut meta = serde_json::Map::new();
+    meta.insert("step".into(), step.into());
+    meta.insert(
+        "weights".into(),
+        match weights {
+            Weights::Ema => "ema",
+            Weights::Raw => "raw",
+        }
+        .into(),
+    );
+    let scheduler = crate::scheduler_config::to_json(&model.diffusion, &model.sampling, meta)?;
+    let mut unet_cfg = model.unet.config().clone();
+    unet_cfg.sample_size = Some(if model.hw.0 == model.hw.1 {
+        ddpm_nets::unet::SampleSize::Square(model.hw.0)
+    } else {
+        ddpm_nets::unet::SampleSize::Rect([model.hw.0, model.hw.1])
+    });
+    let name = out.file_name().ok_or_else(|| TrainError::Checkpoint {
+        path: out.to_path_buf(),
+        message: "has no folder name".into(),
+    })?;
+    let tmp = out.with_file_name(format!(
+        ".{}.export-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = write_pipeline(&tmp, &unet_cfg, &model, &scheduler)
+        .and_then(|()| check_export(&tmp, &model))
+        .and_then(|()| std::fs::rename(&tmp, out).map_err(TrainError::io(out)));
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result.map(|()| step)
+}
+
+fn write_pipeline(
+    dir: &Path,
+    unet_cfg: &ddpm_nets::UNetConfig,
+    model: &LoadedDdpm,
+    scheduler: &serde_json::Value,
+) -> Result<()> {
+    let index = serde_json::json!({
+        "_class_name": "DDPMPipeline",
+        "_diffusers_version": diffusers::DIFFUSERS_VERSION,
+        "scheduler": ["diffusers", "DDPMScheduler"],
+        "unet": ["diffusers", "UNet2DModel"],
+    });
+    ddpm_nets::checkpoint::write_json(&dir.join(PIPELINE_FILES[0]), &index)?;
+    diffusers::save_pretrained(&dir.join("unet"), unet_cfg, &model.vs)?;
+    ddpm_nets::checkpoint::write_json(&dir.join(PIPELINE_FILES[3]), scheduler)?;
+    Ok(())
+}
+
+/// Reads the folder `dir` back and checks that it is `model`: the diffusion's tables, its types,
+/// the sampling settings, the image size and every weight, exactly.
+fn check_export(dir: &Path, model: &LoadedDdpm) -> Result<()> {
+    let back = load_ddpm(dir, Weights::Ema, Device::Cpu)?;
+    let (a, b) = (&model.diffusion, &back.diffusion);
+    let mismatch = |what: &str| TrainError::Checkpoint {
+        path: dir.to_path_buf(),
+        message: format!("reads back with a different {what} (an export bug; nothing was written)"),
+    };
+    if a.betas() != b.betas() || a.mean_type() != b.mean_type() || a.var_type() != b.var_type() {
+        return Err(mismatch("diffusion"));
+    }
+    if model.sampling != back.sampling || model.hw != back.hw {
+        return Err(mismatch("sampling setting or image size"));
+    }
+    let theirs = back.vs.variables();
+    for (name, t) in model.vs.variables() {
+        match theirs.get(&name) {
+            Some(u) if u.size() == t.size() && u.equal(&t) => {}
+            _ => return Err(mismatch(&format!("weight `{name}`"))),
+        }
+    }
+    Ok(())
+}

@@ -75,6 +75,10 @@ const HONOURED: [&str; 20] = [
     "_class_name",
 ];
 
+/// The key of ddpm-rs's own metadata in a scheduler config it exported ([`to_json`]); diffusers
+/// drops keys that start with `_` before it builds a scheduler.
+pub const DDPM_RS_KEY: &str = "_ddpm_rs";
+
 /// The largest `num_train_timesteps` read (the tables take 8 bytes × 20 per timestep).
 const MAX_TIMESTEPS: usize = 1_000_000;
 
@@ -125,7 +129,10 @@ fn from_map(
 ) -> Result<SchedulerConfig> {
     let c = Config { path, map };
     c.check_keys()?;
-    let diffusion = c.diffusion(learned_variance)?;
+    let exported = c.exported();
+    let diffusion = c.diffusion(learned_variance, exported)?;
+    // Checked also when unused, like every other key.
+    let timesteps = c.timesteps()?;
     let sampling = SamplingSettings {
         x0: c.x0_processing()?,
         clip_sample_range: c.f64("clip_sample_range", 1.0)?,
@@ -133,7 +140,7 @@ fn from_map(
             c.f64("dynamic_thresholding_ratio", 0.995)?,
             c.f64("sample_max_value", 1.0)?,
         ),
-        diffusers: Some(c.timesteps()?),
+        diffusers: (!exported).then_some(timesteps),
         x0_explicit: false,
     };
     Ok(SchedulerConfig {
@@ -294,13 +301,31 @@ impl Config<'_> {
         Ok(())
     }
 
-    /// The diffusion: betas, prediction type and variance type.
-    fn diffusion(&self, learned_variance: bool) -> Result<GaussianDiffusion> {
+    /// Whether ddpm-rs exported this config from a run ([`to_json`]) and it still holds the
+    /// run's `trained_betas`: then the betas are used unrounded and the sampling conventions are
+    /// the run's (improved-diffusion's), so that the folder samples exactly as the run did.
+    fn exported(&self) -> bool {
+        let marked = self
+            .get(DDPM_RS_KEY)
+            .and_then(|m| m.get("conventions"))
+            .and_then(Value::as_str)
+            == Some(EXPORTED_CONVENTIONS);
+        if marked && self.nullable("trained_betas").is_none() {
+            tracing::warn!(file = %self.path.display(), "{DDPM_RS_KEY} without trained_betas: read as a plain diffusers config");
+        }
+        marked && self.nullable("trained_betas").is_some()
+    }
+
+    /// The diffusion: betas (rounded to f32 as diffusers keeps them, except in a config ddpm-rs
+    /// `exported`), prediction type and variance type.
+    fn diffusion(&self, learned_variance: bool, exported: bool) -> Result<GaussianDiffusion> {
         let mut betas = self.betas()?;
         if self.bool("rescale_betas_zero_snr", false)? {
             betas = rescale_zero_terminal_snr(&betas);
         }
-        let betas: Vec<f64> = betas.into_iter().map(|b| b as f32 as f64).collect();
+        if !exported {
+            betas = betas.into_iter().map(|b| b as f32 as f64).collect();
+        }
         let betas = user_betas(betas).map_err(|e| self.error("betas", e))?;
         let mean = match self.str("prediction_type", "epsilon")? {
             "epsilon" => ModelMeanType::Epsilon,
@@ -485,6 +510,81 @@ impl Config<'_> {
     }
 }
 
+/// The `conventions` value of [`DDPM_RS_KEY`] in an exported config.
+const EXPORTED_CONVENTIONS: &str = "improved-diffusion";
+
+/// The `scheduler_config.json` of diffusers' `DDPMScheduler` for a diffusion trained by ddpm-rs
+/// and its sampling settings, read back by [`read`] as the same diffusion and settings.
+///
+/// The betas are written as `trained_betas` in full f64 precision (diffusers rounds them to f32;
+/// ddpm-rs, seeing [`DDPM_RS_KEY`], does not); `prediction_type`, `variance_type` and the x̂₀
+/// settings map one to one; `timestep_spacing` is `leading` with `steps_offset` 0, under which
+/// diffusers' `set_timesteps(N)` visits the timesteps of improved-diffusion's `ddimN` striding.
+/// `meta` (e.g. the run's step) is stored under [`DDPM_RS_KEY`].
+///
+/// # Errors
+/// A variance type diffusers cannot express as ddpm-rs means it: `learned` (improved-diffusion's
+/// log-variance; diffusers' `learned` is the variance itself).
+pub fn to_json(
+    diffusion: &GaussianDiffusion,
+    sampling: &SamplingSettings,
+    meta: Map<String, Value>,
+) -> Result<Value> {
+    let variance_type = match diffusion.var_type() {
+        ModelVarType::FixedSmall => "fixed_small",
+        ModelVarType::FixedLarge => "fixed_large",
+        ModelVarType::LearnedRange => "learned_range",
+        ModelVarType::Learned => {
+            return Err(TrainError::config(
+                "diffusion.var_type",
+                "`learned` (a log-variance output, improved-diffusion) has no diffusers variance                  type that means the same (diffusers' `learned` reads the variance itself);                  learned-range exports",
+            ))
+        }
+    };
+    let prediction_type = match diffusion.mean_type() {
+        ModelMeanType::Epsilon => "epsilon",
+        ModelMeanType::StartX => "sample",
+        ModelMeanType::V => "v_prediction",
+    };
+    let (clip_sample, thresholding) = match sampling.x0 {
+        X0Processing::None => (false, false),
+        X0Processing::Clip { .. } => (true, false),
+        X0Processing::DynamicThreshold { .. } => (false, true),
+    };
+    let clip_sample_range = match sampling.x0 {
+        X0Processing::Clip { range } => range,
+        _ => sampling.clip_sample_range,
+    };
+    let (ratio, max_value) = match sampling.x0 {
+        X0Processing::DynamicThreshold { ratio, max_value } => (ratio, max_value),
+        _ => sampling.threshold,
+    };
+    let mut meta = meta;
+    meta.insert("conventions".into(), EXPORTED_CONVENTIONS.into());
+    meta.insert(
+        "note".into(),
+        "written by ddpm-rs; it reads trained_betas unrounded and samples with improved-diffusion's conventions"
+            .into(),
+    );
+    Ok(serde_json::json!({
+        "_class_name": "DDPMScheduler",
+        "_diffusers_version": ddpm_nets::diffusers::DIFFUSERS_VERSION,
+        "num_train_timesteps": diffusion.num_timesteps(),
+        "trained_betas": diffusion.betas().to_vec(),
+        "variance_type": variance_type,
+        "prediction_type": prediction_type,
+        "clip_sample": clip_sample,
+        "clip_sample_range": clip_sample_range,
+        "thresholding": thresholding,
+        "dynamic_thresholding_ratio": ratio,
+        "sample_max_value": max_value,
+        "timestep_spacing": "leading",
+        "steps_offset": 0,
+        "rescale_betas_zero_snr": false,
+        DDPM_RS_KEY: meta,
+    }))
+}
+
 /// Rescales betas so that `ᾱ_{T−1} = 0` while `ᾱ_0` is kept (Lin et al. 2024, "Common Diffusion
 /// Noise Schedules and Sample Steps are Flawed", Algorithm 1): `√ᾱ` is shifted so that its last
 /// value is 0 and scaled so that its first is unchanged; the betas are read back from the ratios.
@@ -510,6 +610,80 @@ pub fn rescale_zero_terminal_snr(betas: &[f64]) -> Vec<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exported_configs_read_back_as_the_run_and_learned_is_refused() {
+        let x0s = [
+            X0Processing::None,
+            X0Processing::Clip { range: 2.5 },
+            X0Processing::DynamicThreshold {
+                ratio: 0.9,
+                max_value: 1.7,
+            },
+        ];
+        let cases = [
+            (
+                BetaSchedule::Linear,
+                ModelMeanType::Epsilon,
+                ModelVarType::FixedLarge,
+            ),
+            (
+                BetaSchedule::Cosine,
+                ModelMeanType::V,
+                ModelVarType::FixedSmall,
+            ),
+            (
+                BetaSchedule::Sigmoid,
+                ModelMeanType::StartX,
+                ModelVarType::LearnedRange,
+            ),
+        ];
+        for ((schedule, mean, var), x0) in cases.into_iter().zip(x0s) {
+            let betas = schedule.betas(37).unwrap();
+            let loss = if var.is_learned() {
+                LossType::Hybrid
+            } else {
+                LossType::Simple
+            };
+            let d = GaussianDiffusion::new(betas, mean, var, loss).unwrap();
+            let sampling = SamplingSettings {
+                x0,
+                clip_sample_range: 2.5,
+                threshold: (0.9, 1.7),
+                ..SamplingSettings::default()
+            };
+            let json = to_json(&d, &sampling, Map::new()).unwrap();
+            // Through text, as on disk.
+            let text = serde_json::to_string_pretty(&json).unwrap();
+            let map: Map<String, Value> = serde_json::from_str(&text).unwrap();
+            let back = from_map(Path::new("s.json"), &map, var.is_learned()).unwrap();
+            let label = format!("{schedule:?} {mean:?} {var:?}");
+            assert_eq!(
+                back.diffusion.betas(),
+                d.betas(),
+                "{label}: betas not exact"
+            );
+            assert_eq!(back.diffusion.mean_type(), mean, "{label}");
+            assert_eq!(back.diffusion.var_type(), var, "{label}");
+            assert_eq!(back.sampling, sampling, "{label}");
+            // Without ddpm-rs's key it is a plain diffusers config: f32 betas, diffusers' spacing.
+            let mut plain = map.clone();
+            plain.remove(DDPM_RS_KEY);
+            let diffusers = from_map(Path::new("s.json"), &plain, var.is_learned()).unwrap();
+            assert!(diffusers.sampling.diffusers.is_some(), "{label}");
+            let rounded: Vec<f64> = d.betas().iter().map(|&b| b as f32 as f64).collect();
+            assert_eq!(diffusers.diffusion.betas().to_vec(), rounded, "{label}");
+        }
+        let learned = GaussianDiffusion::new(
+            BetaSchedule::Linear.betas(100).unwrap(),
+            ModelMeanType::Epsilon,
+            ModelVarType::Learned,
+            LossType::Vlb,
+        )
+        .unwrap();
+        let err = to_json(&learned, &SamplingSettings::default(), Map::new()).unwrap_err();
+        assert!(err.to_string().contains("learned"), "{err}");
+    }
 
     #[test]
     fn bare_infinities_are_quoted_outside_strings_only() {
