@@ -728,3 +728,97 @@ fn export_round_trips_bit_for_bit_and_loads_in_diffusers() {
     assert!(text.contains("\"failures\": []"), "{text}");
     println!("{text}");
 }
+
+#[test]
+fn fid_cls_during_training_keeps_the_best_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let classifier = d.join("classifier");
+    ok(
+        cli()
+            .args([
+                "train-classifier",
+                "--dataset",
+                "mnist",
+                "--no-progress",
+                "--steps",
+                "30",
+                "--data",
+            ])
+            .arg(mnist())
+            .arg("--out")
+            .arg(&classifier)
+            .output()
+            .unwrap(),
+        "train-classifier",
+    );
+    // A missing classifier is refused before the run directory exists.
+    let missing = d.join("missing");
+    let eval = |network: &Path| {
+        vec![
+            "run.eval_every=2".to_string(),
+            "run.eval_samples=20".into(),
+            "run.eval_sampler=\"dpm++5\"".into(),
+            "run.eval_reference_images=200".into(),
+            format!("run.eval_network=\"{}\"", network.display()),
+        ]
+    };
+    let sets: Vec<String> = eval(&d.join("nowhere"))
+        .into_iter()
+        .flat_map(|s| ["--set".into(), s])
+        .collect();
+    let out = cli()
+        .args(["train", "--no-progress", "--config"])
+        .arg(tiny_config(d, 4))
+        .args(&sets)
+        .arg("--out")
+        .arg(&missing)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("train-classifier"),
+        "{err}"
+    );
+    assert!(!missing.exists(), "a refused run left its directory");
+
+    let extra = eval(&classifier);
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let run = tiny_run(d, 4, &extra);
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let scores: Vec<(u64, f64)> = records
+        .iter()
+        .filter_map(|r| Some((r["step"].as_u64()?, r["fid_cls"].as_f64()?)))
+        .collect();
+    assert_eq!(
+        scores.iter().map(|s| s.0).collect::<Vec<_>>(),
+        vec![2, 4],
+        "{records:?}"
+    );
+    assert!(
+        scores.iter().all(|s| s.1.is_finite() && s.1 > 0.0),
+        "{scores:?}"
+    );
+    let best_step = if scores[1].1 < scores[0].1 { 4 } else { 2 };
+    let best: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("checkpoints/best/best.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(best["step"], best_step);
+    assert!(run.join("eval.png").is_file());
+    // The best checkpoint samples and exports like a run.
+    let out = d.join("best.h5");
+    ok(
+        sample_to(
+            &run.join("checkpoints/best"),
+            &out,
+            &["--num", "2", "--steps", "5", "--device", "cpu"],
+        ),
+        "sample --model RUN/checkpoints/best",
+    );
+    assert_eq!(read_images(&out).0, vec![2, 28, 28, 1]);
+}

@@ -16,6 +16,7 @@ mod sample;
 mod schedule;
 mod train;
 mod train_classifier;
+mod train_eval;
 mod visualize;
 mod weights;
 

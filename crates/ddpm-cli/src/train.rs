@@ -163,9 +163,11 @@ pub fn stop_on_interrupt() -> Result<Arc<AtomicBool>> {
 pub fn run(args: TrainArgs) -> Result<()> {
     let dir = args.run_dir()?;
     let cfg = resolve_config(&args)?;
+    let device = cfg.run.device.resolve()?;
     let opts = TrainOptions {
         progress: !args.no_progress,
         stop: stop_on_interrupt()?,
+        evaluator: crate::train_eval::evaluator(&cfg, device)?,
     };
     let resume = args.resume.is_some();
     let summary = models::train(&dir, &cfg, resume, &opts)?;

@@ -130,6 +130,7 @@ pub fn run(args: TrainClassifierArgs) -> Result<()> {
     let opts = TrainOptions {
         progress: !args.no_progress,
         stop: crate::train::stop_on_interrupt()?,
+        evaluator: None,
     };
     let trained = train_classifier(&out, resume, &run_cfg, &train, &test, device, &opts)?;
     let Some(report) = &trained.report else {

@@ -709,6 +709,45 @@ pub struct RunConfig {
     pub sample_num: usize,
     /// Sampler spec of the grids: `ddimN`, or a respacing like `100` for ancestral sampling.
     pub sample_steps: SampleSteps,
+    /// Steps between evaluations of sample quality (0 = none): `eval_samples` images from the EMA
+    /// weights with `eval_sampler`, scored with `eval_metric` against the first
+    /// `eval_reference_images` training images; recorded in `metrics.jsonl` and `eval.png`, and
+    /// the checkpoint with the lowest score is kept as `checkpoints/best`.
+    pub eval_every: usize,
+    /// Images per evaluation.
+    pub eval_samples: usize,
+    /// Sampler of the evaluations (as `sample_steps`).
+    pub eval_sampler: SampleSteps,
+    /// `fid_cls` (Fréchet distance of the digit classifier's features; MNIST, Fashion-MNIST) or
+    /// `fid` (Inception pool3).
+    pub eval_metric: EvalMetric,
+    /// The metric's network: the classifier folder (`fid_cls`) or the TorchScript Inception
+    /// (`fid`); absent = the command line's default (`datasets/weights/…`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_network: Option<PathBuf>,
+    /// Reference images of the evaluation: the first N of the training split.
+    pub eval_reference_images: usize,
+}
+
+/// The sample-quality metric of evaluations during training (`run.eval_metric`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum EvalMetric {
+    /// The Fréchet distance of the digit classifier's penultimate features (fast on a CPU).
+    #[default]
+    FidCls,
+    /// FID with the Inception pool3 features (Heusel et al. 2017).
+    Fid,
+}
+
+impl EvalMetric {
+    /// The metric's name, its key in `metrics.jsonl`.
+    pub fn name(self) -> &'static str {
+        match self {
+            EvalMetric::FidCls => "fid_cls",
+            EvalMetric::Fid => "fid",
+        }
+    }
 }
 
 impl Default for RunConfig {
@@ -726,6 +765,12 @@ impl Default for RunConfig {
             keep_checkpoints: 3,
             sample_num: 64,
             sample_steps: SampleSteps::new("ddim50").expect("valid spec"),
+            eval_every: 0,
+            eval_samples: 1000,
+            eval_sampler: SampleSteps::new("dpm++20").expect("valid spec"),
+            eval_metric: EvalMetric::FidCls,
+            eval_network: None,
+            eval_reference_images: 10_000,
         }
     }
 }
@@ -1089,6 +1134,24 @@ impl TrainConfig {
             .sample_steps
             .resolve(self.diffusion.timesteps)
             .map_err(|e| TrainError::config("run.sample_steps", e.to_string()))?;
+        self.run
+            .eval_sampler
+            .resolve(self.diffusion.timesteps)
+            .map_err(|e| TrainError::config("run.eval_sampler", e.to_string()))?;
+        if self.run.eval_every > 0 {
+            if self.run.eval_samples < 2 {
+                return Err(TrainError::config(
+                    "run.eval_samples",
+                    "must be ≥ 2 (a Fréchet distance needs a covariance)",
+                ));
+            }
+            if self.run.eval_reference_images < 2 {
+                return Err(TrainError::config(
+                    "run.eval_reference_images",
+                    "must be ≥ 2",
+                ));
+            }
+        }
         Ok(())
     }
 

@@ -43,6 +43,8 @@ pub struct TrainOptions {
     pub progress: bool,
     /// Set to true (e.g. by Ctrl-C) to save a checkpoint and stop after the current step.
     pub stop: Arc<AtomicBool>,
+    /// Scores samples every `eval_every` steps ([`LoopSettings::eval_every`]); none: no evaluation.
+    pub evaluator: Option<Box<dyn Evaluator>>,
 }
 
 impl Default for TrainOptions {
@@ -50,7 +52,27 @@ impl Default for TrainOptions {
         Self {
             progress: false,
             stop: Arc::new(AtomicBool::new(false)),
+            evaluator: None,
         }
+    }
+}
+
+/// A measure of sample quality computed during training, lower is better (FID, FID_cls): the
+/// engine draws [`TrainTask::eval_images`] every `eval_every` steps, records the score in
+/// `metrics.jsonl` and `eval.png`, and keeps the checkpoint with the lowest score as
+/// `checkpoints/best`. Implemented where the metric networks live (the command line, through
+/// ddpm-metrics), since ddpm-train comes before ddpm-metrics in the crate chain.
+pub trait Evaluator {
+    /// The metric's name, the key of its records in `metrics.jsonl` (e.g. `fid_cls`).
+    fn name(&self) -> &str;
+
+    /// Scores uint8 images `[N, H, W, C]` (CPU); the error is a message for the log.
+    fn score(&self, images: &Tensor) -> std::result::Result<f64, String>;
+}
+
+impl std::fmt::Debug for dyn Evaluator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Evaluator({})", self.name())
     }
 }
 
@@ -270,6 +292,12 @@ pub trait TrainTask {
     /// seeded with `seed` (the same at every call of a run). `None`: the task draws no grids.
     fn sample_images(&self, n: usize, seed: u64) -> Result<Option<Tensor>>;
 
+    /// `n` uint8 images `[n, H, W, C]` on the CPU to score during training (the torch generator
+    /// seeded with `seed`, the same at every evaluation of a run); by default the grid's sampler.
+    fn eval_images(&self, n: usize, seed: u64) -> Result<Option<Tensor>> {
+        self.sample_images(n, seed)
+    }
+
     /// The `metrics.jsonl` fields of a log window from the window means of [`TrainTask::metrics`].
     fn summarize(&self, means: &[f64]) -> Map<String, Value> {
         self.metrics()
@@ -309,6 +337,10 @@ pub struct LoopSettings {
     pub sample_every: usize,
     /// Images per grid (0: none).
     pub sample_num: usize,
+    /// Steps between evaluations with [`TrainOptions::evaluator`] (0: none).
+    pub eval_every: usize,
+    /// Images per evaluation.
+    pub eval_samples: usize,
 }
 
 impl LoopSettings {
@@ -439,6 +471,11 @@ pub fn train<T: TrainTask>(
     let elapsed_before = state.elapsed_secs;
     let mut window = LogWindow::new(s.log_every);
     let mut interrupted = false;
+    let evaluator = opts.evaluator.as_deref().filter(|_| s.eval_every > 0);
+    let mut best = match evaluator {
+        Some(ev) => best_so_far(&run, ev.name())?,
+        None => None,
+    };
     while state.step < s.steps {
         let (images, labels) = data.gather(&batches.indices(state.step));
         let rec = train_step(task, s, &images, labels, state.step, &mut Probe::none())?;
@@ -476,6 +513,14 @@ pub fn train<T: TrainTask>(
         }
         if every(state.step, s.sample_every) || (last && s.sample_num > 0) {
             write_grid(task, &run, s, state.step)?;
+        }
+        if let Some(ev) = evaluator.filter(|_| every(state.step, s.eval_every)) {
+            let at = EvalPoint {
+                run: &run,
+                target: &target,
+                state: &state,
+            };
+            evaluate(task, ev, &at, s, &mut best)?;
         }
         if stop && !last {
             interrupted = true;
@@ -541,8 +586,9 @@ fn open_run<T: TrainTask>(
     let loss_name = task.metrics()[0].name;
     let last_loss = run
         .read_metrics()?
-        .last()
-        .and_then(|r| r[loss_name].as_f64())
+        .iter()
+        .rev()
+        .find_map(|r| r[loss_name].as_f64())
         .unwrap_or(f64::NAN);
     Ok((run, state, ckpt, last_loss))
 }
@@ -674,6 +720,95 @@ fn weights_finite<T: TrainTask>(task: &mut T) -> bool {
     flags.is_empty() || Tensor::stack(&flags, 0).all().int64_value(&[]) == 1
 }
 
+/// The seed of the evaluation images of a run (the same chains at every evaluation, so that
+/// scores differ by the weights only).
+pub fn eval_seed(seed: u64) -> u64 {
+    grid_seed(seed) ^ 0x5eed_e7a1
+}
+
+/// The score of the run's `checkpoints/best` when it was chosen by `metric` (also one written
+/// after the checkpoint a resume starts from: its weights did reach that score); `None` when
+/// there is none or it was chosen by another metric (the first evaluation then replaces it).
+fn best_so_far(run: &RunDir, metric: &str) -> Result<Option<f64>> {
+    Ok(run
+        .best()?
+        .filter(|(m, _, _)| m == metric)
+        .map(|(_, value, _)| value))
+}
+
+/// Where an evaluation happens: the run, what started it and its state.
+struct EvalPoint<'a> {
+    run: &'a RunDir,
+    target: &'a RunTarget<'a>,
+    state: &'a TrainState,
+}
+
+/// Scores `s.eval_samples` images of the task with `ev`, appends `{step, <metric>, eval_samples,
+/// eval_secs}` to `metrics.jsonl`, redraws `eval.png`, and saves `checkpoints/best` when the
+/// score is the lowest so far.
+fn evaluate<T: TrainTask>(
+    task: &mut T,
+    ev: &dyn Evaluator,
+    at: &EvalPoint,
+    s: &LoopSettings,
+    best: &mut Option<f64>,
+) -> Result<()> {
+    let step = at.state.step;
+    let start = Instant::now();
+    let seed = eval_seed(s.seed);
+    tch::manual_seed(seed as i64);
+    let Some(images) = task.eval_images(s.eval_samples, seed)? else {
+        return Ok(());
+    };
+    let value = ev
+        .score(&images)
+        .map_err(|message| TrainError::Eval { step, message })?;
+    let secs = start.elapsed().as_secs_f64();
+    let name = ev.name();
+    at.run.append_metrics(&json!({
+        "step": step,
+        name: value,
+        "eval_samples": s.eval_samples,
+        "eval_secs": secs,
+    }))?;
+    let improved = value.is_finite() && best.is_none_or(|b| value < b);
+    tracing::info!(
+        step,
+        metric = name,
+        value,
+        seconds = secs,
+        best = improved,
+        "evaluation"
+    );
+    if improved {
+        let groups: Vec<(&str, Vec<(String, Tensor)>)> = task
+            .state_groups()
+            .into_iter()
+            .map(|(name, g)| (name, group_tensors(&g)))
+            .collect();
+        let dir = at
+            .run
+            .save_best(at.state, &at.target.config_toml, &groups, (name, value))?;
+        tracing::info!(step, checkpoint = %dir.display(), "best checkpoint");
+        *best = Some(value);
+    }
+    plot_eval(at.run, name)
+}
+
+/// Redraws `eval.png`: the evaluation metric against step.
+fn plot_eval(run: &RunDir, metric: &str) -> Result<()> {
+    let (xs, ys): (Vec<f64>, Vec<f64>) = run
+        .read_metrics()?
+        .iter()
+        .filter_map(|r| Some((r["step"].as_f64()?, r[metric].as_f64()?)))
+        .unzip();
+    let panel = viz::PlotPanel::new(metric, xs, ys)
+        .y_label(format!("{metric} (lower is better)"))
+        .color([214, 39, 40]);
+    let img = viz::plot(&format!("{metric} during training"), "step", &[panel]);
+    viz::save_png(&img, &run.path.join("eval.png"))
+}
+
 /// Draws and writes `samples/step_N.png`.
 fn write_grid<T: TrainTask>(task: &T, run: &RunDir, s: &LoopSettings, step: usize) -> Result<()> {
     let n = s.sample_num.max(1);
@@ -692,7 +827,12 @@ fn write_grid<T: TrainTask>(task: &T, run: &RunDir, s: &LoopSettings, step: usiz
 /// Redraws `loss.png` from `metrics.jsonl`: one panel per plotted metric, against step, under
 /// the title `"{title}: training metrics"`.
 pub fn plot_metrics(run: &RunDir, title: &str, metrics: &[Metric]) -> Result<()> {
-    let records = run.read_metrics()?;
+    // The training records (evaluation records carry their own metric only).
+    let records: Vec<Value> = run
+        .read_metrics()?
+        .into_iter()
+        .filter(|r| metrics.first().is_some_and(|m| !r[m.name].is_null()))
+        .collect();
     if records.len() < 2 {
         return Ok(());
     }

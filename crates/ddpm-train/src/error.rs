@@ -57,6 +57,14 @@ pub enum TrainError {
         /// The step's original timestep.
         timestep: usize,
     },
+    /// Scoring samples during training failed.
+    #[error("evaluation at step {step}: {message}")]
+    Eval {
+        /// The step evaluated.
+        step: usize,
+        /// What went wrong.
+        message: String,
+    },
     /// A checkpoint or run directory does not fit what is asked of it.
     #[error("{path}: {message}")]
     Checkpoint {

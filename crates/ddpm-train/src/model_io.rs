@@ -40,9 +40,13 @@ pub struct LoadedDdpm {
     pub sampling: SamplingSettings,
 }
 
-/// Loads a run directory or a diffusers folder.
+/// Loads a run directory (its newest checkpoint), one checkpoint folder of a run (e.g.
+/// `RUN/checkpoints/best`, with its own `config.toml` and `state.json`) or a diffusers folder.
 pub fn load_ddpm(dir: &Path, weights: Weights, device: Device) -> Result<LoadedDdpm> {
-    if dir.join("config.toml").is_file() {
+    if dir.join("state.json").is_file() && dir.join("config.toml").is_file() {
+        let cfg = crate::config::TrainConfig::from_file(&dir.join("config.toml"))?;
+        load_checkpoint(dir, &cfg, weights, device)
+    } else if dir.join("config.toml").is_file() {
         load_run(dir, weights, device)
     } else if dir.join("config.json").is_file() || dir.join("unet/config.json").is_file() {
         load_diffusers(dir, device)
@@ -70,7 +74,23 @@ fn load_run(dir: &Path, weights: Weights, device: Device) -> Result<LoadedDdpm> 
             path: dir.to_path_buf(),
             message: "has no checkpoint yet".into(),
         })?;
-    let state = RunDir::read_state(&ckpt)?;
+    load_checkpoint(&ckpt, &cfg, weights, device)
+}
+
+/// Loads the checkpoint folder `ckpt` of a DDPM run with config `cfg`.
+fn load_checkpoint(
+    ckpt: &Path,
+    cfg: &crate::config::TrainConfig,
+    weights: Weights,
+    device: Device,
+) -> Result<LoadedDdpm> {
+    if cfg.model.kind() != ModelKind::Ddpm {
+        return Err(TrainError::Checkpoint {
+            path: ckpt.to_path_buf(),
+            message: format!("holds a {:?} checkpoint, not a DDPM", cfg.model.kind()),
+        });
+    }
+    let state = RunDir::read_state(ckpt)?;
     let mut vs = nn::VarStore::new(device);
     let unet = UNet2DModel::new(vs.root(), cfg.unet()?)?;
     let file = ckpt.join(match weights {
@@ -82,7 +102,7 @@ fn load_run(dir: &Path, weights: Weights, device: Device) -> Result<LoadedDdpm> 
         vs,
         unet,
         diffusion: cfg.diffusion.build()?,
-        hw: crate::tasks::ddpm::sample_hw(&cfg),
+        hw: crate::tasks::ddpm::sample_hw(cfg),
         source: file,
         step: Some(state.step),
         sampling: cfg.diffusion.sampling()?,
@@ -171,7 +191,8 @@ pub const PIPELINE_FILES: [&str; 4] = [
     "scheduler/scheduler_config.json",
 ];
 
-/// Writes the DDPM of the run directory `run` (its newest checkpoint, EMA or raw `weights`) as a
+/// Writes the DDPM of the run directory `run` (its newest checkpoint, EMA or raw `weights`; or
+/// the checkpoint folder `run`, e.g. `RUN/checkpoints/best`) as a
 /// diffusers `DDPMPipeline` folder `out`: `model_index.json`, `unet/` (`config.json` with the
 /// run's sampling size, `diffusion_pytorch_model.safetensors`) and
 /// `scheduler/scheduler_config.json` ([`scheduler_config::to_json`](crate::scheduler_config::to_json):
@@ -190,8 +211,14 @@ pub fn export_diffusers(run: &Path, out: &Path, weights: Weights) -> Result<usiz
             message: "already exists; export writes a new folder".into(),
         });
     }
-    let model = load_run(run, weights, Device::Cpu)?;
-    let step = model.step.unwrap_or(0);
+    let model = load_ddpm(run, weights, Device::Cpu)?;
+    let Some(step) = model.step else {
+        return Err(TrainError::Checkpoint {
+            path: run.to_path_buf(),
+            message: "is a diffusers folder already; export takes a run directory or one of its                       checkpoint folders"
+                .into(),
+        });
+    };
     let mut meta = serde_json::Map::new();
     meta.insert("step".into(), step.into());
     meta.insert(

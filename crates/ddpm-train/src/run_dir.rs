@@ -39,6 +39,11 @@ pub struct RunDir {
     pub path: PathBuf,
 }
 
+/// The folder of the best checkpoint by the evaluation metric, under `checkpoints/`.
+pub const BEST: &str = "best";
+/// The file in `checkpoints/best` naming its step, metric and value.
+pub const BEST_FILE: &str = "best.json";
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
     move |source| TrainError::Io {
         path: path.to_path_buf(),
@@ -186,37 +191,102 @@ impl RunDir {
         tensors: &[(&str, Vec<(String, tch::Tensor)>)],
         keep: usize,
     ) -> Result<PathBuf> {
-        let final_dir = self
-            .checkpoints_dir()
-            .join(format!("step_{:07}", state.step));
-        let tmp = self.checkpoints_dir().join(format!(
-            ".tmp_step_{:07}_{}",
-            state.step,
-            std::process::id()
-        ));
-        let result = (|| -> Result<()> {
-            fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-            for (name, ts) in tensors {
-                ddpm_nets::checkpoint::write_tensors(&tmp.join(format!("{name}.safetensors")), ts)?;
-            }
-            let json = serde_json::to_string_pretty(state).expect("state serialises");
-            fs::write(tmp.join("state.json"), json).map_err(io(&tmp))?;
-            fs::write(tmp.join("config.toml"), config_toml).map_err(io(&tmp))?;
-            if final_dir.exists() {
-                fs::remove_dir_all(&final_dir).map_err(io(&final_dir))?;
-            }
-            fs::rename(&tmp, &final_dir).map_err(io(&final_dir))
-        })();
-        if let Err(e) = result {
-            let _ = fs::remove_dir_all(&tmp);
-            return Err(e);
-        }
+        let name = format!("step_{:07}", state.step);
+        let final_dir = self.write_checkpoint(&name, state, config_toml, tensors, None)?;
         let all = self.checkpoints()?;
         if all.len() > keep {
             for (_, p) in &all[..all.len() - keep] {
                 let _ = fs::remove_dir_all(p);
             }
         }
+        Ok(final_dir)
+    }
+
+    /// Writes `checkpoints/best` (as a checkpoint, plus `best.json` with the step, the metric and
+    /// its value), replacing the previous one only once the new one is complete. It is never
+    /// counted among the `step_N` checkpoints, so resuming and keep-N ignore it.
+    pub fn save_best(
+        &self,
+        state: &TrainState,
+        config_toml: &str,
+        tensors: &[(&str, Vec<(String, tch::Tensor)>)],
+        (metric, value): (&str, f64),
+    ) -> Result<PathBuf> {
+        let best = serde_json::json!({"step": state.step, "metric": metric, "value": value});
+        self.write_checkpoint(BEST, state, config_toml, tensors, Some(&best))
+    }
+
+    /// What `checkpoints/best` was chosen by: its `best.json` as (metric, value, step), if
+    /// there is one.
+    ///
+    /// # Errors
+    /// An unreadable or malformed `best.json`, naming it.
+    pub fn best(&self) -> Result<Option<(String, f64, usize)>> {
+        let p = self.checkpoints_dir().join(BEST).join(BEST_FILE);
+        if !p.is_file() {
+            return Ok(None);
+        }
+        let text = fs::read_to_string(&p).map_err(io(&p))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint {
+                path: p.clone(),
+                message: format!("unreadable: {e}"),
+            })?;
+        match (
+            v["metric"].as_str(),
+            v["value"].as_f64(),
+            v["step"].as_u64(),
+        ) {
+            (Some(m), Some(value), Some(step)) => Ok(Some((m.to_string(), value, step as usize))),
+            _ => Err(TrainError::Checkpoint {
+                path: p,
+                message: "lacks metric, value or step".into(),
+            }),
+        }
+    }
+
+    /// Writes the checkpoint folder `checkpoints/<name>` through a temporary folder renamed into
+    /// place; a previous folder of that name is moved aside first and removed after.
+    fn write_checkpoint(
+        &self,
+        name: &str,
+        state: &TrainState,
+        config_toml: &str,
+        tensors: &[(&str, Vec<(String, tch::Tensor)>)],
+        best: Option<&serde_json::Value>,
+    ) -> Result<PathBuf> {
+        let dir = self.checkpoints_dir();
+        let final_dir = dir.join(name);
+        let pid = std::process::id();
+        let tmp = dir.join(format!(".tmp_{name}_{pid}"));
+        let old = dir.join(format!(".old_{name}_{pid}"));
+        let result = (|| -> Result<()> {
+            fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+            for (group, ts) in tensors {
+                ddpm_nets::checkpoint::write_tensors(
+                    &tmp.join(format!("{group}.safetensors")),
+                    ts,
+                )?;
+            }
+            let json = serde_json::to_string_pretty(state).expect("state serialises");
+            fs::write(tmp.join("state.json"), json).map_err(io(&tmp))?;
+            fs::write(tmp.join("config.toml"), config_toml).map_err(io(&tmp))?;
+            if let Some(best) = best {
+                fs::write(tmp.join(BEST_FILE), format!("{best}\n")).map_err(io(&tmp))?;
+            }
+            if final_dir.exists() {
+                fs::rename(&final_dir, &old).map_err(io(&final_dir))?;
+            }
+            fs::rename(&tmp, &final_dir).map_err(io(&final_dir))
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_dir_all(&tmp);
+            if old.exists() && !final_dir.exists() {
+                let _ = fs::rename(&old, &final_dir);
+            }
+            return Err(e);
+        }
+        let _ = fs::remove_dir_all(&old);
         Ok(final_dir)
     }
 

@@ -61,6 +61,7 @@ fn stop_request_saves_and_resume_continues_identically() {
     let opts = TrainOptions {
         progress: false,
         stop: Arc::new(AtomicBool::new(true)),
+        evaluator: None,
     };
     let s = train_ddpm(&stopped, &cfg, false, &opts).unwrap();
     assert_eq!((s.step, s.interrupted), (1, true));
@@ -352,4 +353,130 @@ fn gradient_accumulation_equals_one_full_batch_step() {
         !dir.path().join("bad").exists(),
         "a refused run left its directory"
     );
+}
+
+/// An evaluator that returns scripted scores in turn and records the shapes it was given.
+struct Scripted {
+    scores: Vec<f64>,
+    calls: std::cell::RefCell<Vec<Vec<i64>>>,
+}
+
+impl ddpm_train::engine::Evaluator for Scripted {
+    fn name(&self) -> &str {
+        "fid_test"
+    }
+
+    fn score(&self, images: &tch::Tensor) -> Result<f64, String> {
+        let mut calls = self.calls.borrow_mut();
+        calls.push(images.size());
+        assert_eq!(images.kind(), tch::Kind::Uint8);
+        Ok(self.scores[calls.len() - 1])
+    }
+}
+
+fn scripted(scores: &[f64]) -> TrainOptions {
+    TrainOptions {
+        evaluator: Some(Box::new(Scripted {
+            scores: scores.to_vec(),
+            calls: Default::default(),
+        })),
+        ..TrainOptions::default()
+    }
+}
+
+fn eval_records(run: &Path) -> Vec<(u64, f64)> {
+    RunDir::open(run)
+        .unwrap()
+        .read_metrics()
+        .unwrap()
+        .iter()
+        .filter_map(|r| Some((r["step"].as_u64()?, r["fid_test"].as_f64()?)))
+        .collect()
+}
+
+#[test]
+fn evaluation_records_scores_keeps_the_best_checkpoint_and_leaves_training_unchanged() {
+    let _rng = common::torch_rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let (plain, evaluated, resumed) = (
+        dir.path().join("plain"),
+        dir.path().join("evaluated"),
+        dir.path().join("resumed"),
+    );
+    let mut cfg = common::tiny_config(8);
+    cfg.run.eval_every = 2;
+    cfg.run.eval_samples = 5;
+    cfg.run.eval_sampler = ddpm_train::config::SampleSteps::new("dpm++4").unwrap();
+    train_ddpm(&plain, &cfg, false, &TrainOptions::default()).unwrap();
+    let opts = scripted(&[5.0, 3.0, 4.0, 3.5]);
+    let s = train_ddpm(&evaluated, &cfg, false, &opts).unwrap();
+    assert_eq!(s.step, 8);
+    assert!(
+        s.last_loss.is_finite(),
+        "the last loss is read past the evaluation records"
+    );
+    assert_eq!(
+        eval_records(&evaluated),
+        vec![(2, 5.0), (4, 3.0), (6, 4.0), (8, 3.5)]
+    );
+    // Evaluation draws from the torch generator but never changes the training.
+    common::assert_same_checkpoint(&plain, &evaluated, 8);
+    let run = RunDir::open(&evaluated).unwrap();
+    assert_eq!(run.best().unwrap(), Some(("fid_test".into(), 3.0, 4)));
+    let best = evaluated.join("checkpoints/best");
+    assert_eq!(RunDir::read_state(&best).unwrap().step, 4);
+    assert_same(
+        &best.join("ema.safetensors"),
+        &evaluated.join("checkpoints/step_0000004/ema.safetensors"),
+    );
+    // keep-N and resume see only step_N folders.
+    let kept: Vec<usize> = run
+        .checkpoints()
+        .unwrap()
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(kept, vec![4, 6, 8]);
+    assert!(evaluated.join("eval.png").is_file() && evaluated.join("loss.png").is_file());
+
+    // A resumed run continues from the best score on record: step 6's 2.0 wins, step 8's does not.
+    let mut half = cfg.clone();
+    half.run.steps = 4;
+    train_ddpm(&resumed, &half, false, &scripted(&[5.0, 3.0])).unwrap();
+    train_ddpm(&resumed, &cfg, true, &scripted(&[2.0, 2.5])).unwrap();
+    assert_eq!(
+        eval_records(&resumed),
+        vec![(2, 5.0), (4, 3.0), (6, 2.0), (8, 2.5)]
+    );
+    let best = RunDir::open(&resumed).unwrap().best().unwrap();
+    assert_eq!(best, Some(("fid_test".into(), 2.0, 6)));
+}
+
+#[test]
+fn evaluation_scores_images_of_the_runs_shape() {
+    let _rng = common::torch_rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::tiny_config(2);
+    cfg.run.eval_every = 2;
+    cfg.run.eval_samples = 3;
+    let ev = Scripted {
+        scores: vec![1.0],
+        calls: Default::default(),
+    };
+    let calls = std::rc::Rc::new(ev);
+    struct Shared(std::rc::Rc<Scripted>);
+    impl ddpm_train::engine::Evaluator for Shared {
+        fn name(&self) -> &str {
+            self.0.name()
+        }
+        fn score(&self, images: &tch::Tensor) -> Result<f64, String> {
+            self.0.score(images)
+        }
+    }
+    let opts = TrainOptions {
+        evaluator: Some(Box::new(Shared(calls.clone()))),
+        ..TrainOptions::default()
+    };
+    train_ddpm(&dir.path().join("run"), &cfg, false, &opts).unwrap();
+    assert_eq!(*calls.calls.borrow(), vec![vec![3, 28, 28, 1]]);
 }

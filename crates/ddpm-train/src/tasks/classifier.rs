@@ -164,6 +164,8 @@ pub fn train_classifier(
         keep_checkpoints: 1,
         sample_every: 0,
         sample_num: 0,
+        eval_every: 0,
+        eval_samples: 0,
     };
     let target = RunTarget {
         dir,

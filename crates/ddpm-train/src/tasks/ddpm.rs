@@ -11,7 +11,7 @@ use rand::SeedableRng;
 use serde_json::{json, Map, Value};
 use tch::{nn, Device, Kind, Tensor};
 
-use crate::config::TrainConfig;
+use crate::config::{SampleSteps, TrainConfig};
 use crate::engine::{
     scaled, split_rows, split_rows_opt, step_seed, Metric, MicroBatches, Plot, Probe, StateGroup,
     StepMetrics, TrainTask,
@@ -342,11 +342,26 @@ impl TrainTask for DdpmTask {
     }
 
     fn sample_images(&self, n: usize, _seed: u64) -> Result<Option<Tensor>> {
-        sample_grid_images(
+        let steps = &self.cfg.run.sample_steps;
+        sample_ema_images(
             &self.cfg,
             &self.diffusion,
             &self.model.ema_unet,
             n,
+            steps,
+            self.device,
+        )
+        .map(Some)
+    }
+
+    fn eval_images(&self, n: usize, _seed: u64) -> Result<Option<Tensor>> {
+        let steps = &self.cfg.run.eval_sampler;
+        sample_ema_images(
+            &self.cfg,
+            &self.diffusion,
+            &self.model.ema_unet,
+            n,
+            steps,
             self.device,
         )
         .map(Some)
@@ -371,35 +386,43 @@ impl TrainTask for DdpmTask {
     }
 }
 
-/// `n` uint8 images `[n, H, W, C]` (CPU) from `unet` with the run's grid sampler
-/// (`run.sample_steps`), from noise drawn from the (already seeded) torch generator; a
-/// conditional model draws the classes in turn (0, 1, …), one per image.
-pub fn sample_grid_images(
+/// Images per sampling batch of [`sample_ema_images`].
+const SAMPLE_BATCH: usize = 256;
+
+/// `n` uint8 images `[n, H, W, C]` (CPU) from `unet` with the sampler `steps` (the run's x̂₀
+/// processing), in batches of [`SAMPLE_BATCH`], from noise drawn from the (already seeded) torch
+/// generator; a conditional model draws the classes in turn (0, 1, …), one per image.
+pub fn sample_ema_images(
     cfg: &TrainConfig,
     diffusion: &GaussianDiffusion,
     unet: &UNet2DModel,
     n: usize,
+    steps: &SampleSteps,
     device: Device,
 ) -> Result<Tensor> {
-    let mut spec = cfg.run.sample_steps.resolve(diffusion.num_timesteps())?;
+    let mut spec = steps.resolve(diffusion.num_timesteps())?;
     spec.x0 = cfg.diffusion.sampling()?.x0;
     let sampler = Sampler::new(diffusion, &spec, device)?;
     let u = cfg.unet()?;
     let (h, w) = sample_hw(cfg);
-    let n = n as i64;
     let _guard = tch::no_grad_guard();
-    let noise = Tensor::randn([n, u.in_channels, h, w], (Kind::Float, device));
-    let labels = u
-        .num_class_embeds
-        .map(|k| Tensor::arange(n, (Kind::Int64, device)).remainder(k - 1));
-    let samples = sampler.sample(
-        |x, t, _| unet.forward_t(x, t, labels.as_ref(), false),
-        noise,
-        None,
-        0,
-        |_| {},
-    )?;
-    Ok(to_uint8_nhwc(&samples.images).to_device(Device::Cpu))
+    let mut chunks = Vec::with_capacity(n.div_ceil(SAMPLE_BATCH));
+    for start in (0..n).step_by(SAMPLE_BATCH) {
+        let b = SAMPLE_BATCH.min(n - start) as i64;
+        let noise = Tensor::randn([b, u.in_channels, h, w], (Kind::Float, device));
+        let labels = u
+            .num_class_embeds
+            .map(|k| (Tensor::arange(b, (Kind::Int64, device)) + start as i64).remainder(k - 1));
+        let samples = sampler.sample(
+            |x, t, _| unet.forward_t(x, t, labels.as_ref(), false),
+            noise,
+            None,
+            0,
+            |_| {},
+        )?;
+        chunks.push(to_uint8_nhwc(&samples.images).to_device(Device::Cpu));
+    }
+    Ok(Tensor::cat(&chunks, 0))
 }
 
 /// The image size a model of this run samples at.

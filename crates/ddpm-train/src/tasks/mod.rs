@@ -50,6 +50,8 @@ pub fn loop_settings(cfg: &TrainConfig) -> LoopSettings {
         keep_checkpoints: cfg.run.keep_checkpoints,
         sample_every: cfg.run.sample_every,
         sample_num: cfg.run.sample_num,
+        eval_every: cfg.run.eval_every,
+        eval_samples: cfg.run.eval_samples,
     }
 }
 
