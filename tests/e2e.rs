@@ -67,6 +67,20 @@ fn tiny_config_with(dir: &Path, steps: usize, extra: &[&str]) -> PathBuf {
     path
 }
 
+/// `train --no-progress --config CONFIG --out RUN`, which must succeed; returns its output text.
+fn train_config(config: &Path, run: &Path, what: &str) -> String {
+    ok(
+        cli()
+            .args(["train", "--no-progress", "--config"])
+            .arg(config)
+            .arg("--out")
+            .arg(run)
+            .output()
+            .unwrap(),
+        what,
+    )
+}
+
 fn read_images(path: &Path) -> (Vec<usize>, Vec<u8>) {
     let f = hdf5::File::open(path).unwrap();
     let ds = f.dataset("images").unwrap();
@@ -79,16 +93,7 @@ fn train_checkpoint_sample_and_inspect() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let config = tiny_config(dir.path(), 6);
-    let text = ok(
-        cli()
-            .args(["train", "--no-progress", "--config"])
-            .arg(&config)
-            .arg("--out")
-            .arg(&run)
-            .output()
-            .unwrap(),
-        "train",
-    );
+    let text = train_config(&config, &run, "train");
     assert!(
         text.contains("finished") && text.contains("at step 6"),
         "{text}"
@@ -319,16 +324,7 @@ fn class_conditional_training_and_guided_sampling() {
         4,
         &["data.conditional=true", "model.unet.num_class_embeds=11"],
     );
-    ok(
-        cli()
-            .args(["train", "--no-progress", "--config"])
-            .arg(&config)
-            .arg("--out")
-            .arg(&run)
-            .output()
-            .unwrap(),
-        "conditional train",
-    );
+    train_config(&config, &run, "conditional train");
     let out = dir.path().join("sevens.h5");
     let text = ok(
         cli()
@@ -397,16 +393,7 @@ fn zero_terminal_snr_schedules_train_and_sample_visible_images() {
                 "run.sample_steps=\"ddim2\"",
             ],
         );
-        ok(
-            cli()
-                .args(["train", "--no-progress", "--config"])
-                .arg(&config)
-                .arg("--out")
-                .arg(&run)
-                .output()
-                .unwrap(),
-            "train",
-        );
+        train_config(&config, &run, "train");
         for (sampler, steps) in [("ddim", "10"), ("ddpm", t)] {
             let out = dir.path().join(format!("{sampler}.h5"));
             ok(
@@ -479,16 +466,7 @@ fn zero_terminal_snr_schedules_train_and_sample_visible_images() {
 fn tiny_run(dir: &Path, steps: usize, extra: &[&str]) -> PathBuf {
     let run = dir.join("run");
     let config = tiny_config_with(dir, steps, extra);
-    ok(
-        cli()
-            .args(["train", "--no-progress", "--config"])
-            .arg(&config)
-            .arg("--out")
-            .arg(&run)
-            .output()
-            .unwrap(),
-        "train",
-    );
+    train_config(&config, &run, "train");
     run
 }
 

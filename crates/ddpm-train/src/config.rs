@@ -712,7 +712,8 @@ pub struct RunConfig {
     /// Steps between evaluations of sample quality (0 = none): `eval_samples` images from the EMA
     /// weights with `eval_sampler`, scored with `eval_metric` against the first
     /// `eval_reference_images` training images; recorded in `metrics.jsonl` and `eval.png`, and
-    /// the checkpoint with the lowest score is kept as `checkpoints/best`.
+    /// the checkpoint with the lowest score is kept as `checkpoints/best`. A stop request (Ctrl-C)
+    /// skips the evaluation of its step.
     pub eval_every: usize,
     /// Images per evaluation.
     pub eval_samples: usize,

@@ -514,7 +514,8 @@ pub fn train<T: TrainTask>(
         if every(state.step, s.sample_every) || (last && s.sample_num > 0) {
             write_grid(task, &run, s, state.step)?;
         }
-        if let Some(ev) = evaluator.filter(|_| every(state.step, s.eval_every)) {
+        // A stop request skips the evaluation (it can take minutes); the resumed run goes on.
+        if let Some(ev) = evaluator.filter(|_| every(state.step, s.eval_every) && !stop) {
             let at = EvalPoint {
                 run: &run,
                 target: &target,

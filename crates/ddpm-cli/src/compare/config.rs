@@ -11,7 +11,8 @@ use crate::weights::{DEFAULT_MNIST_CLASSIFIER, POOL3_INCEPTION};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SamplerRow {
-    /// `ddimN` (DDIM, η = 0) or a respacing such as `1000` (ancestral sampling).
+    /// `ddimN` (DDIM, η = 0), `dpm++N` (DPM-Solver++(2M), N steps) or a respacing such as `1000`
+    /// (ancestral sampling).
     pub spec: String,
     /// Samples for this row (default: the config's `samples`).
     #[serde(default)]
@@ -143,7 +144,10 @@ impl Default for CompareConfig {
             ddpm_rows: vec![
                 row("1000", Some(64)),
                 row("ddim50", None),
+                row("ddim20", None),
                 row("ddim10", None),
+                row("dpm++20", None),
+                row("dpm++10", None),
             ],
             gan: entry("runs/mnist-cpu-gan"),
             vae: entry("runs/mnist-cpu-vae"),

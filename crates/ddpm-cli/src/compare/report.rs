@@ -128,19 +128,28 @@ fn bits_per_dim_section(r: &CompareReport) -> String {
     s
 }
 
+/// A model's run directory in backticks, or "not included".
+fn run_label(e: &super::config::ModelEntry) -> String {
+    if e.include {
+        format!("`{}`", e.run.display())
+    } else {
+        "not included".into()
+    }
+}
+
 fn setup_section(r: &CompareReport) -> String {
     let c = &r.config;
     format!(
-        "\n## Setup\n\n- Reference: `{}`, first {} images (FID, FID_cls); bits/dim on the first {} (same discretisation: 256 bins on x = p/127.5 − 1).\n- {}; FID_cls = Fréchet distance of its penultimate features, IS_cls = Inception Score of its softmax ({} splits).\n- FID-Inception: {}.\n- Runs: DDPM `{}`, GAN `{}`, VAE `{}`; DDPM samples from the EMA weights. Seed {}.\n- Training time = `elapsed_secs` of the run's last checkpoint; sampling time = wall clock of drawing the row's samples (batch {}) / n, device `{}`.\n- `report.png`: the first {} samples of each row, left to right in table order.\n",
+        "\n## Setup\n\n- Reference: `{}`, first {} images (FID, FID_cls); bits/dim on the first {} (same discretisation: 256 bins on x = p/127.5 − 1).\n- {}; FID_cls = Fréchet distance of its penultimate features, IS_cls = Inception Score of its softmax ({} splits).\n- FID-Inception: {}.\n- Runs: DDPM {}, GAN {}, VAE {}; DDPM samples from the EMA weights. Seed {}.\n- Training time = `elapsed_secs` of the run's last checkpoint; sampling time = wall clock of drawing the row's samples (batch {}) / n, device `{}`.\n- `report.png`: the first {} samples of each row, left to right in table order.\n",
         c.reference,
         r.reference_images,
         c.nll_images,
         r.classifier,
         c.splits,
         r.inception.as_deref().unwrap_or("not computed (fid_inception = false)"),
-        c.ddpm.run.display(),
-        c.gan.run.display(),
-        c.vae.run.display(),
+        run_label(&c.ddpm),
+        run_label(&c.gan),
+        run_label(&c.vae),
         c.seed,
         c.batch_size,
         c.device,
