@@ -260,9 +260,8 @@ fn import(
 ) -> Result<()> {
     refuse_non_hdf5_output(out)?;
     ctrlc::set_handler(|| {
-        ddpm_nets::atomic::remove_in_flight();
         eprintln!("\ninterrupted: nothing written");
-        std::process::exit(130);
+        ddpm_nets::atomic::exit_now(130);
     })
     .context("cannot install the Ctrl-C handler")?;
     let summary = match (name, raw, images) {

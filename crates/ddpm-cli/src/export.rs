@@ -35,13 +35,26 @@ pub fn run(args: ExportArgs) -> Result<()> {
     for f in model_io::PIPELINE_FILES {
         println!("  {f}");
     }
-    println!(
-        "diffusers: DDPMPipeline.from_pretrained(\"{}\")(batch_size=16, num_inference_steps=1000)",
-        args.out.display()
-    );
-    println!(
-        "ddpm-rs:   ddpm-cli sample --model {} --out samples.h5",
-        args.out.display()
-    );
+    let unet = ddpm_nets::diffusers::read_config(&args.out.join("unet/config.json"))?;
+    let dir = args.out.display();
+    match unet.num_class_embeds {
+        None => {
+            println!("diffusers: DDPMPipeline.from_pretrained(\"{dir}\")(batch_size=16, num_inference_steps=1000)");
+            println!("ddpm-rs:   ddpm-cli sample --model {dir} --out samples.h5");
+        }
+        Some(k) => {
+            // DDPMPipeline passes no class labels; the UNet takes them.
+            println!(
+                "class-conditional: labels 0..{} and the null label {} (classifier-free guidance); \
+                 DDPMPipeline passes no labels, so call the UNet yourself:",
+                k - 2,
+                k - 1
+            );
+            println!("diffusers: UNet2DModel.from_pretrained(\"{dir}/unet\")(x_t, t, class_labels=labels).sample, with DDPMScheduler.from_pretrained(\"{dir}/scheduler\")");
+            println!(
+                "ddpm-rs:   ddpm-cli sample --model {dir} --class 3 --guidance 2 --out samples.h5"
+            );
+        }
+    }
     Ok(())
 }

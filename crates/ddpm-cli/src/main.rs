@@ -11,6 +11,7 @@ mod export;
 mod forward;
 mod info;
 mod models;
+mod outputs;
 mod run_log;
 mod sample;
 mod schedule;

@@ -113,9 +113,19 @@ pub fn run(args: SampleArgs) -> Result<()> {
     };
     if let Some(kind) = models::run_kind(&args.model)? {
         if kind != ModelKind::Ddpm {
-            if args.dtype != "auto" || args.noise.is_some() || args.save_noise.is_some() {
+            let given: Vec<&str> = [
+                ("--dtype", args.dtype != "auto"),
+                ("--noise", args.noise.is_some()),
+                ("--save-noise", args.save_noise.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(name, set)| set.then_some(name))
+            .collect();
+            if !given.is_empty() {
                 bail!(
-                    "--dtype, --noise and --save-noise apply to DDPM models; {} is a {} run",
+                    "{} {} to DDPM models; {} is a {} run",
+                    given.join(", "),
+                    if given.len() == 1 { "applies" } else { "apply" },
                     args.model.display(),
                     format!("{kind:?}").to_lowercase()
                 );
@@ -123,6 +133,11 @@ pub fn run(args: SampleArgs) -> Result<()> {
             return run_baseline(&args, device);
         }
     }
+    let mut outputs = vec![("--out", &args.out)];
+    outputs.extend(args.save_noise.as_ref().map(|p| ("--save-noise", p)));
+    outputs.extend(args.grid.as_ref().map(|p| ("--grid", p)));
+    outputs.extend(args.trajectory.as_ref().map(|p| ("--trajectory", p)));
+    crate::outputs::check_distinct(&outputs, args.noise.as_ref().map(|p| ("--noise", p)))?;
     let noise = args.noise.as_deref().map(ChainNoise::read).transpose()?;
     let num = match (&noise, args.num) {
         (Some(z), Some(n)) if n != z.num_chains() => bail!(
@@ -213,6 +228,7 @@ fn check_noise_files(
     }
     if let Some(path) = &args.save_noise {
         ChainNoise::check_target(path, noise_steps > 0)?;
+        crate::outputs::check_writable(path, "--save-noise")?;
     }
     Ok(())
 }

@@ -151,8 +151,7 @@ pub fn stop_on_interrupt() -> Result<Arc<AtomicBool>> {
     ctrlc::set_handler(move || {
         if flag.swap(true, Ordering::SeqCst) {
             eprintln!("\nsecond interrupt: exiting without saving");
-            ddpm_nets::atomic::remove_in_flight();
-            std::process::exit(130);
+            ddpm_nets::atomic::exit_now(130);
         }
         eprintln!("\ninterrupt: saving a checkpoint after this step (Ctrl-C again to abort)");
     })

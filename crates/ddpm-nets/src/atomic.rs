@@ -18,12 +18,22 @@ fn in_flight() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
 }
 
 /// Removes the temporary files of the atomic writes in progress (their destinations are not
-/// touched). For signal handlers that end the process at once (`std::process::exit` runs no
-/// destructors), e.g. a Ctrl-C during `data import` or a second Ctrl-C during training.
+/// touched). For signal handlers that end the process at once ([`exit_now`]), e.g. a Ctrl-C
+/// during `data import` or a second Ctrl-C during training.
 pub fn remove_in_flight() {
     for p in in_flight().drain(..) {
         let _ = std::fs::remove_file(p);
     }
+}
+
+/// Ends the process at once with `code` from a signal handler (e.g. 130 after a second Ctrl-C):
+/// removes the temporary files of the atomic writes in progress, then `_exit`s. Unlike
+/// `std::process::exit`, `_exit` runs no `atexit` handlers or static destructors, which would
+/// tear libtorch down under the main thread while it is still computing (a segmentation fault).
+pub fn exit_now(code: i32) -> ! {
+    remove_in_flight();
+    // SAFETY: `_exit` takes no pointers and never returns.
+    unsafe { libc::_exit(code) }
 }
 
 /// Creates `dir` and its parents; when a parent exists as a file, the error says which one.

@@ -23,7 +23,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ddpm_nets::checkpoint::{load_varstore, read_tensors};
 use serde_json::{json, Map, Value};
@@ -294,7 +294,10 @@ pub trait TrainTask {
 
     /// `n` uint8 images `[n, H, W, C]` on the CPU to score during training (the torch generator
     /// seeded with `seed`, the same at every evaluation of a run); by default the grid's sampler.
-    fn eval_images(&self, n: usize, seed: u64) -> Result<Option<Tensor>> {
+    /// `None` when the task draws none, or when `stop` was set while drawing (checked between
+    /// batches).
+    fn eval_images(&self, n: usize, seed: u64, stop: &AtomicBool) -> Result<Option<Tensor>> {
+        let _ = stop;
         self.sample_images(n, seed)
     }
 
@@ -341,6 +344,9 @@ pub struct LoopSettings {
     pub eval_every: usize,
     /// Images per evaluation.
     pub eval_samples: usize,
+    /// How evaluations are made (sampler, sample and reference counts, network): scores made
+    /// otherwise are not compared with each other.
+    pub eval_setting: String,
 }
 
 impl LoopSettings {
@@ -468,12 +474,14 @@ pub fn train<T: TrainTask>(
     let mut batches = BatchSampler::new(n_data, s.batch_size, s.seed);
     let bar = progress_bar(opts.progress, s.steps, state.step);
     let session_start = Instant::now();
+    // Time spent on grids and evaluations, which is not training time.
+    let mut aside = Duration::ZERO;
     let elapsed_before = state.elapsed_secs;
     let mut window = LogWindow::new(s.log_every);
     let mut interrupted = false;
     let evaluator = opts.evaluator.as_deref().filter(|_| s.eval_every > 0);
     let mut best = match evaluator {
-        Some(ev) => best_so_far(&run, ev.name())?,
+        Some(ev) => best_so_far(&run, ev.name(), &s.eval_setting)?,
         None => None,
     };
     while state.step < s.steps {
@@ -489,7 +497,8 @@ pub fn train<T: TrainTask>(
         let last = state.step == s.steps;
         let at_ckpt = last || stop || every(state.step, s.checkpoint_every);
         if at_ckpt || every(state.step, s.log_every) {
-            state.elapsed_secs = elapsed_before + session_start.elapsed().as_secs_f64();
+            state.elapsed_secs =
+                elapsed_before + session_start.elapsed().saturating_sub(aside).as_secs_f64();
             let ctx = WindowContext {
                 run: &run,
                 state: &state,
@@ -511,6 +520,7 @@ pub fn train<T: TrainTask>(
                 last_checkpoint,
             )?);
         }
+        let aside_start = Instant::now();
         if every(state.step, s.sample_every) || (last && s.sample_num > 0) {
             write_grid(task, &run, s, state.step)?;
         }
@@ -521,8 +531,10 @@ pub fn train<T: TrainTask>(
                 target: &target,
                 state: &state,
             };
-            evaluate(task, ev, &at, s, &mut best)?;
+            evaluate(task, ev, &at, s, &mut best, &opts.stop)?;
         }
+        aside += aside_start.elapsed();
+        window.set_aside(aside_start.elapsed());
         if stop && !last {
             interrupted = true;
             tracing::warn!(step = state.step, "stopped on request; checkpoint saved");
@@ -727,14 +739,19 @@ pub fn eval_seed(seed: u64) -> u64 {
     grid_seed(seed) ^ 0x5eed_e7a1
 }
 
-/// The score of the run's `checkpoints/best` when it was chosen by `metric` (also one written
-/// after the checkpoint a resume starts from: its weights did reach that score); `None` when
-/// there is none or it was chosen by another metric (the first evaluation then replaces it).
-fn best_so_far(run: &RunDir, metric: &str) -> Result<Option<f64>> {
-    Ok(run
-        .best()?
-        .filter(|(m, _, _)| m == metric)
-        .map(|(_, value, _)| value))
+/// The score of the run's `checkpoints/best` when it was chosen by `metric` computed as
+/// `setting` (also one written after the checkpoint a resume starts from: its weights did reach
+/// that score); `None` when there is none or it was chosen otherwise (scores of another metric,
+/// sampler or sample count do not compare; the first evaluation then replaces it).
+fn best_so_far(run: &RunDir, metric: &str, setting: &str) -> Result<Option<f64>> {
+    let Some((m, value, step, was)) = run.best()? else {
+        return Ok(None);
+    };
+    if m != metric || was != setting {
+        tracing::warn!(step, was = %format!("{m}: {was}"), now = %format!("{metric}: {setting}"), "checkpoints/best was chosen with other evaluation settings; the next evaluation replaces it");
+        return Ok(None);
+    }
+    Ok(Some(value))
 }
 
 /// Where an evaluation happens: the run, what started it and its state.
@@ -753,12 +770,16 @@ fn evaluate<T: TrainTask>(
     at: &EvalPoint,
     s: &LoopSettings,
     best: &mut Option<f64>,
+    stop: &AtomicBool,
 ) -> Result<()> {
     let step = at.state.step;
     let start = Instant::now();
     let seed = eval_seed(s.seed);
     tch::manual_seed(seed as i64);
-    let Some(images) = task.eval_images(s.eval_samples, seed)? else {
+    let Some(images) = task.eval_images(s.eval_samples, seed, stop)? else {
+        if stop.load(Ordering::SeqCst) {
+            tracing::warn!(step, "evaluation interrupted by the stop request");
+        }
         return Ok(());
     };
     let value = ev
@@ -787,9 +808,12 @@ fn evaluate<T: TrainTask>(
             .into_iter()
             .map(|(name, g)| (name, group_tensors(&g)))
             .collect();
-        let dir = at
-            .run
-            .save_best(at.state, &at.target.config_toml, &groups, (name, value))?;
+        let dir = at.run.save_best(
+            at.state,
+            &at.target.config_toml,
+            &groups,
+            (name, value, &s.eval_setting),
+        )?;
         tracing::info!(step, checkpoint = %dir.display(), "best checkpoint");
         *best = Some(value);
     }
@@ -896,6 +920,11 @@ impl LogWindow {
             images: 0,
             start: Instant::now(),
         }
+    }
+
+    /// Excludes `d` (spent on grids or evaluations) from the window's time.
+    fn set_aside(&mut self, d: Duration) {
+        self.start += d;
     }
 
     fn push(&mut self, values: Tensor, n: i64) {

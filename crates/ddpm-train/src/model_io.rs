@@ -215,7 +215,7 @@ pub fn export_diffusers(run: &Path, out: &Path, weights: Weights) -> Result<usiz
     let Some(step) = model.step else {
         return Err(TrainError::Checkpoint {
             path: run.to_path_buf(),
-            message: "is a diffusers folder already; export takes a run directory or one of its                       checkpoint folders"
+            message: "is a diffusers folder already; export takes a run directory or one of its checkpoint folders"
                 .into(),
         });
     };

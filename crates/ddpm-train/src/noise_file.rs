@@ -78,6 +78,9 @@ impl ChainNoise {
     /// `x_T` / `step_noise`, a non-float tensor, wrong ranks, a `step_noise` whose chains differ
     /// from `x_T`'s, or a non-finite value; each names the file.
     pub fn read(path: &Path) -> Result<Self> {
+        if path.is_dir() {
+            return Err(bad(path, "is a folder, not a noise file"));
+        }
         let mut named = match format_of(path)? {
             Format::Safetensors => {
                 let tensors = ddpm_nets::checkpoint::read_tensors(path)?;
@@ -232,43 +235,103 @@ fn to_tensor(a: ArrayD<f32>) -> Tensor {
     Tensor::from_slice(&values).reshape(shape)
 }
 
-/// Reads a `.npy` array of f32, or of f64 rounded to f32.
-fn read_npy(path: &Path) -> Result<Tensor> {
+/// The data size in bytes that a `.npy` image declares in its header (shape × item size), so
+/// that a header claiming more than the file holds is refused before anything is allocated.
+/// `None` when the header cannot be read.
+fn declared_bytes(npy: &[u8]) -> Option<u128> {
+    if npy.len() < 10 || &npy[..6] != b"\x93NUMPY" {
+        return None;
+    }
+    let (len, start): (usize, usize) = match npy[6] {
+        1 => (u16::from_le_bytes([npy[8], npy[9]]) as usize, 10),
+        2 | 3 => (
+            u32::from_le_bytes(npy.get(8..12)?.try_into().ok()?) as usize,
+            12,
+        ),
+        _ => return None,
+    };
+    let header = std::str::from_utf8(npy.get(start..start.checked_add(len)?)?).ok()?;
+    let after = |key: &str| header.split(key).nth(1);
+    let descr = after("descr")?;
+    let descr = &descr[descr.find(':')? + 1..];
+    let quote = descr.find(['\'', '"'])?;
+    let descr = &descr[quote + 1..];
+    let descr = &descr[..descr.find(['\'', '"'])?];
+    let item: u128 = descr
+        .trim_start_matches(|c: char| !c.is_ascii_digit())
+        .parse()
+        .ok()?;
+    let shape = after("shape")?;
+    let shape = &shape[shape.find('(')? + 1..];
+    let shape = &shape[..shape.find(')')?];
+    shape
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .try_fold(item, |acc, d| {
+            // A dimension too large for u128 is as impossible as one that overflows the product.
+            let d = match d.parse::<u128>() {
+                Ok(d) => d,
+                Err(_) if d.bytes().all(|b| b.is_ascii_digit()) => u128::MAX,
+                Err(_) => return None,
+            };
+            Some(acc.saturating_mul(d))
+        })
+}
+
+/// Parses a `.npy` image held in memory as f32 (f64 rounded), after checking that the file holds
+/// the data its header declares; `what` names the array in errors.
+fn npy_from_bytes(path: &Path, what: &str, npy: &[u8]) -> Result<Tensor> {
     use ndarray_npy::ReadNpyExt;
-    let open = || std::fs::File::open(path).map_err(TrainError::io(path));
-    match ArrayD::<f32>::read_npy(open()?) {
+    match declared_bytes(npy) {
+        None => return Err(bad(path, format!("{what}: not a readable .npy header"))),
+        Some(n) if n > npy.len() as u128 => {
+            return Err(bad(
+                path,
+                format!(
+                    "{what}: the header declares {n} bytes of data but the file holds {}",
+                    npy.len()
+                ),
+            ))
+        }
+        Some(_) => {}
+    }
+    match ArrayD::<f32>::read_npy(npy) {
         Ok(a) => Ok(to_tensor(a)),
-        Err(ndarray_npy::ReadNpyError::WrongDescriptor(_)) => ArrayD::<f64>::read_npy(open()?)
+        Err(ndarray_npy::ReadNpyError::WrongDescriptor(_)) => ArrayD::<f64>::read_npy(npy)
             .map(|a| to_tensor(a.mapv(|v| v as f32)))
-            .map_err(|e| bad(path, format!("not a float32/float64 .npy array: {e}"))),
-        Err(e) => Err(bad(path, format!("not a readable .npy array: {e}"))),
+            .map_err(|e| bad(path, format!("{what}: not a float32/float64 array: {e}"))),
+        Err(e) => Err(bad(path, format!("{what}: not a readable .npy array: {e}"))),
     }
 }
 
-/// Reads every array of a `.npz` archive as f32 (f64 arrays rounded).
+/// Reads a `.npy` file.
+fn read_npy(path: &Path) -> Result<Tensor> {
+    let bytes = std::fs::read(path).map_err(TrainError::io(path))?;
+    npy_from_bytes(path, X_T, &bytes)
+}
+
+/// Reads every array of a `.npz` archive (stored or deflated, as `np.savez` and
+/// `np.savez_compressed` write them) as f32.
 fn read_npz(path: &Path) -> Result<Vec<(String, Tensor)>> {
-    use ndarray_npy::{NpzReader, ReadNpzError};
+    use std::io::Read;
     let file = std::fs::File::open(path).map_err(TrainError::io(path))?;
-    let mut npz =
-        NpzReader::new(file).map_err(|e| bad(path, format!("not a .npz archive: {e}")))?;
-    let names = npz
-        .names()
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
         .map_err(|e| bad(path, format!("not a .npz archive: {e}")))?;
-    let mut out = Vec::with_capacity(names.len());
-    for name in names {
-        let a = match npz.by_name::<ndarray::OwnedRepr<f32>, IxDyn>(&name) {
-            Err(ReadNpzError::Npy(ndarray_npy::ReadNpyError::WrongDescriptor(_))) => npz
-                .by_name::<ndarray::OwnedRepr<f64>, IxDyn>(&name)
-                .map(|a| a.mapv(|v| v as f32)),
-            other => other,
-        }
-        .map_err(|e| {
-            bad(
-                path,
-                format!("array `{name}`: not a float32/float64 array: {e}"),
-            )
-        })?;
-        out.push((name, to_tensor(a)));
+    let mut out = Vec::with_capacity(zip.len());
+    for i in 0..zip.len() {
+        let mut member = zip
+            .by_index(i)
+            .map_err(|e| bad(path, format!("not a .npz archive: {e}")))?;
+        let name = member.name().to_string();
+        let name = name.strip_suffix(".npy").unwrap_or(&name).to_string();
+        let mut bytes = Vec::new();
+        // Grows with the data actually read, whatever size the archive claims.
+        member
+            .read_to_end(&mut bytes)
+            .map_err(|e| bad(path, format!("array `{name}`: {e}")))?;
+        let t = npy_from_bytes(path, &format!("array `{name}`"), &bytes)?;
+        out.push((name, t));
     }
     Ok(out)
 }
@@ -394,6 +457,46 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("`noise`"));
+    }
+
+    /// A `.npy` image whose header declares `shape` and that holds `data` bytes.
+    fn npy_bytes(shape: &str, data: usize) -> Vec<u8> {
+        let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+        while (10 + header.len() + 1) % 64 != 0 {
+            header.push(' ');
+        }
+        header.push('\n');
+        let mut out = b"\x93NUMPY\x01\x00".to_vec();
+        out.extend((header.len() as u16).to_le_bytes());
+        out.extend(header.as_bytes());
+        out.extend(vec![0u8; data]);
+        out
+    }
+
+    #[test]
+    fn headers_that_claim_more_than_the_file_holds_are_refused_before_allocating() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = dir.path().join("ok.npy");
+        std::fs::write(&ok, npy_bytes("(1, 1, 2, 2)", 16)).unwrap();
+        assert_eq!(ChainNoise::read(&ok).unwrap().x_t.size(), vec![1, 1, 2, 2]);
+        for shape in [
+            "(1000000000000, 1, 28, 28)",
+            "(99999999999999999999999, 9999999999999999999)",
+        ] {
+            let huge = dir.path().join("huge.npy");
+            std::fs::write(&huge, npy_bytes(shape, 100)).unwrap();
+            let err = ChainNoise::read(&huge).unwrap_err().to_string();
+            assert!(err.contains("huge.npy") && err.contains("holds"), "{err}");
+            // The same member inside an archive.
+            let npz = dir.path().join("huge.npz");
+            let mut zip = zip::ZipWriter::new(std::fs::File::create(&npz).unwrap());
+            zip.start_file("x_T.npy", zip::write::SimpleFileOptions::default())
+                .unwrap();
+            std::io::Write::write_all(&mut zip, &npy_bytes(shape, 100)).unwrap();
+            zip.finish().unwrap();
+            let err = ChainNoise::read(&npz).unwrap_err().to_string();
+            assert!(err.contains("huge.npz") && err.contains("x_T"), "{err}");
+        }
     }
 
     #[test]

@@ -210,18 +210,23 @@ impl RunDir {
         state: &TrainState,
         config_toml: &str,
         tensors: &[(&str, Vec<(String, tch::Tensor)>)],
-        (metric, value): (&str, f64),
+        (metric, value, setting): (&str, f64, &str),
     ) -> Result<PathBuf> {
-        let best = serde_json::json!({"step": state.step, "metric": metric, "value": value});
+        let best = serde_json::json!({
+            "step": state.step,
+            "metric": metric,
+            "value": value,
+            "setting": setting,
+        });
         self.write_checkpoint(BEST, state, config_toml, tensors, Some(&best))
     }
 
-    /// What `checkpoints/best` was chosen by: its `best.json` as (metric, value, step), if
-    /// there is one.
+    /// What `checkpoints/best` was chosen by: its `best.json` as (metric, value, step, setting),
+    /// if there is one (`setting` describes how the metric was computed; empty when unrecorded).
     ///
     /// # Errors
     /// An unreadable or malformed `best.json`, naming it.
-    pub fn best(&self) -> Result<Option<(String, f64, usize)>> {
+    pub fn best(&self) -> Result<Option<(String, f64, usize, String)>> {
         let p = self.checkpoints_dir().join(BEST).join(BEST_FILE);
         if !p.is_file() {
             return Ok(None);
@@ -237,7 +242,12 @@ impl RunDir {
             v["value"].as_f64(),
             v["step"].as_u64(),
         ) {
-            (Some(m), Some(value), Some(step)) => Ok(Some((m.to_string(), value, step as usize))),
+            (Some(m), Some(value), Some(step)) => Ok(Some((
+                m.to_string(),
+                value,
+                step as usize,
+                v["setting"].as_str().unwrap_or_default().to_string(),
+            ))),
             _ => Err(TrainError::Checkpoint {
                 path: p,
                 message: "lacks metric, value or step".into(),

@@ -537,7 +537,7 @@ pub fn to_json(
         ModelVarType::Learned => {
             return Err(TrainError::config(
                 "diffusion.var_type",
-                "`learned` (a log-variance output, improved-diffusion) has no diffusers variance                  type that means the same (diffusers' `learned` reads the variance itself);                  learned-range exports",
+                "`learned` (a log-variance output, improved-diffusion) has no diffusers variance type that means the same (diffusers' `learned` reads the variance itself); learned-range exports",
             ))
         }
     };

@@ -422,7 +422,10 @@ fn evaluation_records_scores_keeps_the_best_checkpoint_and_leaves_training_uncha
     // Evaluation draws from the torch generator but never changes the training.
     common::assert_same_checkpoint(&plain, &evaluated, 8);
     let run = RunDir::open(&evaluated).unwrap();
-    assert_eq!(run.best().unwrap(), Some(("fid_test".into(), 3.0, 4)));
+    assert_eq!(
+        run.best().unwrap().map(|b| (b.0, b.1, b.2)),
+        Some(("fid_test".into(), 3.0, 4))
+    );
     let best = evaluated.join("checkpoints/best");
     assert_eq!(RunDir::read_state(&best).unwrap().step, 4);
     assert_same(
@@ -448,8 +451,15 @@ fn evaluation_records_scores_keeps_the_best_checkpoint_and_leaves_training_uncha
         eval_records(&resumed),
         vec![(2, 5.0), (4, 3.0), (6, 2.0), (8, 2.5)]
     );
-    let best = RunDir::open(&resumed).unwrap().best().unwrap();
-    assert_eq!(best, Some(("fid_test".into(), 2.0, 6)));
+    let best = RunDir::open(&resumed).unwrap().best().unwrap().unwrap();
+    assert_eq!((best.0.as_str(), best.1, best.2), ("fid_test", 2.0, 6));
+    // Scores made with another sample count do not compare: the first new one replaces the best.
+    let mut more = cfg.clone();
+    more.run.steps = 10;
+    more.run.eval_samples = 6;
+    train_ddpm(&resumed, &more, true, &scripted(&[9.0])).unwrap();
+    let best = RunDir::open(&resumed).unwrap().best().unwrap().unwrap();
+    assert_eq!((best.1, best.2), (9.0, 10));
 }
 
 #[test]

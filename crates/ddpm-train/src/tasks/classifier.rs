@@ -166,6 +166,7 @@ pub fn train_classifier(
         sample_num: 0,
         eval_every: 0,
         eval_samples: 0,
+        eval_setting: String::new(),
     };
     let target = RunTarget {
         dir,

@@ -5,6 +5,8 @@
 use ddpm_math::{
     GaussianDiffusion, LossSecondMomentSampler, LossType, LossWeights, ScheduleSampler,
 };
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use ddpm_nets::UNet2DModel;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -343,28 +345,14 @@ impl TrainTask for DdpmTask {
 
     fn sample_images(&self, n: usize, _seed: u64) -> Result<Option<Tensor>> {
         let steps = &self.cfg.run.sample_steps;
-        sample_ema_images(
-            &self.cfg,
-            &self.diffusion,
-            &self.model.ema_unet,
-            n,
-            steps,
-            self.device,
-        )
-        .map(Some)
+        let (d, unet) = (&self.diffusion, &self.model.ema_unet);
+        sample_ema_images(&self.cfg, d, unet, n, steps, self.device, None)
     }
 
-    fn eval_images(&self, n: usize, _seed: u64) -> Result<Option<Tensor>> {
+    fn eval_images(&self, n: usize, _seed: u64, stop: &AtomicBool) -> Result<Option<Tensor>> {
         let steps = &self.cfg.run.eval_sampler;
-        sample_ema_images(
-            &self.cfg,
-            &self.diffusion,
-            &self.model.ema_unet,
-            n,
-            steps,
-            self.device,
-        )
-        .map(Some)
+        let (d, unet) = (&self.diffusion, &self.model.ema_unet);
+        sample_ema_images(&self.cfg, d, unet, n, steps, self.device, Some(stop))
     }
 
     fn summarize(&self, means: &[f64]) -> Map<String, Value> {
@@ -386,12 +374,13 @@ impl TrainTask for DdpmTask {
     }
 }
 
-/// Images per sampling batch of [`sample_ema_images`].
-const SAMPLE_BATCH: usize = 256;
+/// Images per sampling batch of [`sample_ema_images`] (also how often a stop request is seen).
+const SAMPLE_BATCH: usize = 128;
 
 /// `n` uint8 images `[n, H, W, C]` (CPU) from `unet` with the sampler `steps` (the run's x̂₀
 /// processing), in batches of [`SAMPLE_BATCH`], from noise drawn from the (already seeded) torch
-/// generator; a conditional model draws the classes in turn (0, 1, …), one per image.
+/// generator; a conditional model draws the classes in turn (0, 1, …), one per image. `None`
+/// when `stop` is set before a batch.
 pub fn sample_ema_images(
     cfg: &TrainConfig,
     diffusion: &GaussianDiffusion,
@@ -399,7 +388,8 @@ pub fn sample_ema_images(
     n: usize,
     steps: &SampleSteps,
     device: Device,
-) -> Result<Tensor> {
+    stop: Option<&AtomicBool>,
+) -> Result<Option<Tensor>> {
     let mut spec = steps.resolve(diffusion.num_timesteps())?;
     spec.x0 = cfg.diffusion.sampling()?.x0;
     let sampler = Sampler::new(diffusion, &spec, device)?;
@@ -408,6 +398,9 @@ pub fn sample_ema_images(
     let _guard = tch::no_grad_guard();
     let mut chunks = Vec::with_capacity(n.div_ceil(SAMPLE_BATCH));
     for start in (0..n).step_by(SAMPLE_BATCH) {
+        if stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
+            return Ok(None);
+        }
         let b = SAMPLE_BATCH.min(n - start) as i64;
         let noise = Tensor::randn([b, u.in_channels, h, w], (Kind::Float, device));
         let labels = u
@@ -422,7 +415,7 @@ pub fn sample_ema_images(
         )?;
         chunks.push(to_uint8_nhwc(&samples.images).to_device(Device::Cpu));
     }
-    Ok(Tensor::cat(&chunks, 0))
+    Ok(Some(Tensor::cat(&chunks, 0)))
 }
 
 /// The image size a model of this run samples at.

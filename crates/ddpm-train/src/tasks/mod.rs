@@ -52,6 +52,18 @@ pub fn loop_settings(cfg: &TrainConfig) -> LoopSettings {
         sample_num: cfg.run.sample_num,
         eval_every: cfg.run.eval_every,
         eval_samples: cfg.run.eval_samples,
+        eval_setting: format!(
+            "{} samples with {}, {} reference images of {}:{}, network {}",
+            cfg.run.eval_samples,
+            cfg.run.eval_sampler.as_str(),
+            cfg.run.eval_reference_images,
+            cfg.data.path.display(),
+            cfg.data.split,
+            cfg.run
+                .eval_network
+                .as_ref()
+                .map_or("(default)".into(), |p| p.display().to_string()),
+        ),
     }
 }
 
