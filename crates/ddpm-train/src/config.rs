@@ -1135,11 +1135,12 @@ impl TrainConfig {
             .sample_steps
             .resolve(self.diffusion.timesteps)
             .map_err(|e| TrainError::config("run.sample_steps", e.to_string()))?;
-        self.run
-            .eval_sampler
-            .resolve(self.diffusion.timesteps)
-            .map_err(|e| TrainError::config("run.eval_sampler", e.to_string()))?;
         if self.run.eval_every > 0 {
+            // Only when evaluations are made: the default `dpm++20` does not fit T ≤ 20.
+            self.run
+                .eval_sampler
+                .resolve(self.diffusion.timesteps)
+                .map_err(|e| TrainError::config("run.eval_sampler", e.to_string()))?;
             if self.run.eval_samples < 2 {
                 return Err(TrainError::config(
                     "run.eval_samples",
@@ -1294,6 +1295,20 @@ fn toml_error_key(e: &toml::de::Error, text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn eval_settings_are_checked_only_when_evaluations_are_made() {
+        let mut c = TrainConfig::preset("mnist-cpu").unwrap();
+        c.data.path = "mnist.h5".into();
+        c.diffusion.timesteps = 20;
+        c.run.sample_steps = SampleSteps::new("ddim5").unwrap();
+        c.validate().unwrap();
+        c.run.eval_every = 10;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("run.eval_sampler"), "{err}");
+        c.run.eval_sampler = SampleSteps::new("dpm++10").unwrap();
+        c.validate().unwrap();
+    }
 
     #[test]
     fn sample_steps_name_every_sampler() {
