@@ -800,3 +800,38 @@ fn fid_cls_during_training_keeps_the_best_checkpoint() {
     );
     assert_eq!(read_images(&out).0, vec![2, 28, 28, 1]);
 }
+
+#[test]
+fn inception_fid_during_training_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let inception = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../datasets/weights/fid-inception-pool3.pt");
+    assert!(
+        inception.is_file(),
+        "{} is missing: run `cargo xtask fetch-weights`",
+        inception.display()
+    );
+    let network = format!("run.eval_network=\"{}\"", inception.display());
+    let run = tiny_run(
+        dir.path(),
+        2,
+        &[
+            "run.eval_every=2",
+            "run.eval_samples=8",
+            "run.eval_reference_images=16",
+            "run.eval_metric=\"fid\"",
+            "run.eval_sampler=\"dpm++5\"",
+            &network,
+        ],
+    );
+    let best: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("checkpoints/best/best.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(best["metric"], "fid");
+    assert_eq!(best["step"], 2);
+    let fid = best["value"].as_f64().unwrap();
+    assert!(fid.is_finite() && fid > 0.0, "{best}");
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert!(metrics.contains("\"fid\":"), "{metrics}");
+}

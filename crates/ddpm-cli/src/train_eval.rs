@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use ddpm_metrics::{frechet_distance, EvalOptions, FeatureStats, ImageSource, Inception};
+use ddpm_metrics::{
+    frechet_distance, reference_stats, EvalOptions, FeatureStats, ImageSource, Inception,
+};
 use ddpm_metrics::{images_from_tensor, SampleEvaluator};
 use ddpm_train::config::{EvalMetric, ModelKind, TrainConfig};
 use ddpm_train::engine::Evaluator;
@@ -141,9 +143,7 @@ fn inception_fid(
         progress: true,
         ..EvalOptions::default()
     };
-    let reference = net
-        .evaluate(reference.view(), &opts)?
-        .stats
-        .context("the Inception returned no statistics")?;
+    // Computed once per training process (no cache file: the run directory does not exist yet).
+    let reference = reference_stats(&net, reference.view(), "", None, &opts)?;
     Ok(InceptionFid { net, reference })
 }
