@@ -261,7 +261,13 @@ fn sigint_saves_a_checkpoint_and_resume_finishes_the_run() {
         .unwrap();
     assert!(status.success());
     let out = child.wait_with_output().unwrap();
-    let text = ok(out, "interrupted train");
+    // Status 130 (interrupted), so that `train && sample` stops there.
+    assert_eq!(out.status.code(), Some(130), "{out:?}");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         text.contains("stopped") && text.contains("--resume"),
         "{text}"

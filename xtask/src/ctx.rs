@@ -56,6 +56,12 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd
         .status()
         .with_context(|| format!("cannot start {cmd:?}"))?;
+    if status.code() == Some(130) {
+        bail!(
+            "interrupted (Ctrl-C): {:?} saved what it had; run the same cargo xtask command again to continue",
+            cmd.get_program()
+        );
+    }
     if !status.success() {
         bail!("command failed ({status}): {cmd:?}");
     }

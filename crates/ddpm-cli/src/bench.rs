@@ -9,17 +9,14 @@ use ddpm_train::bench::{run_bench, BenchOptions};
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// Preset: mnist-cpu, mnist, fashion-mnist or cifar10.
-    #[arg(long, default_value = "mnist-cpu")]
+    #[arg(long, default_value = "mnist-cpu", value_parser = crate::choices::preset())]
     preset: String,
     /// Device: auto, cpu, cuda or cuda:N (default: the preset's).
-    #[arg(long)]
-    device: Option<String>,
+    #[arg(long, value_parser = crate::choices::device)]
+    device: Option<ddpm_nets::device::DeviceSpec>,
     /// Images per training step and per sampling evaluation (default: the preset's batch).
     #[arg(long)]
     batch: Option<usize>,
-    /// libtorch intra-op CPU threads (default: the preset's run.cpu_threads policy).
-    #[arg(long)]
-    threads: Option<usize>,
     /// Timed training steps.
     #[arg(long, default_value_t = 10)]
     steps: usize,
@@ -36,7 +33,7 @@ pub struct BenchArgs {
     #[arg(long)]
     chain_batch: Option<usize>,
     /// auto (bf16 autocast on CUDA, f32 on the CPU), f32, or bf16 (autocast on either device).
-    #[arg(long, default_value = "auto")]
+    #[arg(long, default_value = "auto", value_parser = crate::choices::dtype())]
     dtype: String,
     /// Also time the phases of a training step (forward+loss, backward, clip, Adam, EMA).
     #[arg(long)]
@@ -56,7 +53,9 @@ pub struct BenchArgs {
     json: bool,
 }
 
-pub fn run(args: BenchArgs) -> Result<()> {
+/// Benchmarks; `threads` is the global `--threads` (default: the preset's run.cpu_threads
+/// policy).
+pub fn run(args: BenchArgs, threads: Option<usize>) -> Result<()> {
     let bf16 = match args.dtype.as_str() {
         "auto" => None,
         "bf16" => Some(true),
@@ -65,9 +64,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     let opts = BenchOptions {
         preset: args.preset,
-        device: args.device,
+        device: args.device.map(|d| d.to_string()),
         batch: args.batch,
-        threads: args.threads,
+        threads,
         steps: args.steps.max(1),
         sample_steps: args.sample_steps.max(1),
         warmup: args.warmup,

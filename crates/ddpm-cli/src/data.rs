@@ -54,6 +54,10 @@ pub enum DataCommand {
         /// PNG grid of the first 100 training images.
         #[arg(long)]
         grid: Option<PathBuf>,
+        /// Print the summary as one JSON object (sizes, classes, per split: images, pixel
+        /// mean and std per channel, class counts).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -246,7 +250,7 @@ pub fn run(cmd: DataCommand) -> Result<()> {
             );
             Ok(())
         }
-        DataCommand::Summary { file, grid } => summary(&file, grid.as_deref()),
+        DataCommand::Summary { file, grid, json } => summary(&file, grid.as_deref(), json),
     }
 }
 
@@ -278,7 +282,9 @@ fn import(
         (Some(known), Some(raw), None) => {
             data::import_idx_dataset(known.name(), &raw, out, expected)?
         }
-        _ => bail!("give --name with --raw for a known dataset, or --images DIR for a folder"),
+        _ => bail!(crate::usage!(
+            "give --name with --raw for a known dataset, or --images DIR for a folder"
+        )),
     };
     println!(
         "{}: {} train + {} test images of {}x{}, {} ({}{})",
@@ -321,15 +327,18 @@ fn refuse_non_hdf5_output(out: &Path) -> Result<()> {
     Ok(())
 }
 
-fn summary(file: &Path, grid: Option<&Path>) -> Result<()> {
+fn summary(file: &Path, grid: Option<&Path>, as_json: bool) -> Result<()> {
+    if let Some(path) = grid {
+        crate::outputs::check_outputs(&[("--grid", path, crate::outputs::PNG)])?;
+    }
     let s = data::check_dataset(file)?;
-    println!("dataset {} ({})", s.name, file.display());
-    println!(
+    let mut lines = vec![format!("dataset {} ({})", s.name, file.display())];
+    lines.push(format!(
         "  image size   {}x{} uint8, {}",
         s.image_hw.0,
         s.image_hw.1,
         if s.channels == 3 { "RGB" } else { "grey" }
-    );
+    ));
     if !s.class_names.is_empty() {
         let names: Vec<String> = s
             .class_names
@@ -337,38 +346,67 @@ fn summary(file: &Path, grid: Option<&Path>) -> Result<()> {
             .enumerate()
             .map(|(k, n)| format!("{k}:{n}"))
             .collect();
-        println!("  classes      {}", names.join(" "));
+        lines.push(format!("  classes      {}", names.join(" ")));
     }
+    let mut splits = serde_json::Map::new();
     for split in ["train", "test"]
         .into_iter()
         .take(if s.n_test > 0 { 2 } else { 1 })
     {
         let (images, labels) = ddpm_train::h5images::read_split(file, split)?;
-        println!(
+        let stats = pixel_stats(&images);
+        lines.push(format!(
             "  {split:<5} {:>6} images, {}",
             images.dim().0,
-            pixel_stats(&images)
-        );
-        if let Some(labels) = &labels {
-            println!("        per class {}", class_counts(labels, &s.class_names));
+            format_pixel_stats(&stats)
+        ));
+        let counts = labels.as_ref().map(|l| class_counts(l, &s.class_names));
+        if let Some(counts) = &counts {
+            let text: Vec<String> = counts.iter().map(|(n, c)| format!("{n}:{c}")).collect();
+            lines.push(format!("        per class {}", text.join(" ")));
         }
+        splits.insert(
+            split.into(),
+            serde_json::json!({
+                "images": images.dim().0,
+                "pixel_mean": stats.iter().map(|m| m.0).collect::<Vec<_>>(),
+                "pixel_std": stats.iter().map(|m| m.1).collect::<Vec<_>>(),
+                "class_counts": counts.map(|c| c.into_iter().collect::<serde_json::Map<_, _>>()),
+            }),
+        );
         if let (Some(path), "train") = (grid, split) {
             let k = images.dim().0.min(100);
             let img = ddpm_train::viz::grid(images.slice(ndarray::s![..k, .., .., ..]), 10);
             ddpm_train::viz::save_png(&img, path)?;
-            println!(
+            lines.push(format!(
                 "  grid of the first {k} training images: {}",
                 path.display()
-            );
+            ));
+        }
+    }
+    if as_json {
+        let doc = serde_json::json!({
+            "file": file,
+            "name": s.name,
+            "height": s.image_hw.0,
+            "width": s.image_hw.1,
+            "channels": s.channels,
+            "class_names": s.class_names,
+            "splits": splits,
+            "grid": grid,
+        });
+        println!("{doc}");
+    } else {
+        for l in lines {
+            println!("{l}");
         }
     }
     Ok(())
 }
 
-/// `pixel mean M std S (of 255)`, per channel for colour images.
-fn pixel_stats(images: &ndarray::Array4<u8>) -> String {
-    let c = images.dim().3;
-    let stats: Vec<String> = (0..c)
+/// Pixel mean and std (of 255) per channel.
+fn pixel_stats(images: &ndarray::Array4<u8>) -> Vec<(f64, f64)> {
+    (0..images.dim().3)
         .map(|k| {
             let ch = images.index_axis(ndarray::Axis(3), k);
             let n = ch.len() as f64;
@@ -378,19 +416,30 @@ fn pixel_stats(images: &ndarray::Array4<u8>) -> String {
                 .map(|&p| (f64::from(p) - mean).powi(2))
                 .sum::<f64>()
                 / n;
-            format!("{mean:.2} ± {:.2}", var.sqrt())
+            (mean, var.sqrt())
         })
+        .collect()
+}
+
+/// `pixel mean M ± S (of 255)`, per channel for colour images.
+fn format_pixel_stats(stats: &[(f64, f64)]) -> String {
+    let text: Vec<String> = stats
+        .iter()
+        .map(|(mean, std)| format!("{mean:.2} ± {std:.2}"))
         .collect();
-    let what = if c == 3 {
+    let what = if stats.len() == 3 {
         "pixel mean ± std (R, G, B)"
     } else {
         "pixel mean ± std"
     };
-    format!("{what} {} (of 255)", stats.join(", "))
+    format!("{what} {} (of 255)", text.join(", "))
 }
 
-/// `k:count` (or `name:count`) for each label present.
-fn class_counts(labels: &ndarray::Array1<u8>, names: &[String]) -> String {
+/// (class name or index, count) for each label present.
+fn class_counts(
+    labels: &ndarray::Array1<u8>,
+    names: &[String],
+) -> Vec<(String, serde_json::Value)> {
     let mut counts = [0usize; 256];
     for &l in labels {
         counts[usize::from(l)] += 1;
@@ -399,10 +448,9 @@ fn class_counts(labels: &ndarray::Array1<u8>, names: &[String]) -> String {
         .iter()
         .enumerate()
         .filter(|(_, &c)| c > 0)
-        .map(|(k, c)| match names.get(k) {
-            Some(n) => format!("{n}:{c}"),
-            None => format!("{k}:{c}"),
+        .map(|(k, &c)| {
+            let name = names.get(k).cloned().unwrap_or_else(|| k.to_string());
+            (name, serde_json::json!(c))
         })
-        .collect::<Vec<_>>()
-        .join(" ")
+        .collect()
 }

@@ -71,9 +71,6 @@ pub struct EvalArgs {
     /// Seed of the noise of --nll.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// libtorch CPU threads (0 = libtorch's default).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
     /// TorchScript Inception: NVIDIA's inception-2015-12-05.pt (FID and IS) or
     /// fid-inception-pool3.pt (FID only). Default: the first of datasets/weights/{inception-2015-12-05.pt,fid-inception-pool3.pt}.
     #[arg(long, value_name = "FILE")]
@@ -85,7 +82,7 @@ pub struct EvalArgs {
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
     /// Device: auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
+    #[arg(long, default_value = "auto", value_parser = crate::choices::device)]
     pub device: DeviceSpec,
     /// Images per Inception forward pass.
     #[arg(long, default_value_t = 50)]
@@ -105,16 +102,15 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let inception_wanted = args.fid || args.inception_score;
     let classifier_wanted = args.fid_cls || args.is_cls;
     if !inception_wanted && !classifier_wanted && !args.nll {
-        bail!("nothing to compute: pass --fid, --is, --fid-cls, --is-cls and/or --nll");
+        bail!(crate::usage!(
+            "nothing to compute: pass --fid, --is, --fid-cls, --is-cls and/or --nll"
+        ));
     }
     if args.batch_size == 0 {
-        bail!("--batch-size must be at least 1");
+        bail!(crate::usage!("--batch-size must be at least 1"));
     }
     if args.limit == Some(0) {
-        bail!("--limit must be at least 1");
-    }
-    if args.threads > 0 {
-        tch::set_num_threads(args.threads as i32);
+        bail!(crate::usage!("--limit must be at least 1"));
     }
     let device = args.device.resolve().context("--device")?;
     let mut out = Map::new();
@@ -125,11 +121,13 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if inception_wanted || classifier_wanted {
         let fake_src = match &args.fake {
             Some(f) => ImageSource::parse(f).context("--fake")?,
-            None => bail!("--fid, --is, --fid-cls and --is-cls need --fake SRC"),
+            None => bail!(crate::usage!(
+                "--fid, --is, --fid-cls and --is-cls need --fake SRC"
+            )),
         };
         let real_src = match (&args.real, args.fid || args.fid_cls) {
             (Some(r), _) => Some(ImageSource::parse(r).context("--real")?),
-            (None, true) => bail!("--fid and --fid-cls need --real SRC"),
+            (None, true) => bail!(crate::usage!("--fid and --fid-cls need --real SRC")),
             (None, false) => None,
         };
         let fake = load(&fake_src, args.limit, "--fake")?;
@@ -143,6 +141,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
         }
         out.insert("n_fake".into(), json!(fake.dim().0));
         lines.push(format!("fake     {fake_src} ({} images)", fake.dim().0));
+        if let Some(r) = &real {
+            warn_if_shapes_differ(r, &fake, &mut out);
+        }
         if inception_wanted {
             inception_metrics(
                 &args,
@@ -177,10 +178,14 @@ fn nll(
     lines: &mut Vec<String>,
 ) -> Result<()> {
     let Some(model) = &args.model else {
-        bail!("--nll needs --model RUN_DIR (a DDPM or VAE run, or a diffusers folder)")
+        bail!(crate::usage!(
+            "--nll needs --model RUN_DIR (a DDPM or VAE run, or a diffusers folder)"
+        ))
     };
     let Some(data) = &args.data else {
-        bail!("--nll needs --data SRC, e.g. datasets/mnist.h5:test")
+        bail!(crate::usage!(
+            "--nll needs --data SRC, e.g. datasets/mnist.h5:test"
+        ))
     };
     let src = ImageSource::parse(data).context("--data")?;
     let images = load(&src, args.limit, "--data")?;
@@ -229,11 +234,24 @@ fn classifier_metrics(
 ) -> Result<()> {
     let clf = weights::load_classifier(&args.classifier, device, "--classifier DIR")?;
     lines.push(clf.describe());
+    let weights_file = args.classifier.join("model.safetensors");
+    out.insert(
+        "classifier".into(),
+        json!({
+            "dir": args.classifier,
+            "model_sha256": ddpm_metrics::inception::file_sha256(&weights_file)?,
+        }),
+    );
     let fake_out = clf.evaluate(fake.view(), args.batch_size.max(256))?;
     let real_out = match (args.fid_cls, real) {
         (true, Some(r)) => Some(clf.evaluate(r.view(), args.batch_size.max(256))?),
         _ => None,
     };
+    if args.fid_cls {
+        let n_real = real_out.as_ref().map_or(0, |r| r.features.nrows());
+        let dim = fake_out.features.ncols();
+        warn_if_few("FID_cls", [n_real, fake_out.features.nrows()], dim, out);
+    }
     let scores = domain_scores(
         real_out.as_ref(),
         &fake_out,
@@ -280,6 +298,14 @@ fn inception_metrics(
         net.require_classifier()?;
     }
     lines.push(format!("network  {}", net.describe()));
+    out.insert(
+        "network".into(),
+        json!({
+            "name": net.variant().file_name(),
+            "path": net.path(),
+            "sha256": net.sha256(),
+        }),
+    );
     let opts = |features: bool, probabilities: bool| EvalOptions {
         batch_size: args.batch_size,
         features,
@@ -315,6 +341,12 @@ fn inception_metrics(
         let (Some(r), Some(f)) = (&real_stats, &fake_out.stats) else {
             unreachable!("FID statistics computed above")
         };
+        warn_if_few(
+            "FID",
+            [real.map_or(0, |r| r.dim().0), fake.dim().0],
+            ddpm_metrics::inception::FEATURE_DIM,
+            out,
+        );
         let terms = frechet_terms(r, f)?;
         out.insert("fid".into(), json!(terms.distance));
         lines.push(format!("FID      {:.4}", terms.distance));
@@ -333,6 +365,46 @@ fn inception_metrics(
         ));
     }
     Ok(())
+}
+
+/// Adds a warning to `out["warnings"]` and prints it to stderr.
+fn warn(out: &mut Map<String, Value>, text: String) {
+    eprintln!("warning: {text}");
+    let list = out.entry("warnings").or_insert_with(|| json!([]));
+    if let Value::Array(v) = list {
+        v.push(json!(text));
+    }
+}
+
+/// Warns when the real and fake images differ in size or channels: the metric networks resize
+/// and convert both, so a score is computed, but it then mostly measures the difference in format.
+fn warn_if_shapes_differ(real: &Array4<u8>, fake: &Array4<u8>, out: &mut Map<String, Value>) {
+    let (_, rh, rw, rc) = real.dim();
+    let (_, fh, fw, fc) = fake.dim();
+    if (rh, rw, rc) != (fh, fw, fc) {
+        warn(
+            out,
+            format!(
+                "real images are {rh}×{rw}×{rc} and fake ones {fh}×{fw}×{fc}: the scores then \
+                 mostly measure the difference in size and channels"
+            ),
+        );
+    }
+}
+
+/// Warns when a side of a Fréchet distance has fewer images than features: its covariance is
+/// then singular and the distance is biased high (FID is usually reported on 10,000–50,000).
+fn warn_if_few(metric: &str, counts: [usize; 2], dim: usize, out: &mut Map<String, Value>) {
+    let n = counts.into_iter().filter(|&n| n > 0).min().unwrap_or(0);
+    if n < dim {
+        warn(
+            out,
+            format!(
+                "{metric} from {n} images, fewer than its {dim} features: the covariance is \
+                 singular and the distance biased high; compare only scores of equal sample size"
+            ),
+        );
+    }
 }
 
 fn load(src: &ImageSource, limit: Option<usize>, flag: &str) -> Result<Array4<u8>> {

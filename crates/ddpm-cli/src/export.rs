@@ -25,6 +25,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
     } else {
         Weights::Ema
     };
+    crate::outputs::check_folder(&args.out, "--out")?;
     let step = model_io::export_diffusers(&args.model, &args.out, weights)?;
     println!(
         "exported {} (step {step}, {} weights) to {}:",

@@ -10,7 +10,9 @@ use tch::{Kind, Tensor};
 /// Arguments of `ddpm-cli forward`.
 #[derive(clap::Args)]
 pub struct ForwardArgs {
-    /// Model folder in diffusers' layout: config.json + diffusion_pytorch_model.safetensors.
+    /// The model: a run directory (its newest checkpoint, EMA weights), a checkpoint folder
+    /// (`RUN/checkpoints/best`), a diffusers UNet folder (config.json +
+    /// diffusion_pytorch_model.safetensors) or a diffusers pipeline folder (unet/ inside).
     #[arg(long)]
     model: PathBuf,
     /// safetensors file with `x` [N,C,H,W] float32, `t` [N] int64 and, for class-conditional models,
@@ -21,14 +23,22 @@ pub struct ForwardArgs {
     #[arg(long)]
     output: PathBuf,
     /// Device: auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
+    #[arg(long, default_value = "auto", value_parser = crate::choices::device)]
     device: DeviceSpec,
 }
 
 pub fn run(args: ForwardArgs) -> Result<()> {
     let device = args.device.resolve()?;
-    let (_vs, model) = ddpm_nets::diffusers::load_pretrained(&args.model, device)
-        .with_context(|| format!("loading the model folder {}", args.model.display()))?;
+    let (_vs, model) = if args.model.join("config.toml").is_file() {
+        let m = crate::models::load_ddpm(&args.model, ddpm_train::model_io::Weights::Ema, device)?;
+        (m.vs, m.unet)
+    } else if args.model.join("unet/config.json").is_file() {
+        ddpm_nets::diffusers::load_pretrained(&args.model.join("unet"), device)
+            .with_context(|| format!("loading the model folder {}/unet", args.model.display()))?
+    } else {
+        ddpm_nets::diffusers::load_pretrained(&args.model, device)
+            .with_context(|| format!("loading the model folder {}", args.model.display()))?
+    };
     let mut inputs: HashMap<String, Tensor> = read_tensors(&args.input)
         .with_context(|| format!("reading {}", args.input.display()))?
         .into_iter()

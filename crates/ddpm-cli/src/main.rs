@@ -4,9 +4,11 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod bits_per_dim;
+mod choices;
 mod compare;
 mod data;
 mod eval;
+mod exit;
 mod export;
 mod forward;
 mod info;
@@ -25,6 +27,10 @@ mod weights;
 #[derive(Parser)]
 #[command(name = "ddpm-cli", version, about, propagate_version = true)]
 struct Cli {
+    /// libtorch intra-op CPU threads, ≥ 1, for any command (default: libtorch's, or a training
+    /// config's run.cpu_threads; on a machine busy with other jobs, 1 avoids spinning threads).
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
     #[command(subcommand)]
     command: Command,
 }
@@ -59,27 +65,40 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    exit::quiet_on_closed_pipe();
     // Before any tensor exists: keep freed CPU blocks for reuse (see ddpm_nets::host_memory).
     ddpm_nets::host_memory::retain_freed_memory();
+    // Usage errors end here with clap's message and status 2.
     let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => exit::report(&e),
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     init_tracing(match &cli.command {
         Command::Train(args) => Some(args.run_dir()?),
         _ => None,
     })?;
+    let threads = cli.threads.map(usize::from);
+    if let Some(n) = threads {
+        tch::set_num_threads(n as i32);
+    }
     match cli.command {
         Command::Info(args) => info::run(args),
         Command::Data(cmd) => data::run(cmd),
         Command::Schedule(args) => schedule::run(args),
         Command::Forward(args) => forward::run(args),
         Command::Eval(args) => eval::run(args),
-        Command::Train(args) => train::run(args),
+        Command::Train(args) => train::run(args, threads),
         Command::TrainClassifier(args) => train_classifier::run(args),
         Command::Sample(args) => sample::run(args),
         Command::Export(args) => export::run(args),
         Command::Visualize(cmd) => visualize::run(cmd),
         Command::Compare(args) => compare::run(args),
-        Command::Bench(args) => bench::run(args),
+        Command::Bench(args) => bench::run(args, threads),
     }
 }
 

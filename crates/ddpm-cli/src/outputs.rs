@@ -10,6 +10,20 @@ pub fn check_writable(path: &Path, option: &str) -> Result<()> {
     if path.is_dir() {
         bail!("{option} {}: is a folder, not a file", path.display());
     }
+    check_parents(path, option)
+}
+
+/// `path` can be a folder of outputs (a run directory): it is a folder or does not exist yet,
+/// and no folder above it is a file.
+pub fn check_folder(path: &Path, option: &str) -> Result<()> {
+    if path.exists() && !path.is_dir() {
+        bail!("{option} {}: is a file, not a folder", path.display());
+    }
+    check_parents(path, option)
+}
+
+/// The nearest existing folder above `path` is a folder, not a file.
+fn check_parents(path: &Path, option: &str) -> Result<()> {
     let mut parent = path.parent();
     while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
         if p.exists() {
@@ -26,6 +40,44 @@ pub fn check_writable(path: &Path, option: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// `path` names a file of one of the formats `extensions` (lower case, without the dot), so that
+/// a file's name says what it holds; `option` names the setting in errors.
+pub fn check_extension(path: &Path, option: &str, extensions: &[&str]) -> Result<()> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    if ext.as_deref().is_some_and(|e| extensions.contains(&e)) {
+        return Ok(());
+    }
+    let names: Vec<String> = extensions.iter().map(|e| format!(".{e}")).collect();
+    bail!(crate::usage!(
+        "{option} {}: this writes {} (give a name ending in {})",
+        path.display(),
+        match extensions.first() {
+            Some(&"png") => "a PNG image",
+            Some(&"h5") => "an HDF5 file",
+            _ => "a file of another format",
+        },
+        names.join(" or ")
+    ))
+}
+
+/// Every output (option, path, extensions) can be written: [`check_writable`] and
+/// [`check_extension`].
+pub fn check_outputs(outputs: &[(&str, &Path, &[&str])]) -> Result<()> {
+    for &(option, path, extensions) in outputs {
+        check_extension(path, option, extensions)?;
+        check_writable(path, option)?;
+    }
+    Ok(())
+}
+
+/// File-name extensions of HDF5 outputs.
+pub const HDF5: &[&str] = &["h5", "hdf5"];
+/// File-name extensions of PNG outputs.
+pub const PNG: &[&str] = &["png"];
 
 /// The output paths (option, path) name different files, none of them the `input` file.
 pub fn check_distinct(outputs: &[(&str, &PathBuf)], input: Option<(&str, &PathBuf)>) -> Result<()> {
@@ -62,9 +114,26 @@ mod tests {
             .to_string()
             .contains("is a file"));
         check_writable(&dir.path().join("new/sub/o.h5"), "--x").unwrap();
+        assert!(check_folder(&file.join("run"), "--out")
+            .unwrap_err()
+            .to_string()
+            .contains("is a file"));
+        assert!(check_folder(&file, "--out").is_err());
+        check_folder(&dir.path().join("new/run"), "--out").unwrap();
         let (a, b) = (dir.path().join("a.h5"), dir.path().join("./a.h5"));
         let err = check_distinct(&[("--out", &a)], Some(("--noise", &b))).unwrap_err();
         assert!(err.to_string().contains("--out and --noise"), "{err}");
         check_distinct(&[("--out", &a), ("--grid", &file)], None).unwrap();
+    }
+
+    #[test]
+    fn a_name_must_say_what_the_file_holds() {
+        check_extension(Path::new("a/s.H5"), "--out", HDF5).unwrap();
+        check_extension(Path::new("g.png"), "--grid", PNG).unwrap();
+        for (path, exts) in [("s.png", HDF5), ("p.txt", PNG), ("noext", PNG)] {
+            let err = check_extension(Path::new(path), "--x", exts).unwrap_err();
+            assert!(err.downcast_ref::<crate::exit::Usage>().is_some(), "{err}");
+            assert!(err.to_string().contains(path), "{err}");
+        }
     }
 }

@@ -16,12 +16,23 @@ pub struct RunLog {
 }
 
 impl RunLog {
-    /// The log of the run directory `dir` (nothing is created yet).
+    /// The log of the run directory `dir` (nothing is created yet); each session of the run
+    /// starts with a line naming the version, the command line and the working folder.
     pub fn new(dir: PathBuf) -> Self {
+        let cwd = std::env::current_dir().map(|d| d.display().to_string());
+        let header = format!(
+            "=== ddpm-cli {} (unix time {}): {} (in {})\n",
+            env!("CARGO_PKG_VERSION"),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            std::env::args().collect::<Vec<_>>().join(" "),
+            cwd.unwrap_or_default()
+        );
         Self {
             dir,
             file: None,
-            pending: Vec::new(),
+            pending: header.into_bytes(),
         }
     }
 
@@ -71,9 +82,9 @@ mod tests {
         std::fs::write(run.join("config.toml"), "").unwrap();
         log.write_all(b"late\n").unwrap();
         log.flush().unwrap();
-        assert_eq!(
-            std::fs::read_to_string(run.join("train.log")).unwrap(),
-            "early\nlate\n"
-        );
+        let log = std::fs::read_to_string(run.join("train.log")).unwrap();
+        let (header, rest) = log.split_once('\n').unwrap();
+        assert!(header.starts_with("=== ddpm-cli "), "{header}");
+        assert_eq!(rest, "early\nlate\n");
     }
 }

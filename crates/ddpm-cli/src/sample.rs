@@ -13,6 +13,7 @@ use ddpm_train::sampler::{
     to_uint8_nhwc, Guidance, Sampler, SamplerSpec, SamplingSettings, X0Processing,
 };
 use ddpm_train::viz;
+use ddpm_train::TrainError;
 use tch::{Kind, Tensor};
 
 use crate::models;
@@ -26,16 +27,15 @@ pub struct SampleArgs {
     /// Number of images (default 64, or the number of chains in --noise).
     #[arg(long)]
     num: Option<usize>,
-    /// ddpm (ancestral), ddim, or dpm++ (DPM-Solver++(2M), Lu et al. 2022: deterministic, good
-    /// images in 10–20 steps).
-    #[arg(long, default_value = "ddim")]
+    /// The sampler of the reverse chain (dpm++: deterministic, good images in 10–20 steps).
+    #[arg(long, default_value = "ddim", value_parser = crate::choices::sampler())]
     sampler: String,
     /// Timesteps to visit: N (evenly; `ddimN` striding for ddim; diffusers' `linspace` for dpm++;
     /// a diffusers folder's `set_timesteps(N)`), `ddimN`, or sections `a,b,c`.
     #[arg(long, default_value = "50")]
     steps: String,
-    /// DDIM stochasticity η (0 = deterministic, 1 = ancestral-like).
-    #[arg(long, default_value_t = 0.0)]
+    /// DDIM stochasticity η in [0, 1] (0 = deterministic, 1 = ancestral-like); --sampler ddim only.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, value_parser = crate::choices::unit_interval)]
     eta: f64,
     /// Seed of the initial noise and of the sampler's noise.
     #[arg(long, default_value_t = 0)]
@@ -52,24 +52,24 @@ pub struct SampleArgs {
     /// Class to draw (class-conditional models).
     #[arg(long)]
     class: Option<i64>,
-    /// Classifier-free guidance weight w (ε = ε_∅ + w (ε_c − ε_∅)); with --class.
-    #[arg(long, default_value_t = 1.0)]
-    guidance: f64,
-    /// Output HDF5 file (dataset `images`, uint8 [N,H,W,C]).
+    /// Classifier-free guidance weight w (ε = ε_∅ + w (ε_c − ε_∅)) [default: 1]; needs --class.
+    #[arg(long, requires = "class", allow_negative_numbers = true)]
+    guidance: Option<f64>,
+    /// Output HDF5 file, `.h5` (dataset `images`, uint8 [N,H,W,C]).
     #[arg(long)]
     out: PathBuf,
-    /// Also write a PNG grid of the samples.
+    /// Also write a grid of the samples to this PNG file.
     #[arg(long)]
     grid: Option<PathBuf>,
-    /// Also write a PNG strip of one chain from x_T to x_0.
+    /// Also write a strip of one chain from x_T to x_0 to this PNG file.
     #[arg(long)]
     trajectory: Option<PathBuf>,
     /// Images per network batch.
     #[arg(long, default_value_t = 256)]
     batch_size: usize,
     /// Device: auto, cpu, cuda, cuda:N.
-    #[arg(long, default_value = "auto")]
-    device: String,
+    #[arg(long, default_value = "auto", value_parser = crate::choices::device)]
+    device: DeviceSpec,
     /// Use the raw weights of a run instead of its EMA.
     #[arg(long)]
     raw_weights: bool,
@@ -96,15 +96,46 @@ pub struct SampleArgs {
     sample_max_value: Option<f64>,
     /// Network arithmetic: auto (bf16 autocast on CUDA, f32 on the CPU), f32, or bf16 (autocast on either;
     /// on the CPU it pays with AVX512-BF16 or AMX). The chain itself (means, noise) stays f32.
-    #[arg(long, default_value = "auto")]
+    #[arg(long, default_value = "auto", value_parser = crate::choices::dtype())]
     dtype: String,
+    /// Print what was written as one JSON object on stdout (out, num, height, width, sampler,
+    /// seconds, and grid / trajectory / noise when written).
+    #[arg(long)]
+    json: bool,
+}
+
+/// What `sample` prints: lines for people, or one JSON object with `--json`.
+#[derive(Default)]
+struct Report {
+    json: serde_json::Map<String, serde_json::Value>,
+    lines: Vec<String>,
+}
+
+impl Report {
+    fn add(&mut self, fields: serde_json::Value, line: String) {
+        if let serde_json::Value::Object(m) = fields {
+            self.json.extend(m);
+        }
+        self.lines.push(line);
+    }
+
+    fn print(self, json: bool) {
+        if json {
+            println!("{}", serde_json::Value::Object(self.json));
+        } else {
+            for l in self.lines {
+                println!("{l}");
+            }
+        }
+    }
 }
 
 pub fn run(args: SampleArgs) -> Result<()> {
     if args.num == Some(0) || args.batch_size == 0 {
-        bail!("--num and --batch-size must be at least 1");
+        bail!(crate::usage!("--num and --batch-size must be at least 1"));
     }
-    let device = args.device.parse::<DeviceSpec>()?.resolve()?;
+    check_outputs(&args)?;
+    let device = args.device.resolve()?;
     let bf16 = match args.dtype.as_str() {
         "auto" => device.is_cuda(),
         "bf16" => true,
@@ -133,11 +164,6 @@ pub fn run(args: SampleArgs) -> Result<()> {
             return run_baseline(&args, device);
         }
     }
-    let mut outputs = vec![("--out", &args.out)];
-    outputs.extend(args.save_noise.as_ref().map(|p| ("--save-noise", p)));
-    outputs.extend(args.grid.as_ref().map(|p| ("--grid", p)));
-    outputs.extend(args.trajectory.as_ref().map(|p| ("--trajectory", p)));
-    crate::outputs::check_distinct(&outputs, args.noise.as_ref().map(|p| ("--noise", p)))?;
     let noise = args.noise.as_deref().map(ChainNoise::read).transpose()?;
     let num = match (&noise, args.num) {
         (Some(z), Some(n)) if n != z.num_chains() => bail!(
@@ -189,27 +215,57 @@ pub fn run(args: SampleArgs) -> Result<()> {
                 .map_or("seed".into(), |p| p.display().to_string()),
         ),
         ("class", args.class.map_or("none".into(), |c| c.to_string())),
-        ("guidance", args.guidance.to_string()),
+        ("guidance", args.guidance.unwrap_or(1.0).to_string()),
     ];
     model_io::write_samples(&args.out, &drawn.images, &attrs)?;
-    println!(
-        "{num} images ({}x{}) with {} in {secs:.1} s ({:.3} s/image, {:.1} network evals/s): {}",
-        chw[1],
-        chw[2],
-        spec.label(),
-        secs / num as f64,
-        (spec.timesteps.len() * num) as f64 * if guidance.is_some() { 2.0 } else { 1.0 } / secs,
-        args.out.display()
+    let evals = (spec.timesteps.len() * num) as f64 * if guidance.is_some() { 2.0 } else { 1.0 };
+    let mut report = Report::default();
+    report.add(
+        serde_json::json!({
+            "out": args.out, "num": num, "height": chw[1], "width": chw[2],
+            "sampler": spec.label(), "seconds": secs, "network_evals": evals,
+        }),
+        format!(
+            "{num} images ({}x{}) with {} in {secs:.1} s ({:.3} s/image, {:.1} network evals/s): {}",
+            chw[1],
+            chw[2],
+            spec.label(),
+            secs / num as f64,
+            evals / secs,
+            args.out.display()
+        ),
     );
     if let (Some(path), Some(used)) = (&args.save_noise, &drawn.used) {
         used.write(path)?;
-        println!(
-            "noise (x_T and {} noise steps): {}",
-            sampler.noise_steps(),
-            path.display()
+        report.add(
+            serde_json::json!({ "noise": path, "noise_steps": sampler.noise_steps() }),
+            format!(
+                "noise (x_T and {} noise steps): {}",
+                sampler.noise_steps(),
+                path.display()
+            ),
         );
     }
-    write_pictures(&args, num, &drawn.images, &drawn.strip)
+    write_pictures(&args, num, &drawn.images, &drawn.strip, &mut report)?;
+    report.print(args.json);
+    Ok(())
+}
+
+/// Checks the output paths (writable, named for their format, distinct from each other and from
+/// --noise) before anything is loaded or sampled.
+fn check_outputs(args: &SampleArgs) -> Result<()> {
+    use crate::outputs::{self, HDF5, PNG};
+    let mut named = vec![("--out", &args.out, HDF5)];
+    named.extend(args.grid.as_ref().map(|p| ("--grid", p, PNG)));
+    named.extend(args.trajectory.as_ref().map(|p| ("--trajectory", p, PNG)));
+    let checks: Vec<_> = named
+        .iter()
+        .map(|(o, p, e)| (*o, p.as_path(), *e))
+        .collect();
+    outputs::check_outputs(&checks)?;
+    let mut paths: Vec<_> = named.iter().map(|(o, p, _)| (*o, *p)).collect();
+    paths.extend(args.save_noise.as_ref().map(|p| ("--save-noise", p)));
+    outputs::check_distinct(&paths, args.noise.as_ref().map(|p| ("--noise", p)))
 }
 
 /// Checks --noise against the model and the sampler, and that --save-noise can hold what this
@@ -335,9 +391,9 @@ fn guidance_for(args: &SampleArgs, num_class_embeds: Option<i64>) -> Result<Opti
         (Some(c), Some(k)) if c >= 0 && c < k - 1 => Some(Guidance {
             class: c,
             null_class: k - 1,
-            weight: args.guidance,
+            weight: args.guidance.unwrap_or(1.0),
         }),
-        (Some(c), Some(k)) => bail!("--class {c} is outside 0..{} of this model", k - 1),
+        (Some(c), Some(k)) => bail!("--class {c}: this model has classes 0–{}", k - 2),
         (Some(_), None) => bail!(
             "--class needs a class-conditional model; {} is unconditional",
             args.model.display()
@@ -352,20 +408,32 @@ fn guidance_for(args: &SampleArgs, num_class_embeds: Option<i64>) -> Result<Opti
 
 /// Writes `--grid` (uint8 `images` `[N, H, W, C]`) and `--trajectory` (the frames of the first
 /// chain, each `[n, C, H, W]` in [−1, 1]) when asked.
-fn write_pictures(args: &SampleArgs, num: usize, images: &Tensor, strip: &[Tensor]) -> Result<()> {
+fn write_pictures(
+    args: &SampleArgs,
+    num: usize,
+    images: &Tensor,
+    strip: &[Tensor],
+    report: &mut Report,
+) -> Result<()> {
     if let Some(path) = &args.grid {
         let ncol = (num as f64).sqrt().ceil() as usize;
         viz::save_png(&viz::grid_nhwc(images, ncol), path)?;
-        println!("grid: {}", path.display());
+        report.add(
+            serde_json::json!({ "grid": path }),
+            format!("grid: {}", path.display()),
+        );
     }
     if let Some(path) = &args.trajectory {
         let frames = Tensor::cat(strip, 0);
         let img = viz::grid_nhwc(&to_uint8_nhwc(&frames), strip.len());
         viz::save_png(&img, path)?;
-        println!(
-            "trajectory (x_T → x_0, {} frames): {}",
-            strip.len(),
-            path.display()
+        report.add(
+            serde_json::json!({ "trajectory": path, "trajectory_frames": strip.len() }),
+            format!(
+                "trajectory (x_T → x_0, {} frames): {}",
+                strip.len(),
+                path.display()
+            ),
         );
     }
     Ok(())
@@ -397,20 +465,24 @@ fn run_baseline(args: &SampleArgs, device: tch::Device) -> Result<()> {
     ];
     model_io::write_samples(&args.out, &images, &attrs)?;
     let s = images.size();
-    println!(
-        "{} images ({}x{}) with {method} (step {}) in {:.2} s: {}",
-        num,
-        s[1],
-        s[2],
-        model.step,
-        secs,
-        args.out.display()
+    let mut report = Report::default();
+    report.add(
+        serde_json::json!({
+            "out": args.out, "num": num, "height": s[1], "width": s[2],
+            "sampler": method, "step": model.step, "seconds": secs,
+        }),
+        format!(
+            "{} images ({}x{}) with {method} (step {}) in {:.2} s: {}",
+            num,
+            s[1],
+            s[2],
+            model.step,
+            secs,
+            args.out.display()
+        ),
     );
-    if let Some(path) = &args.grid {
-        let ncol = (num as f64).sqrt().ceil() as usize;
-        viz::save_png(&viz::grid_nhwc(&images, ncol), path)?;
-        println!("grid: {}", path.display());
-    }
+    write_pictures(args, num, &images, &[], &mut report)?;
+    report.print(args.json);
     Ok(())
 }
 
@@ -420,11 +492,11 @@ fn sampler_spec(
     model: &ddpm_train::model_io::LoadedDdpm,
 ) -> Result<SamplerSpec> {
     if args.eta != 0.0 && args.sampler != "ddim" {
-        bail!(
+        bail!(crate::usage!(
             "--eta {} applies to --sampler ddim only (--sampler {} has no η)",
             args.eta,
             args.sampler
-        );
+        ));
     }
     let settings = SamplingSettings {
         x0: x0_processing(args, &model.sampling)?,
@@ -434,13 +506,20 @@ fn sampler_spec(
             || args.thresholding,
         ..model.sampling
     };
-    Ok(SamplerSpec::from_cli(
+    SamplerSpec::from_cli(
         &args.sampler,
         &args.steps,
         args.eta,
         model.diffusion.num_timesteps(),
         &settings,
-    )?)
+    )
+    .map_err(|e| match e {
+        // The spec's keys are this command's options.
+        TrainError::Config { key, message } => {
+            anyhow::Error::new(crate::usage!("--{key} {message}"))
+        }
+        e => e.into(),
+    })
 }
 
 /// The x̂₀ processing: the model's own, changed by the command line's options (their defaults are
@@ -449,17 +528,23 @@ fn x0_processing(args: &SampleArgs, model: &SamplingSettings) -> Result<X0Proces
     let (ratio, max_value) = model.threshold;
     let x0 = if args.thresholding {
         if args.clip_sample || args.clip_sample_range.is_some() {
-            bail!("--thresholding replaces clipping: drop --clip-sample / --clip-sample-range");
+            bail!(crate::usage!(
+                "--thresholding replaces clipping: drop --clip-sample / --clip-sample-range"
+            ));
         }
         X0Processing::DynamicThreshold {
             ratio: args.dynamic_thresholding_ratio.unwrap_or(ratio),
             max_value: args.sample_max_value.unwrap_or(max_value),
         }
     } else if args.dynamic_thresholding_ratio.is_some() || args.sample_max_value.is_some() {
-        bail!("--dynamic-thresholding-ratio and --sample-max-value need --thresholding");
+        bail!(crate::usage!(
+            "--dynamic-thresholding-ratio and --sample-max-value need --thresholding"
+        ));
     } else if args.no_clip_sample {
         if args.clip_sample_range.is_some() {
-            bail!("--clip-sample-range contradicts --no-clip-sample");
+            bail!(crate::usage!(
+                "--clip-sample-range contradicts --no-clip-sample"
+            ));
         }
         X0Processing::None
     } else if args.clip_sample || args.clip_sample_range.is_some() {

@@ -11,7 +11,7 @@ use serde::Serialize;
 #[derive(clap::Args)]
 pub struct ScheduleArgs {
     /// Schedule name: linear, cosine, quad, sigmoid, const or jsd.
-    #[arg(long, default_value = "linear")]
+    #[arg(long, default_value = "linear", value_parser = crate::choices::schedule())]
     schedule: String,
     /// Number of diffusion steps T.
     #[arg(long, default_value_t = 1000)]
@@ -49,10 +49,13 @@ struct ScheduleJson<'a> {
 }
 
 pub fn run(args: ScheduleArgs) -> Result<()> {
+    if let Some(path) = &args.plot {
+        crate::outputs::check_outputs(&[("--plot", path, crate::outputs::PNG)])?;
+    }
     let schedule: BetaSchedule = args.schedule.parse().context("--schedule")?;
     let betas = schedule
         .betas(args.timesteps)
-        .with_context(|| format!("{schedule} schedule with {} timesteps", args.timesteps))?;
+        .with_context(|| format!("--schedule {schedule} --timesteps {}", args.timesteps))?;
     // The tables do not depend on the modelling choices; these are DDPM's.
     let base = GaussianDiffusion::new(
         betas,
@@ -60,7 +63,7 @@ pub fn run(args: ScheduleArgs) -> Result<()> {
         ModelVarType::FixedLarge,
         LossType::Simple,
     )
-    .with_context(|| format!("{schedule} schedule with {} timesteps", args.timesteps))?;
+    .with_context(|| format!("--schedule {schedule} --timesteps {}", args.timesteps))?;
     let spaced = match &args.respace {
         Some(spec) => Some(
             SpacedDiffusion::from_spec(&base, spec)

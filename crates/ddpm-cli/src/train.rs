@@ -15,7 +15,7 @@ use crate::models;
 pub struct TrainArgs {
     /// A built-in preset: mnist-cpu, mnist, fashion-mnist, cifar10, or auto (a DDPM UNet sized
     /// for the resolution and channels of --data, as improved-diffusion sizes one).
-    #[arg(long, conflicts_with = "config")]
+    #[arg(long, conflicts_with = "config", value_parser = crate::choices::train_preset())]
     preset: Option<String>,
     /// The dataset file to train on (sets data.path; default for a preset:
     /// datasets/<dataset>.h5). The UNet's channels and sample_size are checked against it (and set
@@ -30,23 +30,29 @@ pub struct TrainArgs {
     overrides: Vec<String>,
     /// What to train: ddpm, gan or vae (sets model.kind; with a preset, gan and vae get the preset's
     /// baseline recipe).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::choices::model_kind())]
     model: Option<String>,
     /// Device: auto, cpu, cuda, cuda:N (sets run.device).
-    #[arg(long)]
-    device: Option<String>,
+    #[arg(long, value_parser = crate::choices::device)]
+    device: Option<ddpm_nets::device::DeviceSpec>,
     /// Total optimisation steps (sets run.steps).
     #[arg(long)]
     steps: Option<usize>,
     /// The run directory to create.
     #[arg(long, conflicts_with = "resume")]
     out: Option<PathBuf>,
-    /// Continue the run in this directory from its newest checkpoint.
-    #[arg(long)]
+    /// Continue the run in this directory from its newest checkpoint, as its config.toml says
+    /// (--steps, --device, --threads and --set may change it; --preset, --config and --model
+    /// cannot).
+    #[arg(long, conflicts_with_all = ["preset", "config", "model"])]
     resume: Option<PathBuf>,
     /// No progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// Print the summary as one JSON object on stdout (run, status, step, elapsed_secs,
+    /// last_loss, checkpoint).
+    #[arg(long)]
+    json: bool,
 }
 
 impl TrainArgs {
@@ -55,18 +61,20 @@ impl TrainArgs {
         match (&self.out, &self.resume) {
             (Some(o), None) => Ok(o.clone()),
             (None, Some(r)) => Ok(r.clone()),
-            _ => bail!("give --out RUN_DIR for a new run or --resume RUN_DIR to continue one"),
+            _ => bail!(crate::usage!(
+                "give --out RUN_DIR for a new run or --resume RUN_DIR to continue one"
+            )),
         }
     }
 }
 
-fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
+fn resolve_config(args: &TrainArgs, threads: Option<usize>) -> Result<TrainConfig> {
     let kind = match args.model.as_deref() {
         None => None,
         Some("ddpm") => Some(ModelKind::Ddpm),
         Some("gan") => Some(ModelKind::Gan),
         Some("vae") => Some(ModelKind::Vae),
-        Some(other) => bail!("--model {other}: expected ddpm, gan or vae"),
+        Some(other) => unreachable!("the parser accepts ddpm, gan and vae, not {other}"),
     };
     let (base, source) = if let Some(dir) = &args.resume {
         let cfg = models::run_config(dir)?;
@@ -79,7 +87,9 @@ fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
             .as_ref()
             .context("--preset auto sizes the UNet for a dataset: give --data FILE.h5")?;
         if kind.is_some_and(|k| k != ModelKind::Ddpm) {
-            bail!("--preset auto is a DDPM preset; use another preset with --model gan or vae");
+            bail!(crate::usage!(
+                "--preset auto is a DDPM preset; use another preset with --model gan or vae"
+            ));
         }
         let mut cfg = TrainConfig::auto(&DataShape::read(data, "train")?)?;
         cfg.data.path = data.clone();
@@ -106,6 +116,9 @@ fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
     }
     if let Some(s) = args.steps {
         overrides.push(format!("run.steps={s}"));
+    }
+    if let Some(n) = threads {
+        overrides.push(format!("run.cpu_threads={n}"));
     }
     let mut cfg = base.with_overrides(&overrides)?;
     if let Some(data) = &args.data {
@@ -153,37 +166,96 @@ pub fn stop_on_interrupt() -> Result<Arc<AtomicBool>> {
             eprintln!("\nsecond interrupt: exiting without saving");
             ddpm_nets::atomic::exit_now(130);
         }
-        eprintln!("\ninterrupt: saving a checkpoint after this step (Ctrl-C again to abort)");
+        eprintln!(
+            "\ninterrupt: stopping after this step with a checkpoint (Ctrl-C again to exit at once, without saving)"
+        );
     })
     .context("cannot install the Ctrl-C handler")?;
     Ok(stop)
 }
 
-pub fn run(args: TrainArgs) -> Result<()> {
+/// Trains; `threads` is the global `--threads` (it sets run.cpu_threads).
+pub fn run(args: TrainArgs, threads: Option<usize>) -> Result<()> {
     let dir = args.run_dir()?;
-    let cfg = resolve_config(&args)?;
+    if args.out.is_some() {
+        crate::outputs::check_folder(&dir, "--out")?;
+    }
+    let cfg = resolve_config(&args, threads)?;
     let device = cfg.run.device.resolve()?;
+    tracing::info!(
+        device = ?device,
+        cpu_threads = cfg.run.cpu_threads,
+        libtorch = ddpm_nets::device::DeviceReport::collect()
+            .libtorch_version
+            .unwrap_or_default(),
+        "device"
+    );
     let opts = TrainOptions {
         progress: !args.no_progress,
         stop: stop_on_interrupt()?,
         evaluator: crate::train_eval::evaluator(&cfg, device)?,
     };
     let resume = args.resume.is_some();
+    // A resumed run that has reached run.steps trains no step.
+    let done_before = resume
+        && models::latest_state(&dir)
+            .ok()
+            .is_some_and(|s| s.step == cfg.run.steps);
     let summary = models::train(&dir, &cfg, resume, &opts)?;
-    println!(
-        "{} {} at step {} ({:.0} s of training), last loss {:.5}",
-        if summary.interrupted {
-            "stopped"
-        } else {
-            "finished"
-        },
-        dir.display(),
-        summary.step,
-        summary.elapsed_secs,
-        summary.last_loss
-    );
+    let status = if summary.interrupted {
+        "stopped"
+    } else if done_before {
+        "already finished"
+    } else {
+        "finished"
+    };
+    if args.json {
+        let doc = serde_json::json!({
+            "run": dir,
+            "status": status,
+            "step": summary.step,
+            "elapsed_secs": summary.elapsed_secs,
+            "last_loss": summary.last_loss,
+            "checkpoint": summary.checkpoint,
+            "resume_command": format!("ddpm-cli train --resume {}", dir.display()),
+        });
+        println!("{doc}");
+    } else {
+        print_summary(&dir, &cfg, &summary, status)?;
+    }
+    if summary.interrupted {
+        // Status 130, so that `train && sample` does not carry on with an unfinished run.
+        return Err(crate::exit::Interrupted.into());
+    }
+    Ok(())
+}
+
+/// The summary lines of a finished or stopped run.
+fn print_summary(
+    dir: &std::path::Path,
+    cfg: &TrainConfig,
+    summary: &ddpm_train::engine::TrainSummary,
+    status: &str,
+) -> Result<()> {
+    if status == "already finished" {
+        println!(
+            "{} is already at step {} = run.steps: nothing to train (give --steps N > {} to train \
+             further)",
+            dir.display(),
+            summary.step,
+            summary.step
+        );
+    } else {
+        println!(
+            "{status} {} at step {} ({:.0} s of training), last loss {:.5}",
+            dir.display(),
+            summary.step,
+            summary.elapsed_secs,
+            summary.last_loss
+        );
+    }
     if cfg.model.kind() != ModelKind::Ddpm {
-        if let Some(last) = models::last_metrics(&dir)? {
+        if let Some(last) = models::last_metrics(dir)? {
             println!("last log interval: {last}");
         }
     }

@@ -17,7 +17,7 @@ use crate::weights;
 #[derive(clap::Args)]
 pub struct TrainClassifierArgs {
     /// mnist or fashion-mnist.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::choices::classifier_dataset())]
     dataset: String,
     /// The HDF5 file (default `datasets/<dataset>.h5`).
     #[arg(long)]
@@ -45,8 +45,8 @@ pub struct TrainClassifierArgs {
     #[arg(long)]
     seed: Option<u64>,
     /// Device: auto, cpu, cuda, cuda:N.
-    #[arg(long, default_value = "auto")]
-    device: String,
+    #[arg(long, default_value = "auto", value_parser = crate::choices::device)]
+    device: DeviceSpec,
     /// No progress bar.
     #[arg(long)]
     no_progress: bool,
@@ -70,7 +70,7 @@ fn run_config(args: &TrainClassifierArgs) -> Result<(PathBuf, bool, ClassifierRu
             ("--seed", args.seed.is_some()),
         ];
         if let Some((flag, _)) = changes.iter().find(|(_, given)| *given) {
-            bail!("{flag} cannot change a run that is resumed: --resume continues {} as configured in its config.toml", dir.display());
+            bail!(crate::usage!("{flag} cannot change a run that is resumed: --resume continues {} as configured in its config.toml", dir.display()));
         }
         let cfg = ClassifierRunConfig::from_run_dir(dir)?;
         if cfg.dataset != args.dataset {
@@ -117,8 +117,11 @@ fn run_config(args: &TrainClassifierArgs) -> Result<(PathBuf, bool, ClassifierRu
 
 pub fn run(args: TrainClassifierArgs) -> Result<()> {
     let (out, resume, run_cfg) = run_config(&args)?;
+    if !resume {
+        crate::outputs::check_folder(&out, "--out")?;
+    }
     let data = &run_cfg.data;
-    let device = args.device.parse::<DeviceSpec>()?.resolve()?;
+    let device = args.device.resolve()?;
     let train = loader::load_images(data, "train").with_context(|| {
         format!(
             "cannot read the training split of {} (run `cargo xtask fetch-data`)",
@@ -140,7 +143,7 @@ pub fn run(args: TrainClassifierArgs) -> Result<()> {
             args.dataset,
             out.display()
         );
-        return Ok(());
+        return Err(crate::exit::Interrupted.into());
     };
     classifier::save_classifier(&out, &trained.vs, &trained.net, report)?;
     println!(

@@ -3,6 +3,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use ddpm_math::{BetaSchedule, GaussianDiffusion, LossType, ModelMeanType, ModelVarType};
+use ddpm_metrics::inputs::ImageSource;
 use ddpm_train::sampler::to_uint8_nhwc;
 use ddpm_train::tables::DeviceTables;
 use ddpm_train::{loader, viz};
@@ -13,22 +14,21 @@ use tch::{Device, Kind, Tensor};
 pub enum VisualizeCommand {
     /// Real images noised along the forward process q(x_t | x_0): one row per image, one column per t.
     Forward {
-        /// Dataset file (grey or colour).
-        #[arg(long, default_value = "datasets/mnist.h5")]
-        data: PathBuf,
-        /// Split to take the images from (default: test when the file has one, else train).
-        #[arg(long)]
-        split: Option<String>,
-        /// Number of images (rows).
-        #[arg(long, default_value_t = 8)]
-        num: usize,
+        /// The images, grey or colour: `FILE.h5:SPLIT` (a dataset file's split), `FILE.h5` (a
+        /// samples file, or a dataset file's test split, else its train split), or a folder of
+        /// PNG/JPEG files (as `eval --real`).
+        #[arg(long, value_name = "SOURCE", default_value = "datasets/mnist.h5")]
+        data: String,
+        /// Number of images (rows), 1–256.
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+        num: u16,
         /// Schedule name.
-        #[arg(long, default_value = "linear")]
+        #[arg(long, default_value = "linear", value_parser = crate::choices::schedule())]
         schedule: String,
         /// Number of diffusion steps T.
         #[arg(long, default_value_t = 1000)]
         timesteps: usize,
-        /// Timesteps to show (0-based indices).
+        /// Timesteps to show (0-based indices, 0 to T − 1).
         #[arg(
             long,
             value_delimiter = ',',
@@ -38,7 +38,7 @@ pub enum VisualizeCommand {
         /// Seed of the noise.
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Output PNG.
+        /// Output PNG file.
         #[arg(long)]
         out: PathBuf,
     },
@@ -48,7 +48,6 @@ pub fn run(cmd: VisualizeCommand) -> Result<()> {
     match cmd {
         VisualizeCommand::Forward {
             data,
-            split,
             num,
             schedule,
             timesteps,
@@ -56,8 +55,12 @@ pub fn run(cmd: VisualizeCommand) -> Result<()> {
             seed,
             out,
         } => {
+            crate::outputs::check_outputs(&[("--out", &out, crate::outputs::PNG)])?;
             if let Some(&t) = at.iter().find(|&&t| t >= timesteps) {
-                bail!("--at {t} is outside 0..{timesteps}");
+                bail!(crate::usage!(
+                    "--at {t}: the timesteps of T = {timesteps} are 0–{}",
+                    timesteps - 1
+                ));
             }
             let betas = schedule.parse::<BetaSchedule>()?.betas(timesteps)?;
             let d = GaussianDiffusion::new(
@@ -67,21 +70,20 @@ pub fn run(cmd: VisualizeCommand) -> Result<()> {
                 LossType::Simple,
             )?;
             let tables = DeviceTables::full(&d, Device::Cpu);
-            let split = match split {
-                Some(s) => s,
-                None => {
-                    let file = ddpm_train::h5images::open(&data)?;
-                    let has_test = ddpm_train::h5images::split_shape(&file, &data, "test")?;
-                    if has_test.is_some() { "test" } else { "train" }.to_string()
-                }
-            };
-            let images = loader::load_images(&data, &split)?;
-            let idx: Vec<usize> = (0..num.min(images.len())).collect();
-            let (x_u8, _) = images.gather(&idx);
+            let source = image_source(&data)?;
+            let nhwc = source.load(Some(num as usize))?;
+            let (n, h, w, c) = nhwc.dim();
+            if n < num as usize {
+                eprintln!("note: {source} holds {n} images (--num {num})");
+            }
+            let flat: Vec<u8> = nhwc.iter().copied().collect();
+            let x_u8 = Tensor::from_slice(&flat)
+                .reshape([n as i64, h as i64, w as i64, c as i64])
+                .permute([0, 3, 1, 2]);
             let x0 = loader::to_model_input(&x_u8, false, Device::Cpu);
             tch::manual_seed(seed as i64);
             let noise = x0.randn_like();
-            let n = idx.len() as i64;
+            let n = n as i64;
             // Row-major grid: image i, timestep j at cell i * len(at) + j.
             let frames: Vec<Tensor> = at
                 .iter()
@@ -105,4 +107,28 @@ pub fn run(cmd: VisualizeCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The image source `--data` names; a dataset file without a split gives its test split, else
+/// its train split.
+fn image_source(data: &str) -> Result<ImageSource> {
+    Ok(match ImageSource::parse(data)? {
+        ImageSource::Samples { path } if path.extension().is_some_and(|e| e == "h5") => {
+            let file = ddpm_train::h5images::open(&path)?;
+            let split = ["test", "train"].into_iter().find(|s| {
+                ddpm_train::h5images::split_shape(&file, &path, s)
+                    .ok()
+                    .flatten()
+                    .is_some()
+            });
+            match split {
+                Some(split) => ImageSource::Split {
+                    path,
+                    split: split.to_string(),
+                },
+                None => ImageSource::Samples { path },
+            }
+        }
+        other => other,
+    })
 }

@@ -76,7 +76,16 @@ fn fid_of_a_folder_with_itself_is_zero_as_json() {
     let obj = v.as_object().unwrap();
     let mut keys: Vec<_> = obj.keys().map(String::as_str).collect();
     keys.sort_unstable();
-    assert_eq!(keys, ["fid", "n_fake", "n_real"]);
+    assert_eq!(keys, ["fid", "n_fake", "n_real", "network", "warnings"]);
+    // The network is named with its digest; 8 images are fewer than the 2048 features.
+    assert_eq!(v["network"]["sha256"].as_str().unwrap().len(), 64, "{v}");
+    assert!(
+        v["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("fewer than its 2048 features"),
+        "{v}"
+    );
     assert_eq!(v["n_real"], 8);
     assert_eq!(v["n_fake"], 8);
     let fid = v["fid"].as_f64().unwrap();
@@ -166,7 +175,20 @@ fn classifier_metrics_as_json() {
     keys.sort_unstable();
     assert_eq!(
         keys,
-        ["fid_cls", "is_cls_mean", "is_cls_std", "n_fake", "n_real"]
+        [
+            "classifier",
+            "fid_cls",
+            "is_cls_mean",
+            "is_cls_std",
+            "n_fake",
+            "n_real",
+            "warnings"
+        ]
+    );
+    assert_eq!(
+        v["classifier"]["model_sha256"].as_str().unwrap().len(),
+        64,
+        "{v}"
     );
     let fid = v["fid_cls"].as_f64().unwrap();
     assert!(fid.abs() < 1e-6, "FID_cls of a set with itself: {fid}");

@@ -28,6 +28,19 @@ pub enum Error {
         num_timesteps: usize,
         value: f64,
     },
+    /// More timesteps than [`MAX_TIMESTEPS`](crate::schedule::MAX_TIMESTEPS).
+    #[error("{got} timesteps is more than the {max} this library builds tables for")]
+    TooManyTimesteps { got: usize, max: usize },
+    /// A schedule of the linear family (linear, quad, sigmoid, const) at `T < 20`, where its
+    /// `β_end = 0.02·1000/T` exceeds 1.
+    #[error(
+        "the {schedule} schedule scales β by 1000/T (β_end = 0.02·1000/T), so it needs T ≥ 20 \
+         timesteps; got T = {num_timesteps} (cosine and jsd work from T = 2)"
+    )]
+    LinearFamilyTooShort {
+        schedule: &'static str,
+        num_timesteps: usize,
+    },
     /// A [`GaussianDiffusion`](crate::GaussianDiffusion) needs at least two timesteps.
     #[error("a diffusion needs at least 2 timesteps, got {0}")]
     TooFewTimesteps(usize),

@@ -23,6 +23,11 @@ pub const LINEAR_BETA_START: f64 = 1e-4;
 /// `β_{T−1}` of the linear schedule at `T = 1000` (Ho et al. 2020, §4); other `T` scale it by `1000 / T`.
 pub const LINEAR_BETA_END: f64 = 0.02;
 
+/// The most timesteps a schedule is built for (every table then holds 8 MB of f64): a bound that
+/// turns an absurd `T` into an error instead of an allocation failure. DDPM uses 1000, improved
+/// DDPM 4000.
+pub const MAX_TIMESTEPS: usize = 1_000_000;
+
 /// A named noise schedule.
 ///
 /// The linear-family schedules (`Linear`, `Quad`, `Sigmoid`, `Const`) use the DDPM end points
@@ -102,11 +107,18 @@ impl BetaSchedule {
     /// The betas `β_0 … β_{T−1}` for `T = num_timesteps`, validated by [`validate_betas`].
     ///
     /// # Errors
-    /// [`Error::EmptyBetas`] for `T = 0`; [`Error::BetaOutOfRange`] when the linear family is asked for
-    /// `T < 20` (its `β_end = 20/T` exceeds 1).
+    /// [`Error::EmptyBetas`] for `T = 0`; [`Error::TooManyTimesteps`] above [`MAX_TIMESTEPS`];
+    /// [`Error::LinearFamilyTooShort`] when the linear family is asked for `T < 20` (its
+    /// `β_end = 20/T` exceeds 1).
     pub fn betas(self, num_timesteps: usize) -> Result<Array1<f64>> {
         if num_timesteps == 0 {
             return Err(Error::EmptyBetas);
+        }
+        if num_timesteps > MAX_TIMESTEPS {
+            return Err(Error::TooManyTimesteps {
+                got: num_timesteps,
+                max: MAX_TIMESTEPS,
+            });
         }
         let t = num_timesteps;
         let (start, end) = linear_end_points(t);
@@ -120,7 +132,16 @@ impl BetaSchedule {
             BetaSchedule::Const => Array1::from_elem(t, end),
             BetaSchedule::Jsd => linspace(t as f64, 1.0, t).mapv(|x| 1.0 / x),
         };
-        validate_betas(betas.as_slice().expect("a fresh Array1 is contiguous"))?;
+        validate_betas(betas.as_slice().expect("a fresh Array1 is contiguous")).map_err(
+            |e| match (self, e) {
+                (BetaSchedule::Cosine | BetaSchedule::Jsd, e) => e,
+                (_, Error::BetaOutOfRange { .. }) => Error::LinearFamilyTooShort {
+                    schedule: self.name(),
+                    num_timesteps,
+                },
+                (_, e) => e,
+            },
+        )?;
         Ok(betas)
     }
 }
@@ -333,9 +354,29 @@ mod tests {
         );
         assert!(validate_betas(&[1.0]).is_ok());
         assert_eq!(BetaSchedule::Linear.betas(0), Err(Error::EmptyBetas));
-        assert!(matches!(
-            BetaSchedule::Linear.betas(10),
-            Err(Error::BetaOutOfRange { .. })
-        ));
+        for schedule in [
+            BetaSchedule::Linear,
+            BetaSchedule::Quad,
+            BetaSchedule::Sigmoid,
+        ] {
+            let err = schedule.betas(19).unwrap_err();
+            assert!(matches!(
+                err,
+                Error::LinearFamilyTooShort {
+                    num_timesteps: 19,
+                    ..
+                }
+            ));
+            assert!(err.to_string().contains("T ≥ 20"), "{err}");
+            assert!(schedule.betas(20).is_ok());
+        }
+        assert!(BetaSchedule::Jsd.betas(2).is_ok());
+        assert_eq!(
+            BetaSchedule::Cosine.betas(MAX_TIMESTEPS + 1),
+            Err(Error::TooManyTimesteps {
+                got: MAX_TIMESTEPS + 1,
+                max: MAX_TIMESTEPS
+            })
+        );
     }
 }

@@ -37,7 +37,7 @@ pub fn inception_score<T: Copy + Into<f64>>(
     let (n, k) = probs.dim();
     if splits == 0 || n < splits {
         return Err(MetricsError::Shape(format!(
-            "{n} probability rows cannot make {splits} non-empty splits"
+            "the Inception Score in {splits} splits needs at least {splits} images, got {n} (use fewer --splits or more images)"
         )));
     }
     if k < 2 {

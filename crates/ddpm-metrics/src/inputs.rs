@@ -158,9 +158,9 @@ pub fn images_to_nchw_tensor(images: ArrayView4<'_, u8>) -> Tensor {
 /// through [`ddpm_train::h5images`]; a dataset file given without a split gets a hint.
 fn read_h5_images(path: &Path, name: &str, limit: Option<usize>) -> Result<Array4<u8>> {
     h5images::read_images(path, name, limit).map_err(|e| match e {
-        DataError::MissingDataset { .. } if name == "images" => {
-            MetricsError::BadImages(format!("{e} (a dataset file needs a split: FILE.h5:test)"))
-        }
+        DataError::MissingDataset { .. } if name == "images" => MetricsError::BadImages(format!(
+            "{e} (a dataset file needs one of its splits: FILE.h5:SPLIT)"
+        )),
         e => MetricsError::Train(e.into()),
     })
 }
@@ -281,6 +281,6 @@ mod tests {
             .load(None)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("FILE.h5:test"), "{err}");
+        assert!(err.contains("FILE.h5:SPLIT"), "{err}");
     }
 }

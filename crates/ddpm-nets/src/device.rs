@@ -102,7 +102,7 @@ fn cuda_unavailable_reason() -> String {
     if !linked_torch_cuda() {
         "this binary was built against a libtorch without libtorch_cuda".to_string()
     } else {
-        "libtorch_cuda is linked but no CUDA device is visible (no driver or no GPU)".to_string()
+        "no CUDA device is visible to the linked libtorch_cuda (no driver or no GPU)".to_string()
     }
 }
 

@@ -403,8 +403,28 @@ pub enum Optimizer {
 /// config is read; whether the steps fit `diffusion.timesteps` is checked by
 /// [`SampleSteps::resolve`] (and so by [`TrainConfig::validate`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[serde(try_from = "SpecText", into = "String")]
 pub struct SampleSteps(String);
+
+/// What a config may hold for a [`SampleSteps`]: its text, or a bare number of steps
+/// (`sample_steps = 100`, also from `--set run.sample_steps=100`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SpecText {
+    Text(String),
+    Count(u64),
+}
+
+impl TryFrom<SpecText> for SampleSteps {
+    type Error = String;
+
+    fn try_from(s: SpecText) -> std::result::Result<Self, String> {
+        match s {
+            SpecText::Text(t) => Self::new(&t),
+            SpecText::Count(n) => Self::new(&n.to_string()),
+        }
+    }
+}
 
 impl SampleSteps {
     /// Checks the syntax of `spec`.
@@ -462,6 +482,15 @@ impl std::str::FromStr for SampleSteps {
 impl std::fmt::Display for SampleSteps {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// `e` as an error of the config key `key` (a [`TrainError::Config`] of a nested key keeps its
+/// message only, so that the key is not named twice).
+fn rekey(key: &str, e: TrainError) -> TrainError {
+    match e {
+        TrainError::Config { message, .. } => TrainError::config(key, message),
+        e => TrainError::config(key, e.to_string()),
     }
 }
 
@@ -1134,13 +1163,13 @@ impl TrainConfig {
         self.run
             .sample_steps
             .resolve(self.diffusion.timesteps)
-            .map_err(|e| TrainError::config("run.sample_steps", e.to_string()))?;
+            .map_err(|e| rekey("run.sample_steps", e))?;
         if self.run.eval_every > 0 {
             // Only when evaluations are made: the default `dpm++20` does not fit T ≤ 20.
             self.run
                 .eval_sampler
                 .resolve(self.diffusion.timesteps)
-                .map_err(|e| TrainError::config("run.eval_sampler", e.to_string()))?;
+                .map_err(|e| rekey("run.eval_sampler", e))?;
             if self.run.eval_samples < 2 {
                 return Err(TrainError::config(
                     "run.eval_samples",
@@ -1308,6 +1337,25 @@ mod tests {
         assert!(err.contains("run.eval_sampler"), "{err}");
         c.run.eval_sampler = SampleSteps::new("dpm++10").unwrap();
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn sample_steps_take_a_bare_number_and_name_their_key_once() {
+        let base = TrainConfig::preset("mnist-cpu")
+            .unwrap()
+            .with_overrides(&["data.path=\"x.h5\"".into()])
+            .unwrap();
+        let c = base.with_overrides(&["run.sample_steps=2".into()]).unwrap();
+        assert_eq!(c.run.sample_steps.as_str(), "2");
+        c.validate().unwrap();
+        let err = base
+            .with_overrides(&["run.sample_steps=1".into()])
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("config `run.sample_steps`: `1`"), "{err}");
+        assert_eq!(err.matches("config `").count(), 1, "{err}");
     }
 
     #[test]

@@ -289,16 +289,16 @@ pub trait TrainTask {
     }
 
     /// `n` uint8 sample images `[n, H, W, C]` on the CPU for a grid; the torch generator has been
-    /// seeded with `seed` (the same at every call of a run). `None`: the task draws no grids.
-    fn sample_images(&self, n: usize, seed: u64) -> Result<Option<Tensor>>;
+    /// seeded with `seed` (the same at every call of a run). `None`: the task draws no grids, or
+    /// `stop` was set while drawing (a task whose grid takes long checks it).
+    fn sample_images(&self, n: usize, seed: u64, stop: &Arc<AtomicBool>) -> Result<Option<Tensor>>;
 
     /// `n` uint8 images `[n, H, W, C]` on the CPU to score during training (the torch generator
     /// seeded with `seed`, the same at every evaluation of a run); by default the grid's sampler.
     /// `None` when the task draws none, or when `stop` was set while drawing (checked between
     /// batches).
-    fn eval_images(&self, n: usize, seed: u64, stop: &AtomicBool) -> Result<Option<Tensor>> {
-        let _ = stop;
-        self.sample_images(n, seed)
+    fn eval_images(&self, n: usize, seed: u64, stop: &Arc<AtomicBool>) -> Result<Option<Tensor>> {
+        self.sample_images(n, seed, stop)
     }
 
     /// The `metrics.jsonl` fields of a log window from the window means of [`TrainTask::metrics`].
@@ -521,8 +521,9 @@ pub fn train<T: TrainTask>(
             )?);
         }
         let aside_start = Instant::now();
-        if every(state.step, s.sample_every) || (last && s.sample_num > 0) {
-            write_grid(task, &run, s, state.step)?;
+        // A stop request skips the grid (and one during the grid ends it).
+        if (every(state.step, s.sample_every) || (last && s.sample_num > 0)) && !stop {
+            write_grid(task, &run, s, state.step, &opts.stop)?;
         }
         // A stop request skips the evaluation (it can take minutes); the resumed run goes on.
         if let Some(ev) = evaluator.filter(|_| every(state.step, s.eval_every) && !stop) {
@@ -770,7 +771,7 @@ fn evaluate<T: TrainTask>(
     at: &EvalPoint,
     s: &LoopSettings,
     best: &mut Option<f64>,
-    stop: &AtomicBool,
+    stop: &Arc<AtomicBool>,
 ) -> Result<()> {
     let step = at.state.step;
     let start = Instant::now();
@@ -835,11 +836,25 @@ fn plot_eval(run: &RunDir, metric: &str) -> Result<()> {
 }
 
 /// Draws and writes `samples/step_N.png`.
-fn write_grid<T: TrainTask>(task: &T, run: &RunDir, s: &LoopSettings, step: usize) -> Result<()> {
+fn write_grid<T: TrainTask>(
+    task: &T,
+    run: &RunDir,
+    s: &LoopSettings,
+    step: usize,
+    stop: &Arc<AtomicBool>,
+) -> Result<()> {
     let n = s.sample_num.max(1);
     let seed = grid_seed(s.seed);
     tch::manual_seed(seed as i64);
-    let Some(images) = task.sample_images(n, seed)? else {
+    tracing::info!(
+        step,
+        images = n,
+        "drawing the sample grid (Ctrl-C skips it)"
+    );
+    let Some(images) = task.sample_images(n, seed, stop)? else {
+        if stop.load(Ordering::SeqCst) {
+            tracing::warn!(step, "sample grid skipped on request");
+        }
         return Ok(());
     };
     let path = run.path.join("samples").join(format!("step_{step}.png"));
@@ -1007,7 +1022,7 @@ fn log_window<T: TrainTask>(
     record.insert("elapsed_s".into(), json!(ctx.state.elapsed_secs));
     ctx.run.append_metrics(&Value::Object(record))?;
     let line = metrics_line(task.metrics(), &w.means);
-    tracing::info!(step = ctx.state.step, steps = w.steps, lr = ctx.lr, metrics = %line, "train");
+    tracing::info!(step = ctx.state.step, steps = w.steps, lr = %format_args!("{:.4e}", ctx.lr), metrics = %line, "train");
     if let Some(b) = ctx.bar {
         b.set_message(format!("{line} | {img_per_s:.1} img/s"));
     }

@@ -57,6 +57,14 @@ pub enum TrainError {
         /// The step's original timestep.
         timestep: usize,
     },
+    /// A sampling chain stopped on request (see `Sampler::stop_on`) before reaching x_0.
+    #[error("sampling stopped on request after {step} of {steps} steps")]
+    Stopped {
+        /// The steps done.
+        step: usize,
+        /// The chain's length.
+        steps: usize,
+    },
     /// Scoring samples during training failed.
     #[error("evaluation at step {step}: {message}")]
     Eval {

@@ -51,10 +51,15 @@ pub fn load_ddpm(dir: &Path, weights: Weights, device: Device) -> Result<LoadedD
     } else if dir.join("config.json").is_file() || dir.join("unet/config.json").is_file() {
         load_diffusers(dir, device)
     } else {
+        let message = if dir.exists() {
+            "neither a run directory (config.toml), a checkpoint folder (config.toml and \
+             state.json) nor a diffusers folder (config.json, or unet/config.json)"
+        } else {
+            "no such run directory or diffusers folder"
+        };
         Err(TrainError::Checkpoint {
             path: dir.to_path_buf(),
-            message: "neither a run directory (config.toml) nor a diffusers folder (config.json)"
-                .into(),
+            message: message.into(),
         })
     }
 }

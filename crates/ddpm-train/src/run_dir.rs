@@ -101,9 +101,14 @@ impl RunDir {
     /// Opens an existing run directory.
     pub fn open(path: &Path) -> Result<Self> {
         if !path.join("config.toml").is_file() {
+            let message = if path.exists() {
+                "is not a run directory (no config.toml)"
+            } else {
+                "no such run directory"
+            };
             return Err(TrainError::Checkpoint {
                 path: path.to_path_buf(),
-                message: "is not a run directory (no config.toml)".into(),
+                message: message.into(),
             });
         }
         Ok(Self {

@@ -464,6 +464,8 @@ pub struct Sampler {
     final_std: f64,
     /// DPM-Solver++'s coefficients, in chain order.
     dpm_steps: Vec<DpmSolverStep>,
+    /// A chain stops with [`TrainError::Stopped`] once this is set (checked before each step).
+    stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// What a sampling call returns.
@@ -568,7 +570,15 @@ impl Sampler {
             ddim_sigmas,
             final_std,
             dpm_steps,
+            stop: None,
         })
+    }
+
+    /// Chains of this sampler end with [`TrainError::Stopped`] at the first step after `stop`
+    /// is set (e.g. by Ctrl-C), instead of running to x_0.
+    pub fn stop_on(mut self, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.stop = Some(stop);
+        self
     }
 
     /// Number of network evaluations per image (doubled by guidance).
@@ -596,7 +606,7 @@ impl Sampler {
     ///
     /// # Errors
     /// A NaN or infinite value in the chain, naming the first step (and its timestep) where it
-    /// appeared.
+    /// appeared; [`TrainError::Stopped`] after a stop request (see [`Sampler::stop_on`]).
     pub fn sample<F>(
         &self,
         model: F,
@@ -650,6 +660,13 @@ impl Sampler {
         let mut finite = Vec::with_capacity(steps);
         let mut prev_x0 = None;
         for (done, k) in (0..steps).rev().enumerate() {
+            if self
+                .stop
+                .as_ref()
+                .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst))
+            {
+                return Err(TrainError::Stopped { step: done, steps });
+            }
             let t = Tensor::full([n], k as i64, (Kind::Int64, device));
             let t_model = self.tables.timestep_map.index_select(0, &t);
             let out = match guidance {

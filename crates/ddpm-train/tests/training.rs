@@ -195,7 +195,7 @@ fn resume_of_a_missing_run_is_an_error() {
     )
     .unwrap_err()
     .to_string();
-    assert!(err.contains("not a run directory"), "{err}");
+    assert!(err.contains("no such run directory"), "{err}");
 }
 
 #[test]

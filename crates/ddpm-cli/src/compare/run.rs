@@ -53,6 +53,17 @@ struct ModelFacts<'a> {
 
 /// Runs the comparison described by `cfg` and writes the report files into `cfg.out_dir`.
 pub fn run_compare(cfg: &CompareConfig) -> Result<CompareReport> {
+    let created = !cfg.out_dir.exists();
+    let result = compare_into(cfg);
+    if result.is_err() && created {
+        // A failed comparison leaves no report folder behind (the runs it trained stay).
+        let _ = std::fs::remove_dir_all(&cfg.out_dir);
+    }
+    result
+}
+
+/// [`run_compare`] without the clean-up of a failure.
+fn compare_into(cfg: &CompareConfig) -> Result<CompareReport> {
     if cfg.cpu_threads > 0 {
         tch::set_num_threads(cfg.cpu_threads as i32);
     }
@@ -158,8 +169,9 @@ fn ensure_run(cfg: &CompareConfig, entry: &ModelEntry, kind: ModelKind) -> Resul
     }
     if !cfg.train.missing {
         bail!(
-            "{}: no {kind:?} run with a checkpoint here, and train.missing = false",
-            dir.display()
+            "{}: no {} run with a checkpoint here, and train.missing = false",
+            dir.display(),
+            kind.name()
         );
     }
     let resume = dir.join("config.toml").is_file();
@@ -177,9 +189,10 @@ fn ensure_run(cfg: &CompareConfig, entry: &ModelEntry, kind: ModelKind) -> Resul
     };
     if tc.model.kind() != kind {
         bail!(
-            "{}: holds a {:?} run, expected {kind:?}",
+            "{}: holds a {} run, expected a {} run",
             dir.display(),
-            tc.model.kind()
+            tc.model.kind().name(),
+            kind.name()
         );
     }
     tracing::info!(dir = %dir.display(), ?kind, steps = tc.run.steps, resume, "training a missing run");
@@ -254,9 +267,10 @@ fn baseline_row(
     let m = models::load_baseline(dir, device)?;
     if m.kind != kind {
         bail!(
-            "{}: holds a {:?} run, expected {kind:?}",
+            "{}: holds a {} run, expected a {} run",
             dir.display(),
-            m.kind
+            m.kind.name(),
+            kind.name()
         );
     }
     let state = models::latest_state(dir)?;

@@ -2,6 +2,8 @@
 //! logits, Adam with a half-cosine learning rate, then the test accuracy. Logged: `loss`
 //! (cross-entropy, nats). Checkpoint groups: `model`, `optim`.
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use ddpm_nets::classifier::{Classifier, ClassifierConfig};
 use serde::{Deserialize, Serialize};
@@ -366,7 +368,12 @@ impl TrainTask for ClassifierTask {
         ]
     }
 
-    fn sample_images(&self, _n: usize, _seed: u64) -> Result<Option<Tensor>> {
+    fn sample_images(
+        &self,
+        _n: usize,
+        _seed: u64,
+        _stop: &Arc<AtomicBool>,
+    ) -> Result<Option<Tensor>> {
         Ok(None)
     }
 }

@@ -6,6 +6,7 @@ use ddpm_math::{
     GaussianDiffusion, LossSecondMomentSampler, LossType, LossWeights, ScheduleSampler,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use ddpm_nets::UNet2DModel;
 use rand::rngs::StdRng;
@@ -18,7 +19,7 @@ use crate::engine::{
     scaled, split_rows, split_rows_opt, step_seed, Metric, MicroBatches, Plot, Probe, StateGroup,
     StepMetrics, TrainTask,
 };
-use crate::error::Result;
+use crate::error::{Result, TrainError};
 use crate::loader::ImageData;
 use crate::objective::training_losses;
 use crate::optim::{named_trainables, Adam, Ema};
@@ -343,13 +344,18 @@ impl TrainTask for DdpmTask {
         Ok(())
     }
 
-    fn sample_images(&self, n: usize, _seed: u64) -> Result<Option<Tensor>> {
+    fn sample_images(
+        &self,
+        n: usize,
+        _seed: u64,
+        stop: &Arc<AtomicBool>,
+    ) -> Result<Option<Tensor>> {
         let steps = &self.cfg.run.sample_steps;
         let (d, unet) = (&self.diffusion, &self.model.ema_unet);
-        sample_ema_images(&self.cfg, d, unet, n, steps, self.device, None)
+        sample_ema_images(&self.cfg, d, unet, n, steps, self.device, Some(stop))
     }
 
-    fn eval_images(&self, n: usize, _seed: u64, stop: &AtomicBool) -> Result<Option<Tensor>> {
+    fn eval_images(&self, n: usize, _seed: u64, stop: &Arc<AtomicBool>) -> Result<Option<Tensor>> {
         let steps = &self.cfg.run.eval_sampler;
         let (d, unet) = (&self.diffusion, &self.model.ema_unet);
         sample_ema_images(&self.cfg, d, unet, n, steps, self.device, Some(stop))
@@ -374,13 +380,13 @@ impl TrainTask for DdpmTask {
     }
 }
 
-/// Images per sampling batch of [`sample_ema_images`] (also how often a stop request is seen).
+/// Images per sampling batch of [`sample_ema_images`].
 const SAMPLE_BATCH: usize = 128;
 
 /// `n` uint8 images `[n, H, W, C]` (CPU) from `unet` with the sampler `steps` (the run's x̂₀
 /// processing), in batches of [`SAMPLE_BATCH`], from noise drawn from the (already seeded) torch
 /// generator; a conditional model draws the classes in turn (0, 1, …), one per image. `None`
-/// when `stop` is set before a batch.
+/// when `stop` is set (checked before every step of the chain).
 pub fn sample_ema_images(
     cfg: &TrainConfig,
     diffusion: &GaussianDiffusion,
@@ -388,11 +394,14 @@ pub fn sample_ema_images(
     n: usize,
     steps: &SampleSteps,
     device: Device,
-    stop: Option<&AtomicBool>,
+    stop: Option<&Arc<AtomicBool>>,
 ) -> Result<Option<Tensor>> {
     let mut spec = steps.resolve(diffusion.num_timesteps())?;
     spec.x0 = cfg.diffusion.sampling()?.x0;
-    let sampler = Sampler::new(diffusion, &spec, device)?;
+    let mut sampler = Sampler::new(diffusion, &spec, device)?;
+    if let Some(stop) = stop {
+        sampler = sampler.stop_on(stop.clone());
+    }
     let u = cfg.unet()?;
     let (h, w) = sample_hw(cfg);
     let _guard = tch::no_grad_guard();
@@ -406,13 +415,16 @@ pub fn sample_ema_images(
         let labels = u
             .num_class_embeds
             .map(|k| (Tensor::arange(b, (Kind::Int64, device)) + start as i64).remainder(k - 1));
-        let samples = sampler.sample(
+        let samples = match sampler.sample(
             |x, t, _| unet.forward_t(x, t, labels.as_ref(), false),
             noise,
             None,
             0,
             |_| {},
-        )?;
+        ) {
+            Err(TrainError::Stopped { .. }) => return Ok(None),
+            other => other?,
+        };
         chunks.push(to_uint8_nhwc(&samples.images).to_device(Device::Cpu));
     }
     Ok(Some(Tensor::cat(&chunks, 0)))

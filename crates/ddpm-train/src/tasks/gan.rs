@@ -4,6 +4,8 @@
 //! discriminator. Logged: `d_loss`, `g_loss`, `d_real` = mean D(x), `d_fake` = mean D(G(z)) (before
 //! the discriminator update). Checkpoint groups: `generator`, `discriminator`, `optim_g`, `optim_d`.
 use ddpm_nets::gan::{self, Discriminator, Generator};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::baselines::{gan_images, images_from_latents, NetworkConfigs};
@@ -181,7 +183,12 @@ impl TrainTask for GanTask {
         ]
     }
 
-    fn sample_images(&self, n: usize, seed: u64) -> Result<Option<Tensor>> {
+    fn sample_images(
+        &self,
+        n: usize,
+        seed: u64,
+        _stop: &Arc<AtomicBool>,
+    ) -> Result<Option<Tensor>> {
         let g = &self.generator;
         Ok(Some(images_from_latents(
             g.config().z_dim,

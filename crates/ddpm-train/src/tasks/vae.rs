@@ -4,6 +4,8 @@
 //! `model`, `optim`.
 use ddpm_nets::vae::Vae;
 use serde_json::{json, Map, Value};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::baselines::{images_from_latents, vae_images, NetworkConfigs};
@@ -126,7 +128,12 @@ impl TrainTask for VaeTask {
         ]
     }
 
-    fn sample_images(&self, n: usize, seed: u64) -> Result<Option<Tensor>> {
+    fn sample_images(
+        &self,
+        n: usize,
+        seed: u64,
+        _stop: &Arc<AtomicBool>,
+    ) -> Result<Option<Tensor>> {
         let v = &self.vae;
         Ok(Some(images_from_latents(
             v.config().latent_dim,
