@@ -263,11 +263,7 @@ fn import(
     folder: &FolderArgs,
 ) -> Result<()> {
     refuse_non_hdf5_output(out)?;
-    ctrlc::set_handler(|| {
-        eprintln!("\ninterrupted: nothing written");
-        ddpm_nets::atomic::exit_now(130);
-    })
-    .context("cannot install the Ctrl-C handler")?;
+    crate::signals::exit_on_signals("interrupted: nothing written")?;
     let summary = match (name, raw, images) {
         (_, _, Some(dir)) => {
             let report = image_folder::import_image_folder(&dir, out, &folder.to_import())?;

@@ -2,7 +2,7 @@
 //!
 //! The statuses follow the shell's conventions (and torchrun's): 0 success, 1 a runtime error,
 //! 2 a usage error (clap's own, and [`Usage`] for combinations of options that only the command
-//! can judge), 130 interrupted by Ctrl-C ([`Interrupted`]). Errors are printed as messages, never
+//! can judge), 130 / 143 interrupted by Ctrl-C / SIGTERM ([`Interrupted`]). Errors are printed as messages, never
 //! as a backtrace, also with `RUST_BACKTRACE=1`: a backtrace helps with a bug, not with a wrong
 //! path (a panic, which is a bug, still prints one).
 use std::fmt;
@@ -29,14 +29,15 @@ macro_rules! usage {
     };
 }
 
-/// The command stopped at the user's request (Ctrl-C) after saving what it had: exit status 130.
-/// What was saved and how to continue are printed by the command before it returns this.
+/// The command stopped at the user's request (Ctrl-C, SIGTERM) after saving what it had; the exit
+/// status it carries is 128 + the signal (130, 143). What was saved and how to continue are
+/// printed by the command before it returns this.
 #[derive(Debug)]
-pub struct Interrupted;
+pub struct Interrupted(pub u8);
 
 impl fmt::Display for Interrupted {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("interrupted")
+        write!(f, "interrupted (exit status {})", self.0)
     }
 }
 
@@ -46,8 +47,8 @@ impl std::error::Error for Interrupted {}
 /// line per cause that adds something (a cause whose text the line above already contains is
 /// not repeated).
 pub fn report(error: &anyhow::Error) -> ExitCode {
-    if error.downcast_ref::<Interrupted>().is_some() {
-        return ExitCode::from(130);
+    if let Some(Interrupted(status)) = error.downcast_ref::<Interrupted>() {
+        return ExitCode::from(*status);
     }
     eprintln!("{}", message(error));
     if error.downcast_ref::<Usage>().is_some() {
@@ -105,7 +106,7 @@ mod tests {
         assert_eq!(report(&anyhow::anyhow!("x")), ExitCode::from(1));
         assert_eq!(report(&anyhow::Error::new(usage!("y"))), ExitCode::from(2));
         assert_eq!(
-            report(&anyhow::Error::new(Interrupted)),
+            report(&anyhow::Error::new(Interrupted(130))),
             ExitCode::from(130)
         );
         let wrapped = anyhow::Error::new(usage!("z")).context("while checking");

@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod bits_per_dim;
+mod check;
 mod choices;
 mod compare;
 mod data;
@@ -17,6 +18,7 @@ mod outputs;
 mod run_log;
 mod sample;
 mod schedule;
+mod signals;
 mod train;
 mod train_classifier;
 mod train_eval;
@@ -54,6 +56,8 @@ enum Command {
     TrainClassifier(train_classifier::TrainClassifierArgs),
     /// Sample images from a run directory or a diffusers folder.
     Sample(sample::SampleArgs),
+    /// Verify a run directory: every checkpoint against its manifest (sizes, sha256).
+    Check(check::CheckArgs),
     /// Write a run's DDPM as a diffusers DDPMPipeline folder (model_index.json, unet/, scheduler/).
     Export(export::ExportArgs),
     /// Pictures of the diffusion process.
@@ -96,6 +100,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::TrainClassifier(args) => train_classifier::run(args),
         Command::Sample(args) => sample::run(args),
         Command::Export(args) => export::run(args),
+        Command::Check(args) => check::run(args),
         Command::Visualize(cmd) => visualize::run(cmd),
         Command::Compare(args) => compare::run(args),
         Command::Bench(args) => bench::run(args, threads),

@@ -1,6 +1,7 @@
 //! `RUN_DIR/train.log`: the tracing output of a training command, written only once the run
-//! directory holds a run (`config.toml`), so that a command that fails before it creates the run
-//! (bad config, missing data, a run that is not there) leaves nothing behind. Lines logged
+//! directory holds a run (`config.toml`) and this process holds the run's lock
+//! ([`ddpm_train::run_lock`]), so that a command that fails before (bad config, missing data, a
+//! run that is not there, a run another training holds) leaves nothing behind. Lines logged
 //! before that are kept in memory and written first.
 use std::fs::File;
 use std::io::{self, Write};
@@ -38,7 +39,7 @@ impl RunLog {
 
     /// The open file once the run exists; the buffered lines are written to it first.
     fn file(&mut self) -> io::Result<Option<&mut File>> {
-        if self.file.is_none() && self.dir.join("config.toml").is_file() {
+        if self.file.is_none() && self.dir.join("config.toml").is_file() && self.holds_lock() {
             let mut f = File::options()
                 .create(true)
                 .append(true)
@@ -47,6 +48,17 @@ impl RunLog {
             self.file = Some(f);
         }
         Ok(self.file.as_mut())
+    }
+}
+
+impl RunLog {
+    /// Whether the run's lock file names this process.
+    fn holds_lock(&self) -> bool {
+        let lock = self.dir.join(ddpm_train::run_lock::LOCK_FILE);
+        std::fs::read_to_string(lock)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(t.trim()).ok())
+            .is_some_and(|v| v["pid"].as_u64() == Some(u64::from(std::process::id())))
     }
 }
 
@@ -80,11 +92,17 @@ mod tests {
         assert!(!run.exists(), "the log created the run directory");
         std::fs::create_dir_all(&run).unwrap();
         std::fs::write(run.join("config.toml"), "").unwrap();
+        log.write_all(b"before the lock\n").unwrap();
+        assert!(
+            !run.join("train.log").exists(),
+            "written without holding the lock"
+        );
+        let _lock = ddpm_train::run_lock::RunLock::acquire(&run).unwrap();
         log.write_all(b"late\n").unwrap();
         log.flush().unwrap();
         let log = std::fs::read_to_string(run.join("train.log")).unwrap();
         let (header, rest) = log.split_once('\n').unwrap();
         assert!(header.starts_with("=== ddpm-cli "), "{header}");
-        assert_eq!(rest, "early\nlate\n");
+        assert_eq!(rest, "early\nbefore the lock\nlate\n");
     }
 }

@@ -1,7 +1,5 @@
 //! `ddpm-cli train`: train a DDPM (or the GAN / VAE baselines) into a run directory, or resume one.
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use ddpm_train::config::{ModelKind, TrainConfig};
@@ -156,24 +154,6 @@ pub fn preset_data_path(preset: &str) -> PathBuf {
     PathBuf::from(format!("datasets/{dataset}.h5"))
 }
 
-/// A flag that the first Ctrl-C sets (the engine then checkpoints after the current step and
-/// stops); a second Ctrl-C exits at once with status 130.
-pub fn stop_on_interrupt() -> Result<Arc<AtomicBool>> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            eprintln!("\nsecond interrupt: exiting without saving");
-            ddpm_nets::atomic::exit_now(130);
-        }
-        eprintln!(
-            "\ninterrupt: stopping after this step with a checkpoint (Ctrl-C again to exit at once, without saving)"
-        );
-    })
-    .context("cannot install the Ctrl-C handler")?;
-    Ok(stop)
-}
-
 /// Trains; `threads` is the global `--threads` (it sets run.cpu_threads).
 pub fn run(args: TrainArgs, threads: Option<usize>) -> Result<()> {
     let dir = args.run_dir()?;
@@ -190,9 +170,10 @@ pub fn run(args: TrainArgs, threads: Option<usize>) -> Result<()> {
             .unwrap_or_default(),
         "device"
     );
+    let stop = crate::signals::stop_on_signals("stopping after this step with a checkpoint")?;
     let opts = TrainOptions {
         progress: !args.no_progress,
-        stop: stop_on_interrupt()?,
+        stop: stop.flag.clone(),
         evaluator: crate::train_eval::evaluator(&cfg, device)?,
     };
     let resume = args.resume.is_some();
@@ -225,7 +206,7 @@ pub fn run(args: TrainArgs, threads: Option<usize>) -> Result<()> {
     }
     if summary.interrupted {
         // Status 130, so that `train && sample` does not carry on with an unfinished run.
-        return Err(crate::exit::Interrupted.into());
+        return Err(stop.interrupted());
     }
     Ok(())
 }

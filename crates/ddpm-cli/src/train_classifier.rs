@@ -130,9 +130,10 @@ pub fn run(args: TrainClassifierArgs) -> Result<()> {
     })?;
     let test = loader::load_images(data, "test")
         .with_context(|| format!("cannot read the test split of {}", data.display()))?;
+    let stop = crate::signals::stop_on_signals("stopping after this step with a checkpoint")?;
     let opts = TrainOptions {
         progress: !args.no_progress,
-        stop: crate::train::stop_on_interrupt()?,
+        stop: stop.flag.clone(),
         evaluator: None,
     };
     let trained = train_classifier(&out, resume, &run_cfg, &train, &test, device, &opts)?;
@@ -143,7 +144,7 @@ pub fn run(args: TrainClassifierArgs) -> Result<()> {
             args.dataset,
             out.display()
         );
-        return Err(crate::exit::Interrupted.into());
+        return Err(stop.interrupted());
     };
     classifier::save_classifier(&out, &trained.vs, &trained.net, report)?;
     println!(

@@ -4,77 +4,12 @@
 //! errors print a message, never a backtrace.
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use ddpm_train::TrainConfig;
-
-fn cli(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_ddpm-cli"));
-    c.current_dir(dir).env("RUST_BACKTRACE", "0");
-    c
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// Every path under `dir`, relative to it.
-fn listing(dir: &Path) -> BTreeSet<PathBuf> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeSet<PathBuf>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            out.insert(p.strip_prefix(root).unwrap().to_path_buf());
-            if p.is_dir() && !p.is_symlink() {
-                walk(root, &p, out);
-            }
-        }
-    }
-    let mut out = BTreeSet::new();
-    walk(dir, dir, &mut out);
-    out
-}
-
-fn mnist() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../datasets/mnist.h5");
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo xtask fetch-data`",
-        p.display()
-    );
-    std::fs::canonicalize(p).unwrap()
-}
-
-/// A DDPM small enough to train in seconds, as a TOML file in `dir`.
-fn tiny_config(dir: &Path, steps: usize) -> PathBuf {
-    let cfg = TrainConfig::preset("mnist-cpu")
-        .unwrap()
-        .with_overrides(&[
-            "model.unet.block_out_channels=[8, 16]".into(),
-            "model.unet.down_block_types=[\"DownBlock2D\", \"DownBlock2D\"]".into(),
-            "model.unet.up_block_types=[\"UpBlock2D\", \"UpBlock2D\"]".into(),
-            "model.unet.norm_num_groups=4".into(),
-            "model.unet.layers_per_block=1".into(),
-            "diffusion.timesteps=50".into(),
-            format!("data.path=\"{}\"", mnist().display()),
-            "data.batch_size=4".into(),
-            format!("run.steps={steps}"),
-            "run.log_every=1".into(),
-            "run.checkpoint_every=1".into(),
-            "run.sample_every=0".into(),
-            "run.sample_num=0".into(),
-            "run.cpu_threads=1".into(),
-        ])
-        .unwrap();
-    let path = dir.join(format!("tiny-{steps}.toml"));
-    std::fs::write(&path, cfg.to_toml()).unwrap();
-    path
-}
+mod common;
+use common::{cli, listing, text, tiny_config};
 
 /// A trained tiny run shared by the tests of this file (2 steps).
 fn tiny_run() -> &'static Path {

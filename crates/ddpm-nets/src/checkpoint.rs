@@ -25,6 +25,11 @@ pub fn write_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
 }
 
 /// Reads all tensors of a safetensors file, in the file's order.
+///
+/// # Errors
+/// [`Error::Io`] for a missing file; [`Error::Torch`] (a safetensors error, which names the file)
+/// for a malformed one; [`Error::TorchFile`] naming the file for a tensor libtorch cannot hold
+/// (e.g. dtype `U64`).
 pub fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
     if !path.is_file() {
         return Err(Error::io(
@@ -32,7 +37,13 @@ pub fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
             std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
         ));
     }
-    Ok(Tensor::read_safetensors(path)?)
+    Tensor::read_safetensors(path).map_err(|e| match e {
+        e @ tch::TchError::SafeTensorError { .. } => Error::Torch(e),
+        source => Error::TorchFile {
+            path: path.to_path_buf(),
+            source,
+        },
+    })
 }
 
 /// Saves every variable of `vs` under its name (sorted), atomically.

@@ -216,9 +216,60 @@ pub fn load_weights(vs: &mut VarStore, path: &Path) -> Result<()> {
     load_varstore_renamed(vs, path, rename_deprecated)
 }
 
+/// A lower bound of the parameter count of the UNet of `cfg` (one 3×3 convolution per resnet, the
+/// input and output convolutions, the time and class embeddings), saturating instead of
+/// overflowing.
+fn parameter_floor(cfg: &UNetConfig) -> u128 {
+    let n = |v: i64| u128::try_from(v).unwrap_or(0);
+    let c0 = n(cfg.block_out_channels.first().copied().unwrap_or(0));
+    let temb = n(cfg.time_embed_dim());
+    let levels = cfg.block_out_channels.iter().fold(0u128, |acc, &c| {
+        acc.saturating_add(
+            n(cfg.layers_per_block)
+                .saturating_mul(9)
+                .saturating_mul(n(c).saturating_mul(n(c))),
+        )
+    });
+    [
+        9u128.saturating_mul(c0).saturating_mul(n(cfg.in_channels)),
+        9u128.saturating_mul(c0).saturating_mul(n(cfg.out_channels)),
+        c0.saturating_mul(temb),
+        temb.saturating_mul(temb),
+        n(cfg.num_class_embeds.unwrap_or(0)).saturating_mul(temb),
+        levels,
+    ]
+    .into_iter()
+    .fold(0, u128::saturating_add)
+}
+
+/// Refuses a config whose network cannot fit the weights file (every stored element takes at least
+/// one byte), before the network is built: a corrupt `config.json` declaring huge channels must not
+/// allocate them.
+fn check_fits_weights(cfg: &UNetConfig, config: &Path, weights: &Path) -> Result<()> {
+    let bytes = std::fs::metadata(weights)
+        .map_err(|e| Error::io(weights, e))?
+        .len();
+    let floor = parameter_floor(cfg);
+    if floor > u128::from(bytes) {
+        return Err(Error::InvalidConfig(format!(
+            "{}: describes a network of at least {floor} parameters, more than {} ({bytes} bytes) \
+             can hold",
+            config.display(),
+            weights.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Loads a diffusers model folder (`config.json` + `diffusion_pytorch_model.safetensors`) onto `device`.
+///
+/// # Errors
+/// Those of [`read_config`] and [`load_weights`]; [`Error::InvalidConfig`] naming both files when
+/// the config describes a network larger than the weights file can hold (checked before building).
 pub fn load_pretrained(dir: &Path, device: Device) -> Result<(VarStore, UNet2DModel)> {
-    let cfg = read_config(&dir.join(CONFIG_NAME))?;
+    let config = dir.join(CONFIG_NAME);
+    let cfg = read_config(&config)?;
+    check_fits_weights(&cfg, &config, &dir.join(WEIGHTS_NAME))?;
     let mut vs = VarStore::new(device);
     let model = UNet2DModel::new(vs.root(), &cfg)?;
     load_weights(&mut vs, &dir.join(WEIGHTS_NAME))?;

@@ -67,6 +67,14 @@ pub enum Error {
     /// An error reported by libtorch.
     #[error(transparent)]
     Torch(#[from] tch::TchError),
+    /// A file that libtorch could not turn into tensors (e.g. a safetensors dtype it lacks).
+    #[error("{path}: {source}")]
+    TorchFile {
+        /// The file.
+        path: PathBuf,
+        /// What libtorch reported.
+        source: tch::TchError,
+    },
 }
 
 /// Results of this crate.

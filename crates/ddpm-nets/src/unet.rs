@@ -120,8 +120,13 @@ impl Default for UNetConfig {
 impl UNetConfig {
     /// Width of the time embedding.
     pub fn time_embed_dim(&self) -> i64 {
-        self.time_embedding_dim
-            .unwrap_or(4 * self.block_out_channels.first().copied().unwrap_or(0))
+        self.time_embedding_dim.unwrap_or(
+            self.block_out_channels
+                .first()
+                .copied()
+                .unwrap_or(0)
+                .saturating_mul(4),
+        )
     }
 
     /// Checks that the numbers fit together (group counts and head widths divide the channels, list lengths agree).
@@ -177,7 +182,7 @@ impl UNetConfig {
                 self.downsample_padding
             ));
         }
-        if 2 * self.freq_shift >= self.block_out_channels[0] {
+        if 2 * i128::from(self.freq_shift) >= i128::from(self.block_out_channels[0]) {
             return bad(format!(
                 "freq_shift = {} too large for the embedding",
                 self.freq_shift

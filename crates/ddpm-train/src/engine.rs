@@ -25,6 +25,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::run_lock::RunLock;
+
 use ddpm_nets::checkpoint::{load_varstore, read_tensors};
 use serde_json::{json, Map, Value};
 use tch::{nn, Device, Kind, Tensor};
@@ -469,7 +471,7 @@ pub fn train<T: TrainTask>(
             ),
         ));
     }
-    let (run, mut state, mut last_checkpoint, mut last_loss) = open_run(task, &target, s)?;
+    let (run, _lock, mut state, mut last_checkpoint, mut last_loss) = open_run(task, &target, s)?;
     let n_data = s.data_limit.map_or(data.len(), |k| k.min(data.len()));
     let mut batches = BatchSampler::new(n_data, s.batch_size, s.seed);
     let bar = progress_bar(opts.progress, s.steps, state.step);
@@ -584,15 +586,27 @@ fn open_run<T: TrainTask>(
     task: &mut T,
     target: &RunTarget,
     s: &LoopSettings,
-) -> Result<(RunDir, TrainState, Option<PathBuf>, f64)> {
-    let (run, state, ckpt) = if target.resume {
+) -> Result<(RunDir, RunLock, TrainState, Option<PathBuf>, f64)> {
+    let (run, lock, state, ckpt) = if target.resume {
         let run = RunDir::open(target.dir)?;
+        let lock = RunLock::acquire(&run.path)?;
+        run.recover()?;
         let (state, ckpt) = restore_latest(task, &run, s)?;
         run.write_config_text(&target.config_toml)?;
-        (run, state, ckpt)
+        (run, lock, state, ckpt)
     } else {
+        // A folder that exists may be a live run's: its lock is checked before anything else.
+        let early = if target.dir.is_dir() {
+            Some(RunLock::acquire(target.dir)?)
+        } else {
+            None
+        };
         let run = RunDir::create_with_text(target.dir, &target.config_toml)?;
-        (run, TrainState::new(s.seed), None)
+        let lock = match early {
+            Some(l) => l,
+            None => RunLock::acquire(&run.path)?,
+        };
+        (run, lock, TrainState::new(s.seed), None)
     };
     for (name, text) in &target.files {
         run.write_file(name, text)?;
@@ -604,7 +618,7 @@ fn open_run<T: TrainTask>(
         .rev()
         .find_map(|r| r[loss_name].as_f64())
         .unwrap_or(f64::NAN);
-    Ok((run, state, ckpt, last_loss))
+    Ok((run, lock, state, ckpt, last_loss))
 }
 
 /// Restores the newest checkpoint of `run` into `task` (step 0 when there is none yet; the log

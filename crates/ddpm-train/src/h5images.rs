@@ -71,6 +71,39 @@ fn u8_dataset(file: &hdf5::File, path: &Path, name: &str) -> Result<(hdf5::Datas
     Ok((ds, shape))
 }
 
+/// Refuses to read `rows` rows of `ds` (shape `shape`) when they hold more bytes than the file
+/// could store: all of it for uncompressed data, 1032× it (deflate's largest ratio) when the
+/// dataset is filtered. A corrupt header declaring 2^40 elements is an error, not an allocation.
+fn check_declared_size(
+    ds: &hdf5::Dataset,
+    path: &Path,
+    name: &str,
+    shape: &[usize],
+    rows: usize,
+) -> Result<()> {
+    let declared = shape
+        .iter()
+        .skip(1)
+        .fold(rows as u128, |acc, &d| acc.saturating_mul(d as u128));
+    let file_len = std::fs::metadata(path)
+        .map_err(|source| DataError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .len() as u128;
+    let ratio = if ds.filters().is_empty() { 1 } else { 1032 };
+    if declared > file_len.saturating_mul(ratio) {
+        return Err(DataError::Layout {
+            path: path.to_path_buf(),
+            message: format!(
+                "/{name} has shape {shape:?}: {declared} bytes to read, more than the file \
+                 ({file_len} bytes) can hold"
+            ),
+        });
+    }
+    Ok(())
+}
+
 fn images_of(
     file: &hdf5::File,
     path: &Path,
@@ -93,6 +126,7 @@ fn images_of(
         dataset: format!("/{name}"),
         source,
     };
+    check_declared_size(&ds, path, name, &shape, n)?;
     match shape.len() {
         3 => Ok(ds
             .read_slice::<u8, _, Ix3>(s![..n, .., ..])
@@ -120,6 +154,7 @@ fn labels_of(
         });
     }
     let n = limit.map_or(shape[0], |l| l.min(shape[0]));
+    check_declared_size(&ds, path, name, &shape, n)?;
     ds.read_slice::<u8, _, Ix1>(s![..n])
         .map_err(|source| DataError::Hdf5Dataset {
             path: path.to_path_buf(),
@@ -132,8 +167,9 @@ fn labels_of(
 /// or `test/images`) of the HDF5 file `path`, as `[N, H, W, C]` (a `[N, H, W]` dataset gets C = 1).
 ///
 /// Errors name the file and the dataset: missing file ([`DataError::Io`]), missing dataset
-/// ([`DataError::MissingDataset`], with what its group holds), not uint8 or not an image shape
-/// ([`DataError::Layout`]), unreadable ([`DataError::Hdf5Dataset`]).
+/// ([`DataError::MissingDataset`], with what its group holds), not uint8 or not an image shape, or
+/// a shape declaring more data than the file can hold ([`DataError::Layout`]), unreadable
+/// ([`DataError::Hdf5Dataset`]).
 pub fn read_images(path: &Path, dataset: &str, limit: Option<usize>) -> Result<Array4<u8>> {
     images_of(&open(path)?, path, dataset, limit)
 }
@@ -218,10 +254,16 @@ pub fn split_shape(file: &hdf5::File, path: &Path, split: &str) -> Result<Option
     }))
 }
 
-/// Creates the HDF5 file `path` atomically: `fill` writes into a new file at a temporary path in
-/// the same folder, which is closed and renamed to `path` when `fill` succeeds (folders are created;
-/// see [`ddpm_nets::atomic::write_atomically`]). On any error nothing is left behind and an existing
-/// `path` is kept. Errors: `fill`'s own, or a [`DataError`] naming `path` (converted into `E`).
+/// Creates the HDF5 file `path` atomically: `fill` writes into a new file, which is written to a
+/// temporary path in the same folder and renamed to `path` when `fill` succeeds (folders are
+/// created; see [`ddpm_nets::atomic::write_atomically`]). On any error nothing is left behind and
+/// an existing `path` is kept. Errors: `fill`'s own, or a [`DataError`] naming `path` (converted
+/// into `E`); a failed write (full disk, quota, file-size limit) is a
+/// [`ddpm_nets::atomic::WriteError`] naming `path` and the OS error.
+///
+/// The file is built in memory (HDF5's core driver, no backing store) and its bytes are written
+/// by this function: HDF5 itself never writes to disk here, because its `H5Fclose` crashes
+/// (segmentation fault in `H5D__flush_all_cb`) when the disk refuses a flush.
 pub fn create_atomically<T, E>(
     path: &Path,
     fill: impl FnOnce(&hdf5::File) -> std::result::Result<T, E>,
@@ -230,11 +272,39 @@ where
     E: From<DataError> + From<ddpm_nets::atomic::WriteError>,
 {
     ddpm_nets::atomic::write_atomically(path, |tmp| {
-        let file = hdf5::File::create(tmp).map_err(h5_err(path))?;
+        let file = hdf5::File::with_options()
+            .with_fapl(|p| p.core_options(64 << 20, false))
+            .create(tmp)
+            .map_err(h5_err(path))?;
         let value = fill(&file)?;
+        file.flush().map_err(h5_err(path))?;
+        let image = file_image(&file, path)?;
         file.close().map_err(h5_err(path))?;
+        std::fs::write(tmp, image).map_err(|source| ddpm_nets::atomic::WriteError {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Ok(value)
     })
+}
+
+/// The bytes of the in-memory HDF5 `file` (of the file `path`, which errors name).
+fn file_image(file: &hdf5::File, path: &Path) -> Result<Vec<u8>> {
+    let failed = || DataError::Layout {
+        path: path.to_path_buf(),
+        message: "HDF5 could not give the file's bytes (H5Fget_file_image)".into(),
+    };
+    // SAFETY: a null buffer asks for the size only; the second call writes at most `buf.len()`
+    // bytes into `buf`. The file id is valid while `file` lives.
+    let size = unsafe { hdf5_sys::h5f::H5Fget_file_image(file.id(), std::ptr::null_mut(), 0) };
+    let len = usize::try_from(size).map_err(|_| failed())?;
+    let mut buf = vec![0u8; len];
+    let got =
+        unsafe { hdf5_sys::h5f::H5Fget_file_image(file.id(), buf.as_mut_ptr().cast(), buf.len()) };
+    if got != size {
+        return Err(failed());
+    }
+    Ok(buf)
 }
 
 /// Sets the scalar string attribute `name` of `loc` (a file, group or dataset of the file `path`,

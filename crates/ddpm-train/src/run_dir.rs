@@ -140,7 +140,7 @@ impl RunDir {
             .filter(|r| r["step"].as_u64().is_some_and(|s| s as usize <= step))
             .map(|r| r.to_string())
             .collect();
-        if kept.len() != records.len() {
+        if kept.len() != records.len() || !self.metrics_are_whole() {
             let mut text = kept.join("\n");
             if !text.is_empty() {
                 text.push('\n');
@@ -160,7 +160,8 @@ impl RunDir {
         self.path.join("checkpoints")
     }
 
-    /// Completed checkpoints, oldest first, as (step, dir).
+    /// The `step_N` checkpoint folders, oldest first, as (step, dir), whether complete or not
+    /// (see [`RunDir::latest_checkpoint`] for the newest verified one).
     pub fn checkpoints(&self) -> Result<Vec<(usize, PathBuf)>> {
         let dir = self.checkpoints_dir();
         let mut out = Vec::new();
@@ -174,7 +175,7 @@ impl RunDir {
                 .and_then(|n| n.to_str())
                 .and_then(|n| n.strip_prefix("step_"))
                 .and_then(|s| s.parse::<usize>().ok());
-            if let (Some(step), true) = (step, p.join("state.json").is_file()) {
+            if let (Some(step), true) = (step, p.is_dir()) {
                 out.push((step, p));
             }
         }
@@ -182,9 +183,62 @@ impl RunDir {
         Ok(out)
     }
 
-    /// The newest checkpoint.
+    /// The newest checkpoint that verifies against its manifest ([`crate::manifest::verify`]);
+    /// a newer damaged or incomplete one is named in a warning and passed over.
     pub fn latest_checkpoint(&self) -> Result<Option<PathBuf>> {
-        Ok(self.checkpoints()?.pop().map(|(_, p)| p))
+        for (_, dir) in self.checkpoints()?.into_iter().rev() {
+            match crate::manifest::verify(&dir) {
+                Ok(_) => return Ok(Some(dir)),
+                Err(e) => tracing::warn!(checkpoint = %dir.display(), problem = %e,
+                    "damaged or incomplete checkpoint passed over; using an older one"),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Every checkpoint folder (`step_N` oldest first, then `best`) with the result of
+    /// verifying it against its manifest.
+    pub fn verify_all(&self) -> Result<Vec<(PathBuf, Result<()>)>> {
+        let mut dirs: Vec<PathBuf> = self.checkpoints()?.into_iter().map(|(_, p)| p).collect();
+        let best = self.checkpoints_dir().join(BEST);
+        if best.is_dir() {
+            dirs.push(best);
+        }
+        Ok(dirs
+            .into_iter()
+            .map(|d| {
+                let r = crate::manifest::verify(&d).map(|_| ());
+                (d, r)
+            })
+            .collect())
+    }
+
+    /// Cleans up after a training that was killed while writing: removes the temporary folders
+    /// of unfinished checkpoints (`.tmp_*`) and of removals (`.del_*`), and puts a checkpoint
+    /// that was being replaced (`.old_NAME_PID`) back when `NAME` is missing. Only the holder of
+    /// the run's lock may call this.
+    pub fn recover(&self) -> Result<()> {
+        let dir = self.checkpoints_dir();
+        if !dir.is_dir() {
+            return Ok(());
+        }
+        for e in fs::read_dir(&dir).map_err(io(&dir))? {
+            let p = e.map_err(io(&dir))?.path();
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if name.starts_with(".tmp_") || name.starts_with(".del_") {
+                tracing::info!(path = %p.display(), "removing what a killed training left");
+                fs::remove_dir_all(&p).map_err(io(&p))?;
+            } else if let Some(rest) = name.strip_prefix(".old_") {
+                let original = rest.rsplit_once('_').map_or(rest, |(n, _)| n);
+                let target = dir.join(original);
+                if target.exists() {
+                    fs::remove_dir_all(&p).map_err(io(&p))?;
+                } else {
+                    fs::rename(&p, &target).map_err(io(&p))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Writes a checkpoint atomically: files go to a temporary folder which is renamed to
@@ -201,7 +255,13 @@ impl RunDir {
         let all = self.checkpoints()?;
         if all.len() > keep {
             for (_, p) in &all[..all.len() - keep] {
-                let _ = fs::remove_dir_all(p);
+                // Renamed first, so that a kill during the removal leaves no half-deleted
+                // `step_N` (recover() removes the rest).
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("step");
+                let doomed = self.checkpoints_dir().join(format!(".del_{name}"));
+                if fs::rename(p, &doomed).is_ok() {
+                    let _ = fs::remove_dir_all(&doomed);
+                }
             }
         }
         Ok(final_dir)
@@ -284,11 +344,19 @@ impl RunDir {
                 )?;
             }
             let json = serde_json::to_string_pretty(state).expect("state serialises");
-            fs::write(tmp.join("state.json"), json).map_err(io(&tmp))?;
-            fs::write(tmp.join("config.toml"), config_toml).map_err(io(&tmp))?;
-            if let Some(best) = best {
-                fs::write(tmp.join(BEST_FILE), format!("{best}\n")).map_err(io(&tmp))?;
+            let texts = [
+                ("state.json", Some(json)),
+                ("config.toml", Some(config_toml.to_string())),
+                (BEST_FILE, best.map(|b| format!("{b}\n"))),
+            ];
+            for (name, text) in texts {
+                if let Some(text) = text {
+                    let p = tmp.join(name);
+                    fs::write(&p, text).map_err(io(&p))?;
+                }
             }
+            // Last: the manifest says the folder is complete.
+            crate::manifest::write(&tmp)?;
             if final_dir.exists() {
                 fs::rename(&final_dir, &old).map_err(io(&final_dir))?;
             }
@@ -338,5 +406,20 @@ impl RunDir {
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect())
+    }
+
+    /// Whether `metrics.jsonl` holds only whole records: every line parses and the file ends
+    /// with a newline (a training killed while appending leaves a partial last line).
+    fn metrics_are_whole(&self) -> bool {
+        let p = self.path.join("metrics.jsonl");
+        match fs::read_to_string(&p) {
+            Ok(text) => {
+                (text.is_empty() || text.ends_with('\n'))
+                    && text
+                        .lines()
+                        .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
+            }
+            Err(_) => true,
+        }
     }
 }
