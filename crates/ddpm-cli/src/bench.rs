@@ -18,7 +18,7 @@ pub struct BenchArgs {
     #[arg(long)]
     batch: Option<usize>,
     /// Timed training steps.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = crate::choices::count)]
     steps: usize,
     /// Timed sampling network evaluations.
     #[arg(long, default_value_t = 20)]

@@ -48,6 +48,22 @@ pub fn model_kind() -> PossibleValuesParser {
     PossibleValuesParser::new(["ddpm", "gan", "vae"])
 }
 
+/// The largest count of images a command accepts (`--num`, batch sizes): a bound that turns a
+/// typo into a usage error instead of hours of work or an allocation failure.
+pub const MAX_COUNT: usize = 10_000_000;
+
+/// A count of images or steps, 1 to [`MAX_COUNT`].
+pub fn count(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a whole number"))?;
+    if (1..=MAX_COUNT).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("{n} is not in 1..={MAX_COUNT}"))
+    }
+}
+
 /// A number in [0, 1] (`--eta`).
 pub fn unit_interval(s: &str) -> Result<f64, String> {
     let x: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;

@@ -262,6 +262,7 @@ fn import(
     expected: &[Expected],
     folder: &FolderArgs,
 ) -> Result<()> {
+    crate::outputs::check_outputs(&[("--out", out, crate::outputs::HDF5)])?;
     refuse_non_hdf5_output(out)?;
     crate::signals::exit_on_signals("interrupted: nothing written")?;
     let summary = match (name, raw, images) {

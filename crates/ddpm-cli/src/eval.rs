@@ -88,7 +88,7 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 50)]
     pub batch_size: usize,
     /// Splits for the Inception Score.
-    #[arg(long, default_value_t = ddpm_metrics::inception_score::DEFAULT_SPLITS)]
+    #[arg(long, default_value_t = ddpm_metrics::inception_score::DEFAULT_SPLITS, value_parser = crate::choices::count)]
     pub splits: usize,
     /// Cache for the real side's Inception statistics (HDF5): used when it records the same
     /// decoded pixels (a sha256 of them, not the file names) and the same network; recomputed and
@@ -99,6 +99,9 @@ pub struct EvalArgs {
 
 /// Runs `ddpm-cli eval`.
 pub fn run(args: EvalArgs) -> Result<()> {
+    if let Some(p) = &args.real_stats {
+        crate::outputs::check_outputs(&[("--real-stats", p, crate::outputs::HDF5)])?;
+    }
     let inception_wanted = args.fid || args.inception_score;
     let classifier_wanted = args.fid_cls || args.is_cls;
     if !inception_wanted && !classifier_wanted && !args.nll {

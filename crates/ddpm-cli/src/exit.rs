@@ -60,16 +60,44 @@ pub fn report(error: &anyhow::Error) -> ExitCode {
 
 /// The text [`report`] prints for `error`.
 pub fn message(error: &anyhow::Error) -> String {
-    let mut out = format!("error: {error}");
+    let mut out = format!("error: {}", without_cpp_trace(&error.to_string()));
     let mut last = error.to_string();
     for cause in error.chain().skip(1) {
-        let text = cause.to_string();
+        let text = without_cpp_trace(&cause.to_string());
         if !text.is_empty() && !last.contains(&text) {
             out.push_str(&format!("\n  caused by: {text}"));
         }
         last = text;
     }
     out
+}
+
+/// `text` without the C++ stack trace that libtorch appends to its messages ("Exception raised
+/// from …" and the frames after it): a user needs the first lines, not the frames.
+fn without_cpp_trace(text: &str) -> String {
+    match text.find("Exception raised from") {
+        Some(i) => text[..i].trim_end().to_string(),
+        None => text.to_string(),
+    }
+}
+
+/// Makes a failed write to stdout (a full disk behind `> file`, `/dev/full`) end the process
+/// with an `error:` line and status 1 instead of a panic: `println!` panics on such errors.
+pub fn quiet_on_stdout_errors() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let text = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if let Some(why) = text.strip_prefix("failed printing to stdout: ") {
+            eprintln!("error: cannot write the output to stdout: {why}");
+            ddpm_nets::atomic::exit_now(1);
+        }
+        default(info);
+    }));
 }
 
 /// Restores the default action of SIGPIPE (Rust's runtime ignores it, so that a closed pipe
@@ -99,6 +127,12 @@ mod tests {
             message(&err),
             "error: --data x.h5\n  caused by: reading x.h5: no such file"
         );
+    }
+
+    #[test]
+    fn libtorch_stack_traces_are_cut() {
+        let err = anyhow::anyhow!("bad file\nException raised from load at x.cpp:1\nframe #0: f");
+        assert_eq!(message(&err), "error: bad file");
     }
 
     #[test]

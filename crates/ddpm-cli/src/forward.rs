@@ -28,6 +28,11 @@ pub struct ForwardArgs {
 }
 
 pub fn run(args: ForwardArgs) -> Result<()> {
+    crate::outputs::check_outputs(&[("--output", &args.output, &["safetensors"])])?;
+    crate::outputs::check_distinct(
+        &[("--output", &args.output)],
+        Some(("--input", &args.input)),
+    )?;
     let device = args.device.resolve()?;
     let (_vs, model) = if args.model.join("config.toml").is_file() {
         let m = crate::models::load_ddpm(&args.model, ddpm_train::model_io::Weights::Ema, device)?;

@@ -71,6 +71,7 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     exit::quiet_on_closed_pipe();
+    exit::quiet_on_stdout_errors();
     // Before any tensor exists: keep freed CPU blocks for reuse (see ddpm_nets::host_memory).
     ddpm_nets::host_memory::retain_freed_memory();
     // Usage errors end here with clap's message and status 2.

@@ -34,9 +34,25 @@ fn check_parents(path: &Path, option: &str) -> Result<()> {
                     p.display()
                 );
             }
-            break;
+            if !writable(p) {
+                bail!(
+                    "{option} {}: cannot write into {}: {}",
+                    path.display(),
+                    p.display(),
+                    std::io::Error::last_os_error()
+                );
+            }
+            return Ok(());
         }
         parent = p.parent();
+    }
+    // A bare name: the working folder.
+    if !writable(Path::new(".")) {
+        bail!(
+            "{option} {}: cannot write into the working folder: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
     }
     Ok(())
 }
@@ -79,6 +95,57 @@ pub const HDF5: &[&str] = &["h5", "hdf5"];
 /// File-name extensions of PNG outputs.
 pub const PNG: &[&str] = &["png"];
 
+/// Whether this process may create files in the folder `dir` (`access(W_OK | X_OK)`: permissions,
+/// and a read-only file system).
+fn writable(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: a NUL-terminated path that lives across the call.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
+}
+
+/// An existing `path` that `option` would replace must be a file of ours to replace: an HDF5
+/// samples file, not another kind of file or a dataset file (with `train` / `test` splits).
+pub fn check_replaceable_samples(path: &Path, option: &str) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let mut head = [0u8; 8];
+    let is_hdf5 = std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+        .is_ok()
+        && &head == b"\x89HDF\r\n\x1a\n";
+    let is_dataset = is_hdf5
+        && hdf5::File::open(path)
+            .is_ok_and(|f| f.group("train").is_ok() || f.group("test").is_ok());
+    if !is_hdf5 || is_dataset {
+        bail!(
+            "{option} {}: exists and is {}; not replacing it (choose another name)",
+            path.display(),
+            if is_dataset {
+                "a dataset file"
+            } else {
+                "not an HDF5 samples file"
+            }
+        );
+    }
+    Ok(())
+}
+
+/// `path` as one shell word: unchanged when it holds only safe characters, else in single quotes
+/// (for the commands that are printed for the user to run, e.g. the resume command).
+pub fn shell_quote(path: &Path) -> String {
+    let s = path.display().to_string();
+    let safe = |c: char| c.is_ascii_alphanumeric() || "_-./,:=+@%".contains(c);
+    if !s.is_empty() && s.chars().all(safe) {
+        s
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
 /// The output paths (option, path) name different files, none of them the `input` file.
 pub fn check_distinct(outputs: &[(&str, &PathBuf)], input: Option<(&str, &PathBuf)>) -> Result<()> {
     let key = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
@@ -89,7 +156,10 @@ pub fn check_distinct(outputs: &[(&str, &PathBuf)], input: Option<(&str, &PathBu
         .collect();
     for (i, (a, pa)) in all.iter().enumerate() {
         if let Some((b, _)) = all[i + 1..].iter().find(|(_, pb)| pb == pa) {
-            bail!("{a} and {b} name the same file {}", pa.display());
+            bail!(crate::usage!(
+                "{a} and {b} name the same file {}",
+                pa.display()
+            ));
         }
     }
     Ok(())
@@ -124,6 +194,13 @@ mod tests {
         let err = check_distinct(&[("--out", &a)], Some(("--noise", &b))).unwrap_err();
         assert!(err.to_string().contains("--out and --noise"), "{err}");
         check_distinct(&[("--out", &a), ("--grid", &file)], None).unwrap();
+    }
+
+    #[test]
+    fn printed_paths_are_one_shell_word() {
+        assert_eq!(shell_quote(Path::new("runs/a-1")), "runs/a-1");
+        assert_eq!(shell_quote(Path::new("my runs/$x")), "'my runs/$x'");
+        assert_eq!(shell_quote(Path::new("it's")), "'it'\\''s'");
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! `RUN_DIR/train.log`: the tracing output of a training command, written only once the run
-//! directory holds a run (`config.toml`) and this process holds the run's lock
-//! ([`ddpm_train::run_lock`]), so that a command that fails before (bad config, missing data, a
+//! `RUN_DIR/train.log`: the tracing output of a training command, written only once the
+//! training has started on its run ([`ddpm_train::engine::session_started`]: the run exists,
+//! this process holds its lock, its checkpoint is restored), so that a command that fails before (bad config, missing data, a
 //! run that is not there, a run another training holds) leaves nothing behind. Lines logged
 //! before that are kept in memory and written first.
 use std::fs::File;
@@ -14,6 +14,8 @@ pub struct RunLog {
     dir: PathBuf,
     file: Option<File>,
     pending: Vec<u8>,
+    /// Whether the training has started (the engine's flag; a test's own).
+    started: fn() -> bool,
 }
 
 impl RunLog {
@@ -34,12 +36,17 @@ impl RunLog {
             dir,
             file: None,
             pending: header.into_bytes(),
+            started: ddpm_train::engine::session_started,
         }
     }
 
     /// The open file once the run exists; the buffered lines are written to it first.
     fn file(&mut self) -> io::Result<Option<&mut File>> {
-        if self.file.is_none() && self.dir.join("config.toml").is_file() && self.holds_lock() {
+        if self.file.is_none()
+            && (self.started)()
+            && self.dir.join("config.toml").is_file()
+            && self.holds_lock()
+        {
             let mut f = File::options()
                 .create(true)
                 .append(true)
@@ -87,7 +94,11 @@ mod tests {
     fn nothing_is_written_before_the_run_exists_then_everything_is() {
         let dir = tempfile::tempdir().unwrap();
         let run = dir.path().join("run");
-        let mut log = RunLog::new(run.clone());
+        static STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        let mut log = RunLog {
+            started: || STARTED.load(std::sync::atomic::Ordering::SeqCst),
+            ..RunLog::new(run.clone())
+        };
         log.write_all(b"early\n").unwrap();
         assert!(!run.exists(), "the log created the run directory");
         std::fs::create_dir_all(&run).unwrap();
@@ -98,11 +109,14 @@ mod tests {
             "written without holding the lock"
         );
         let _lock = ddpm_train::run_lock::RunLock::acquire(&run).unwrap();
+        log.write_all(b"locked, not started\n").unwrap();
+        assert!(!run.join("train.log").exists(), "written before the start");
+        STARTED.store(true, std::sync::atomic::Ordering::SeqCst);
         log.write_all(b"late\n").unwrap();
         log.flush().unwrap();
         let log = std::fs::read_to_string(run.join("train.log")).unwrap();
         let (header, rest) = log.split_once('\n').unwrap();
         assert!(header.starts_with("=== ddpm-cli "), "{header}");
-        assert_eq!(rest, "early\nbefore the lock\nlate\n");
+        assert_eq!(rest, "early\nbefore the lock\nlocked, not started\nlate\n");
     }
 }

@@ -25,7 +25,7 @@ pub struct SampleArgs {
     #[arg(long)]
     model: PathBuf,
     /// Number of images (default 64, or the number of chains in --noise).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::choices::count)]
     num: Option<usize>,
     /// The sampler of the reverse chain (dpm++: deterministic, good images in 10–20 steps).
     #[arg(long, default_value = "ddim", value_parser = crate::choices::sampler())]
@@ -65,7 +65,7 @@ pub struct SampleArgs {
     #[arg(long)]
     trajectory: Option<PathBuf>,
     /// Images per network batch.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = crate::choices::count)]
     batch_size: usize,
     /// Device: auto, cpu, cuda, cuda:N.
     #[arg(long, default_value = "auto", value_parser = crate::choices::device)]
@@ -263,6 +263,7 @@ fn check_outputs(args: &SampleArgs) -> Result<()> {
         .map(|(o, p, e)| (*o, p.as_path(), *e))
         .collect();
     outputs::check_outputs(&checks)?;
+    outputs::check_replaceable_samples(&args.out, "--out")?;
     let mut paths: Vec<_> = named.iter().map(|(o, p, _)| (*o, *p)).collect();
     paths.extend(args.save_noise.as_ref().map(|p| ("--save-noise", p)));
     outputs::check_distinct(&paths, args.noise.as_ref().map(|p| ("--noise", p)))

@@ -119,6 +119,20 @@ fn resolve_config(args: &TrainArgs, threads: Option<usize>) -> Result<TrainConfi
         overrides.push(format!("run.cpu_threads={n}"));
     }
     let mut cfg = base.with_overrides(&overrides)?;
+    if args.resume.is_some() {
+        // The network and the process a checkpoint belongs to are not a setting of the session.
+        let kept = [
+            ("model", cfg.model == base.model),
+            ("diffusion", cfg.diffusion == base.diffusion),
+            ("data.path", cfg.data.path == base.data.path),
+        ];
+        if let Some((section, _)) = kept.iter().find(|(_, same)| !same) {
+            bail!(crate::usage!(
+                "--set {section}…: a resumed run keeps the {section} it was trained with \
+                 ({source}); train a new run (--out) to change it"
+            ));
+        }
+    }
     if let Some(data) = &args.data {
         if args.resume.is_some() && data != &cfg.data.path {
             bail!(
@@ -198,7 +212,7 @@ pub fn run(args: TrainArgs, threads: Option<usize>) -> Result<()> {
             "elapsed_secs": summary.elapsed_secs,
             "last_loss": summary.last_loss,
             "checkpoint": summary.checkpoint,
-            "resume_command": format!("ddpm-cli train --resume {}", dir.display()),
+            "resume_command": format!("ddpm-cli train --resume {}", crate::outputs::shell_quote(&dir)),
         });
         println!("{doc}");
     } else {
@@ -242,7 +256,10 @@ fn print_summary(
     }
     println!("checkpoint: {}", summary.checkpoint.display());
     if summary.interrupted {
-        println!("continue with: ddpm-cli train --resume {}", dir.display());
+        println!(
+            "continue with: ddpm-cli train --resume {}",
+            crate::outputs::shell_quote(dir)
+        );
     }
     Ok(())
 }

@@ -142,7 +142,7 @@ pub fn run(args: TrainClassifierArgs) -> Result<()> {
             "stopped at step {}; continue with: ddpm-cli train-classifier --dataset {} --resume {}",
             trained.summary.step,
             args.dataset,
-            out.display()
+            crate::outputs::shell_quote(&out)
         );
         return Err(stop.interrupted());
     };

@@ -56,6 +56,12 @@ pub fn run(cmd: VisualizeCommand) -> Result<()> {
             out,
         } => {
             crate::outputs::check_outputs(&[("--out", &out, crate::outputs::PNG)])?;
+            if at.is_empty() || at.len() > 100 {
+                bail!(crate::usage!(
+                    "--at lists {} timesteps; give 1 to 100 (one column each)",
+                    at.len()
+                ));
+            }
             if let Some(&t) = at.iter().find(|&&t| t >= timesteps) {
                 bail!(crate::usage!(
                     "--at {t}: the timesteps of T = {timesteps} are 0–{}",

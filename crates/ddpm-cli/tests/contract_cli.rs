@@ -131,6 +131,48 @@ fn failed_commands_leave_nothing_and_the_corrected_retry_works() {
         1,
         "no-classifier",
     );
+    // A resumed run keeps its network and process; its config.toml is not rewritten.
+    let config_before = std::fs::read_to_string(tiny_run().join("config.toml")).unwrap();
+    fails_leaving_nothing(
+        d,
+        &[
+            "train",
+            "--resume",
+            &run,
+            "--steps",
+            "9",
+            "--set",
+            "diffusion.timesteps=20",
+        ],
+        2,
+        "keeps the diffusion",
+    );
+    let config_after = std::fs::read_to_string(tiny_run().join("config.toml")).unwrap();
+    assert_eq!(config_before, config_after);
+    // A dataset file or a file of another kind is not replaced by samples.
+    std::fs::write(d.join("notes.h5"), "my notes").unwrap();
+    let s = sample(&["--out", "notes.h5"]);
+    fails_leaving_nothing(d, &s, 1, "not an HDF5 samples file");
+    assert_eq!(
+        std::fs::read_to_string(d.join("notes.h5")).unwrap(),
+        "my notes"
+    );
+    // forward does not overwrite its own input.
+    std::fs::write(d.join("in.safetensors"), "x").unwrap();
+    fails_leaving_nothing(
+        d,
+        &[
+            "forward",
+            "--model",
+            &run,
+            "--input",
+            "in.safetensors",
+            "--output",
+            "in.safetensors",
+        ],
+        2,
+        "same file",
+    );
     // The corrected commands work.
     let out = cli(d).args(train(&["--out", "runs/a"])).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
@@ -193,6 +235,27 @@ fn two_quick_interrupts_never_crash_and_end_with_130() {
         std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
         assert_eq!(status.code(), Some(130), "try {i}: {status:?}\n{stderr}");
     }
+}
+
+#[test]
+fn a_full_stdout_is_an_error_not_a_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let full = std::fs::File::options()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = cli(tmp.path())
+        .args(["schedule", "--json"])
+        .stdout(full)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("error: cannot write the output"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]

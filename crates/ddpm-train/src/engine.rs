@@ -27,6 +27,17 @@ use std::time::{Duration, Instant};
 
 use crate::run_lock::RunLock;
 
+/// Set once a training of this process has opened its run (lock held, checkpoint restored):
+/// from then on its log belongs in the run directory (see [`session_started`]).
+static SESSION_STARTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether a training of this process has started on its run directory: a command that was
+/// refused before (a live run's lock, a resume with fewer steps than done, a damaged run) has
+/// written nothing there.
+pub fn session_started() -> bool {
+    SESSION_STARTED.load(Ordering::SeqCst)
+}
+
 use ddpm_nets::checkpoint::{load_varstore, read_tensors};
 use serde_json::{json, Map, Value};
 use tch::{nn, Device, Kind, Tensor};
@@ -472,6 +483,7 @@ pub fn train<T: TrainTask>(
         ));
     }
     let (run, _lock, mut state, mut last_checkpoint, mut last_loss) = open_run(task, &target, s)?;
+    SESSION_STARTED.store(true, Ordering::SeqCst);
     let n_data = s.data_limit.map_or(data.len(), |k| k.min(data.len()));
     let mut batches = BatchSampler::new(n_data, s.batch_size, s.seed);
     let bar = progress_bar(opts.progress, s.steps, state.step);

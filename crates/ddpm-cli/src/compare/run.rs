@@ -196,7 +196,18 @@ fn ensure_run(cfg: &CompareConfig, entry: &ModelEntry, kind: ModelKind) -> Resul
         );
     }
     tracing::info!(dir = %dir.display(), ?kind, steps = tc.run.steps, resume, "training a missing run");
-    models::train(dir, &tc, resume, &TrainOptions::default())?;
+    let stop = crate::signals::stop_on_signals("stopping after this step with a checkpoint")?;
+    let opts = TrainOptions {
+        stop: stop.flag.clone(),
+        ..TrainOptions::default()
+    };
+    if models::train(dir, &tc, resume, &opts)?.interrupted {
+        eprintln!(
+            "stopped training {}; run the same compare again to continue it",
+            dir.display()
+        );
+        return Err(stop.interrupted());
+    }
     Ok(())
 }
 
