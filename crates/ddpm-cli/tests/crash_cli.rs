@@ -72,7 +72,7 @@ fn signal(child: &Child, sig: &str) {
 fn sigkill_at_random_moments_never_damages_a_checkpoint_and_resume_is_bit_exact() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let steps = 150;
+    let steps = 120;
     let config = crash_config(d, steps);
     let reference = d.join("reference");
     ok(
@@ -91,7 +91,23 @@ fn sigkill_at_random_moments_never_damages_a_checkpoint_and_resume_is_bit_exact(
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        std::thread::sleep(Duration::from_millis(300 + rng % 1200));
+        // A quarter of the kills at a random moment of start-up; the others after 1–3 new
+        // checkpoints plus a random part of a step (so some land inside a checkpoint write).
+        // Each session adds at most a few steps, on a fast machine as on a slow one.
+        let first = newest_step(&run);
+        match rng % 4 {
+            0 => std::thread::sleep(Duration::from_millis(50 + (rng >> 8) % 800)),
+            k => {
+                let start = Instant::now();
+                while newest_step(&run) < first + k as usize
+                    && child.try_wait().unwrap().is_none()
+                    && start.elapsed() < Duration::from_secs(120)
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                std::thread::sleep(Duration::from_millis((rng >> 16) % 120));
+            }
+        }
         if child.try_wait().unwrap().is_some() {
             break; // finished before the kill
         }
@@ -125,6 +141,21 @@ fn sigkill_at_random_moments_never_damages_a_checkpoint_and_resume_is_bit_exact(
         "the final resume",
     );
     assert_eq!(final_digests(&run), final_digests(&reference));
+}
+
+/// The step of the newest `step_N` folder of the run (0 when none).
+fn newest_step(run: &Path) -> usize {
+    std::fs::read_dir(run.join("checkpoints"))
+        .map(|it| {
+            it.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.strip_prefix("step_").and_then(|n| n.parse().ok())
+                })
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
 }
 
 /// Copies the run directory `from` to `to` (files and folders).
