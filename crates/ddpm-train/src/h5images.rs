@@ -294,13 +294,19 @@ fn file_image(file: &hdf5::File, path: &Path) -> Result<Vec<u8>> {
         path: path.to_path_buf(),
         message: "HDF5 could not give the file's bytes (H5Fget_file_image)".into(),
     };
+    // Raw calls go through hdf5-metno's library lock, as its own calls do: HDF5 is not
+    // thread-safe, and another thread may be inside it.
+    let id = file.id();
     // SAFETY: a null buffer asks for the size only; the second call writes at most `buf.len()`
     // bytes into `buf`. The file id is valid while `file` lives.
-    let size = unsafe { hdf5_sys::h5f::H5Fget_file_image(file.id(), std::ptr::null_mut(), 0) };
+    let size = hdf5::sync::sync(|| unsafe {
+        hdf5_sys::h5f::H5Fget_file_image(id, std::ptr::null_mut(), 0)
+    });
     let len = usize::try_from(size).map_err(|_| failed())?;
     let mut buf = vec![0u8; len];
-    let got =
-        unsafe { hdf5_sys::h5f::H5Fget_file_image(file.id(), buf.as_mut_ptr().cast(), buf.len()) };
+    let got = hdf5::sync::sync(|| unsafe {
+        hdf5_sys::h5f::H5Fget_file_image(id, buf.as_mut_ptr().cast(), buf.len())
+    });
     if got != size {
         return Err(failed());
     }
