@@ -25,11 +25,8 @@ pub fn run(args: CheckArgs) -> Result<()> {
     toml::from_str::<toml::Table>(&text)
         .with_context(|| format!("{}: not valid TOML", config.display()))?;
     let results = run.verify_all()?;
-    let resume_from = results
-        .iter()
-        .rev()
-        .find(|(dir, r)| r.is_ok() && !dir.ends_with(ddpm_train::run_dir::BEST))
-        .map(|(dir, _)| dir.clone());
+    // The one rule of what --resume loads (it verifies again; a damaged newer one is logged).
+    let resume_from = run.latest_checkpoint()?;
     let leftovers: Vec<PathBuf> = std::fs::read_dir(run.checkpoints_dir())
         .map(|it| {
             it.filter_map(|e| e.ok().map(|e| e.path()))

@@ -131,9 +131,6 @@ impl Report {
 }
 
 pub fn run(args: SampleArgs) -> Result<()> {
-    if args.num == Some(0) || args.batch_size == 0 {
-        bail!(crate::usage!("--num and --batch-size must be at least 1"));
-    }
     check_outputs(&args)?;
     let device = args.device.resolve()?;
     let bf16 = match args.dtype.as_str() {
