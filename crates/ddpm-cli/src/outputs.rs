@@ -118,7 +118,7 @@ pub fn check_replaceable_samples(path: &Path, option: &str) -> Result<()> {
         .is_ok()
         && &head == b"\x89HDF\r\n\x1a\n";
     let is_dataset = is_hdf5
-        && hdf5::File::open(path)
+        && ddpm_train::h5images::open(path)
             .is_ok_and(|f| f.group("train").is_ok() || f.group("test").is_ok());
     if !is_hdf5 || is_dataset {
         bail!(

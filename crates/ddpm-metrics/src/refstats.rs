@@ -99,10 +99,14 @@ impl RefStats {
         Ok(())
     }
 
-    /// Reads statistics written by [`RefStats::save`].
+    /// Reads statistics written by [`RefStats::save`]. A file on which HDF5 would loop forever
+    /// ([`ddpm_train::h5check`]) is refused before HDF5 opens it.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let h = |what: &'static str| move |e| MetricsError::hdf5(path, what, e);
+        if path.is_file() {
+            ddpm_train::h5check::check_global_heaps(path)?;
+        }
         let file = hdf5::File::open(path).map_err(h("opening"))?;
         let format: VarLenUnicode = file
             .attr("format")
@@ -320,6 +324,35 @@ mod tests {
         assert_eq!(
             pixels_digest(t),
             pixels_digest(t.as_standard_layout().view())
+        );
+    }
+
+    #[test]
+    fn a_cache_on_which_hdf5_would_hang_is_refused() {
+        // The first object of the string attributes' global heap collection set to "index 0,
+        // size 0": HDF5 2.2.0 would spin reading the `format` attribute (ddpm_train::h5check).
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spin.h5");
+        RefStats {
+            stats: FeatureStats {
+                mean: array![0.0],
+                cov: array![[1.0]],
+                n: 2,
+            },
+            source: "s".into(),
+            pixels: "p".into(),
+            network: "n".into(),
+        }
+        .save(&path)
+        .unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let gcol = bytes.windows(4).position(|w| w == b"GCOL").unwrap();
+        bytes[gcol + 16..gcol + 32].fill(0);
+        std::fs::write(&path, bytes).unwrap();
+        let err = RefStats::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("spin.h5") && err.contains("loop forever"),
+            "{err}"
         );
     }
 

@@ -19,7 +19,8 @@ fn h5_err(path: &Path) -> impl FnOnce(hdf5::Error) -> DataError + '_ {
     }
 }
 
-/// Opens an HDF5 file for reading; a missing file is an I/O "not found" error naming it.
+/// Opens an HDF5 file for reading; a missing file is an I/O "not found" error naming it, and a
+/// file on which HDF5 would loop forever ([`crate::h5check`]) is refused before HDF5 sees it.
 pub fn open(path: &Path) -> Result<hdf5::File> {
     if !path.is_file() {
         return Err(DataError::Io {
@@ -27,6 +28,7 @@ pub fn open(path: &Path) -> Result<hdf5::File> {
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
         });
     }
+    crate::h5check::check_global_heaps(path)?;
     hdf5::File::open(path).map_err(h5_err(path))
 }
 

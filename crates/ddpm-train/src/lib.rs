@@ -9,7 +9,7 @@
 //! classifier) with [`optim`] (Adam/AdamW, EMA) and writes [`run_dir`] (checkpoints, logs);
 //! [`baselines`] loads and samples the GAN and VAE, [`classifier`] saves, loads and scores the
 //! digit classifier of the domain metrics, and [`bench`] times the engine's step; [`h5images`] reads and writes the HDF5 image
-//! sets, [`viz`] draws grids and plots, and [`progress`] is the one progress-bar style.
+//! sets ([`h5check`] refuses files on which HDF5 would hang), [`viz`] draws grids and plots, and [`progress`] is the one progress-bar style.
 pub mod baselines;
 pub mod bench;
 pub mod cifar10;
@@ -19,6 +19,7 @@ pub mod data;
 pub mod engine;
 pub mod error;
 pub mod fit;
+pub mod h5check;
 pub mod h5images;
 pub mod image_folder;
 pub mod loader;
