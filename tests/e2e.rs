@@ -237,7 +237,11 @@ fn sigint_saves_a_checkpoint_and_resume_finishes_the_run() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let config = tiny_config(dir.path(), 100_000);
+    // As a user starts it: no wait policy in the environment, so ddpm-cli restarts itself with
+    // one (same PID; see ddpm_nets::cpu_threads), and the signal below reaches the restarted process.
     let child = cli()
+        .env_remove("OMP_WAIT_POLICY")
+        .env_remove("GOMP_SPINCOUNT")
         .args(["train", "--no-progress", "--config"])
         .arg(&config)
         .arg("--out")
@@ -255,6 +259,15 @@ fn sigint_saves_a_checkpoint_and_resume_finishes_the_run() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    let environ = std::fs::read(format!("/proc/{}/environ", child.id())).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(
+        environ.split('\0').any(|v| v == "OMP_WAIT_POLICY=PASSIVE")
+            && environ
+                .split('\0')
+                .any(|v| v == "DDPM_CPU_POLICY_RESTARTED=1"),
+        "the training process was not restarted with the CPU policy: {environ:?}"
+    );
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()

@@ -24,10 +24,15 @@ pub struct BenchArgs {
     /// Images per training step / sampling evaluation (default: the preset's).
     #[arg(long)]
     batch: Option<usize>,
-    /// Intra-op threads on both sides (default 1: on a loaded 2-core machine more threads spin
-    /// against each other).
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
+    /// Intra-op thread settings, comma-separated, each run on both sides: a number, or `default`
+    /// (each side's own policy: ddpm-cli without --threads and without a wait policy in the
+    /// environment, so it restarts itself with its own; PyTorch as it starts). With several, the
+    /// table ends with each side's default against its best fixed count.
+    #[arg(long, default_value = "1", value_delimiter = ',')]
+    threads: Vec<ThreadSetting>,
+    /// Busy-loop processes competing for the CPUs during every run (both sides).
+    #[arg(long, default_value_t = 0)]
+    background_load: u16,
     /// Timed training steps per run.
     #[arg(long, default_value_t = 5)]
     steps: usize,
@@ -63,6 +68,46 @@ pub struct BenchArgs {
     #[arg(long)]
     out: Option<PathBuf>,
 }
+
+/// One intra-op thread setting of the comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadSetting {
+    /// Each side's default policy.
+    Default,
+    /// This many threads on both sides.
+    Fixed(usize),
+}
+
+impl std::str::FromStr for ThreadSetting {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "default" => Ok(Self::Default),
+            n => match n.parse::<usize>() {
+                Ok(k) if k >= 1 => Ok(Self::Fixed(k)),
+                _ => Err(format!("`{s}`: expected `default` or a thread count ≥ 1")),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for ThreadSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Default => f.write_str("default"),
+            Self::Fixed(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// The variables that choose libgomp's wait policy (and ddpm-cli's marker of its own choice):
+/// removed from both sides' environments so that each runs with its own policy, not the one
+/// `.cargo/config.toml` gives programs started through cargo.
+const POLICY_VARS: [&str; 3] = [
+    "OMP_WAIT_POLICY",
+    "GOMP_SPINCOUNT",
+    "DDPM_CPU_POLICY_RESTARTED",
+];
 
 /// The throw-away venv with diffusers (torch comes from the project's `.venv` through a .pth
 /// file, or from PyPI when that has none). Created or completed when needed.
@@ -171,63 +216,79 @@ pub fn bench_pytorch(ctx: &Ctx, args: &BenchArgs) -> Result<()> {
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let weights = out.join("weights");
     let script = ctx.root.join("scripts/bench_pytorch.py");
-    let (mut ours_files, mut pt_files) = (Vec::new(), Vec::new());
-    for r in 0..args.repeats.max(1) {
-        let ours_json = out.join(format!("ours_{r}.json"));
-        let pt_json = out.join(format!("pytorch_{r}.json"));
-        let mut cmd = ours_command(ctx, args, &cli, &weights);
-        eprintln!(
-            "\n==> repeat {}/{} ddpm-rs ({}): {cmd:?}",
-            r + 1,
-            args.repeats.max(1),
-            uptime()
-        );
-        let output = cmd
-            .output()
-            .with_context(|| format!("cannot start {}", cli.display()))?;
-        if !output.status.success() {
-            bail!(
-                "ddpm-cli bench failed ({}):\n{}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr)
+    let mut groups = Vec::new();
+    for &threads in &args.threads {
+        let (mut ours_files, mut pt_files) = (Vec::new(), Vec::new());
+        for r in 0..args.repeats.max(1) {
+            let tag = format!("t{threads}_{r}");
+            let ours_json = out.join(format!("ours_{tag}.json"));
+            let pt_json = out.join(format!("pytorch_{tag}.json"));
+            let label = format!(
+                "threads {threads}, repeat {}/{}",
+                r + 1,
+                args.repeats.max(1)
             );
-        }
-        crate::fetch::write_atomic(&ours_json, &output.stdout)?;
-
-        let mut cmd = pytorch_command(args, &python, &script, [&weights, &ours_json, &pt_json]);
-        eprintln!(
-            "==> repeat {}/{} pytorch ({}): {cmd:?}",
-            r + 1,
-            args.repeats.max(1),
-            uptime()
-        );
-        let output = cmd.output().context("cannot start the PyTorch benchmark")?;
-        if !output.status.success() {
-            bail!(
-                "scripts/bench_pytorch.py failed ({}):\n{}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr)
+            let mut cmd = ours_command(ctx, args, threads, &cli, &weights);
+            let stdout = run_measured(&mut cmd, &format!("ddpm-rs ({label})"))?;
+            crate::fetch::write_atomic(&ours_json, &stdout)?;
+            let mut cmd = pytorch_command(
+                args,
+                threads,
+                &python,
+                &script,
+                [&weights, &ours_json, &pt_json],
             );
+            run_measured(&mut cmd, &format!("pytorch ({label})"))?;
+            ours_files.push(ours_json);
+            pt_files.push(pt_json);
         }
-        ours_files.push(ours_json);
-        pt_files.push(pt_json);
+        groups.push(serde_json::json!({
+            "threads": threads.to_string(),
+            "ours": ours_files,
+            "pytorch": pt_files,
+        }));
     }
+    let manifest = out.join("runs.json");
+    let text = serde_json::json!({ "background_load": args.background_load, "groups": groups });
+    crate::fetch::write_atomic(&manifest, format!("{text:#}\n").as_bytes())?;
     println!();
-    let mut cmd = Command::new(&python);
-    cmd.arg(&script)
-        .arg("--compare-ours")
-        .args(&ours_files)
-        .arg("--compare-pytorch")
-        .args(&pt_files);
-    run(&mut cmd)?;
+    run(Command::new(&python)
+        .arg(&script)
+        .arg("--summary")
+        .arg(&manifest))?;
     println!("reports: {}", out.display());
     Ok(())
 }
 
+/// Runs one side's benchmark, failing with its stderr; returns its stdout.
+fn run_measured(cmd: &mut Command, what: &str) -> Result<Vec<u8>> {
+    eprintln!("\n==> {what} ({}): {cmd:?}", uptime());
+    let output = cmd
+        .output()
+        .with_context(|| format!("cannot start {what}"))?;
+    if !output.status.success() {
+        bail!(
+            "{what} failed ({}):\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(output.stdout)
+}
+
 /// `ddpm-cli bench --json …` for one repeat, writing the initial weights to `weights`.
-fn ours_command(ctx: &Ctx, args: &BenchArgs, cli: &Path, weights: &Path) -> Command {
+fn ours_command(
+    ctx: &Ctx,
+    args: &BenchArgs,
+    threads: ThreadSetting,
+    cli: &Path,
+    weights: &Path,
+) -> Command {
     let mut cmd = Command::new(cli);
     venv::apply_env(&mut cmd, &ctx.venv());
+    for var in POLICY_VARS {
+        cmd.env_remove(var);
+    }
     cmd.args([
         "bench",
         "--json",
@@ -236,12 +297,8 @@ fn ours_command(ctx: &Ctx, args: &BenchArgs, cli: &Path, weights: &Path) -> Comm
         "--device",
         &args.device,
     ])
-    .args([
-        "--threads",
-        &args.threads.to_string(),
-        "--steps",
-        &args.steps.to_string(),
-    ])
+    .args(["--steps", &args.steps.to_string()])
+    .args(["--background-load", &args.background_load.to_string()])
     .args([
         "--sample-steps",
         &args.sample_steps.to_string(),
@@ -252,6 +309,9 @@ fn ours_command(ctx: &Ctx, args: &BenchArgs, cli: &Path, weights: &Path) -> Comm
     ])
     .arg("--weights-out")
     .arg(weights);
+    if let ThreadSetting::Fixed(n) = threads {
+        cmd.args(["--threads", &n.to_string()]);
+    }
     if let Some(b) = args.batch {
         cmd.args(["--batch", &b.to_string()]);
     }
@@ -269,9 +329,18 @@ fn ours_command(ctx: &Ctx, args: &BenchArgs, cli: &Path, weights: &Path) -> Comm
 
 /// `scripts/bench_pytorch.py` for one repeat on the same `weights`, beside `ours_json`, writing
 /// `pt_json`.
-fn pytorch_command(args: &BenchArgs, python: &Path, script: &Path, files: [&Path; 3]) -> Command {
+fn pytorch_command(
+    args: &BenchArgs,
+    threads: ThreadSetting,
+    python: &Path,
+    script: &Path,
+    files: [&Path; 3],
+) -> Command {
     let [weights, ours_json, pt_json] = files;
     let mut cmd = Command::new(python);
+    for var in POLICY_VARS {
+        cmd.env_remove(var);
+    }
     cmd.env("HF_HUB_OFFLINE", "1")
         .arg(script)
         .arg("--weights")
@@ -286,6 +355,8 @@ fn pytorch_command(args: &BenchArgs, python: &Path, script: &Path, files: [&Path
             "--adam",
             &args.adam,
         ])
+        .args(["--threads", &threads.to_string()])
+        .args(["--background-load", &args.background_load.to_string()])
         .arg("--out")
         .arg(pt_json);
     if args.pytorch_retain_memory {

@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod bench;
+mod bundle;
 mod catalog;
 mod ctx;
 mod fetch;
@@ -81,6 +82,9 @@ enum Cmd {
     /// ddpm-cli bench against PyTorch eager + diffusers' UNet2DModel (same weights, batch, dtype,
     /// threads), back to back and repeated; prints the side-by-side table and the ratios.
     BenchPytorch(bench::BenchArgs),
+    /// A portable folder (≤ 60 MB) for a machine without cargo: the stripped release ddpm-cli, the
+    /// `ddpm` launcher (finds the machine's torch 2.11), gpu_check.sh and MNIST's .gz files.
+    Bundle(bundle::BundleArgs),
 }
 
 fn main() -> Result<()> {
@@ -124,6 +128,7 @@ fn main() -> Result<()> {
             run(&mut ctx.ddpm_cli(args))
         }
         Cmd::BenchPytorch(args) => bench::bench_pytorch(&ctx, &args),
+        Cmd::Bundle(args) => bundle::bundle(&ctx, &args),
     }
 }
 

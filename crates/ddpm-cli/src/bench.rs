@@ -48,9 +48,55 @@ pub struct BenchArgs {
     /// reformulations, to measure what those buy.
     #[arg(long)]
     reference_layers: bool,
+    /// Run the benchmark while N busy-loop processes compete for the CPUs (to measure how the
+    /// thread policy copes with a loaded machine; they end with the benchmark).
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=256))]
+    background_load: u16,
     /// Print the report as JSON (otherwise a short summary and the JSON).
     #[arg(long)]
     json: bool,
+}
+
+/// Busy-loop processes (`sh -c 'while :; do :; done'`) that load the CPUs while they live. Each is
+/// killed when this is dropped, and by the kernel when this process dies (`PR_SET_PDEATHSIG`), so a
+/// killed benchmark leaves none behind.
+struct BackgroundLoad(Vec<std::process::Child>);
+
+impl BackgroundLoad {
+    fn start(n: usize) -> Result<Self> {
+        use std::os::unix::process::CommandExt;
+        let mut load = BackgroundLoad(Vec::with_capacity(n));
+        for _ in 0..n {
+            let mut cmd = std::process::Command::new("sh");
+            cmd.args(["-c", "while :; do :; done"])
+                .stdin(std::process::Stdio::null());
+            // SAFETY: prctl is async-signal-safe; the closure allocates nothing.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            let child = cmd
+                .spawn()
+                .map_err(|e| anyhow::anyhow!("--background-load: cannot start `sh`: {e}"))?;
+            load.0.push(child);
+        }
+        // Let the loops reach the scheduler's steady state before anything is timed.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        Ok(load)
+    }
+}
+
+impl Drop for BackgroundLoad {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// Benchmarks; `threads` is the global `--threads` (default: the preset's run.cpu_threads
@@ -78,15 +124,24 @@ pub fn run(args: BenchArgs, threads: Option<usize>) -> Result<()> {
         seed: args.seed,
         reference_layers: args.reference_layers,
     };
-    let report = run_bench(&opts)?;
+    let load = BackgroundLoad::start(usize::from(args.background_load))?;
+    let mut report = run_bench(&opts)?;
+    drop(load);
+    report["background_load"] = serde_json::json!(args.background_load);
+    report["thread_policy"] = serde_json::json!({
+        "threads_requested": threads,
+        "cpu_available": ddpm_nets::cpu_threads::available_cpus(),
+        "wait": ddpm_nets::cpu_threads::WaitPolicy::current(),
+    });
     if !args.json {
         let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
         eprintln!(
-            "{} on {} ({} threads, batch {}): train {:.4} s/step ({:.1} img/s); sample {:.4} s/eval ({:.1} img·evals/s); chain {}",
+            "{} on {} ({} threads, batch {}, background load {}): train {:.4} s/step ({:.1} img/s); sample {:.4} s/eval ({:.1} img·evals/s); chain {}",
             report["preset"].as_str().unwrap_or("?"),
             report["device"].as_str().unwrap_or("?"),
             report["threads"],
             report["batch"],
+            args.background_load,
             f(&report["train"]["step_s"]),
             f(&report["train"]["images_per_s"]),
             f(&report["sample"]["eval_s"]),

@@ -50,7 +50,16 @@ pub fn run(args: InfoArgs) -> Result<()> {
             "no"
         }
     );
-    println!("cpu: {} threads", report.cpu_threads);
+    let wait = &report.cpu_wait_policy;
+    println!(
+        "cpu: {} threads ({} CPUs available to this process), OpenMP wait policy {} ({})",
+        report.cpu_threads,
+        report.cpu_available,
+        wait.omp_wait_policy
+            .as_deref()
+            .unwrap_or("spin, then sleep"),
+        wait.set_by
+    );
     println!("  host memory: {}", ddpm_nets::host_memory::current());
     println!(
         "cuda: {} ({} device(s)){}",
@@ -61,13 +70,26 @@ pub fn run(args: InfoArgs) -> Result<()> {
         },
         report.cuda_device_count,
         if report.cuda_available {
-            format!(", cudnn {}", report.cudnn_available)
+            format!(
+                ", cudnn {} {}, driver {}, libtorch built for CUDA {}, TF32 matmul override {}",
+                report.cudnn_available,
+                report.cudnn_version.as_deref().unwrap_or("?"),
+                report.cuda_driver_version.as_deref().unwrap_or("?"),
+                report.libtorch_cuda_version.as_deref().unwrap_or("-"),
+                report.tf32_cublas_override.as_deref().unwrap_or("unset"),
+            )
         } else {
             String::new()
         }
     );
-    for (i, name) in report.cuda_device_names.iter().enumerate() {
-        println!("  cuda:{i} {name}");
+    for (i, d) in report.cuda_devices.iter().enumerate() {
+        println!(
+            "  cuda:{i} {} (compute capability {}, {:.0} MiB, bf16 {})",
+            d.name,
+            d.compute_capability,
+            d.total_memory_mib,
+            if d.bf16_supported { "yes" } else { "no" }
+        );
     }
     println!("device (--device auto): {}", report.auto_device);
     println!("data and weights in {}:", args.datasets.display());

@@ -29,8 +29,8 @@ mod weights;
 #[derive(Parser)]
 #[command(name = "ddpm-cli", version, about, propagate_version = true)]
 struct Cli {
-    /// libtorch intra-op CPU threads, ≥ 1, for any command (default: libtorch's, or a training
-    /// config's run.cpu_threads; on a machine busy with other jobs, 1 avoids spinning threads).
+    /// libtorch intra-op CPU threads, ≥ 1, for any command (default: a training config's
+    /// run.cpu_threads, else the CPUs this process may use: affinity mask and cgroup quota).
     #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     threads: Option<u16>,
     #[command(subcommand)]
@@ -76,6 +76,9 @@ fn main() -> std::process::ExitCode {
     ddpm_nets::host_memory::retain_freed_memory();
     // Usage errors end here with clap's message and status 2.
     let cli = Cli::parse();
+    if cli.command.runs_libtorch_kernels() {
+        restart_with_cpu_policy();
+    }
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => exit::report(&e),
@@ -88,9 +91,7 @@ fn run(cli: Cli) -> Result<()> {
         _ => None,
     })?;
     let threads = cli.threads.map(usize::from);
-    if let Some(n) = threads {
-        tch::set_num_threads(n as i32);
-    }
+    ddpm_nets::cpu_threads::set_threads(threads);
     match cli.command {
         Command::Info(args) => info::run(args),
         Command::Data(cmd) => data::run(cmd),
@@ -106,6 +107,52 @@ fn run(cli: Cli) -> Result<()> {
         Command::Compare(args) => compare::run(args),
         Command::Bench(args) => bench::run(args, threads),
     }
+}
+
+impl Command {
+    /// Whether the command runs libtorch's CPU kernels (and so needs the CPU policy of
+    /// `ddpm_nets::cpu_threads` in force when libgomp starts).
+    fn runs_libtorch_kernels(&self) -> bool {
+        match self {
+            Command::Data(_) | Command::Schedule(_) | Command::Check(_) => false,
+            // info reports the policy the computing commands run with.
+            Command::Info(_)
+            | Command::Forward(_)
+            | Command::Eval(_)
+            | Command::Train(_)
+            | Command::TrainClassifier(_)
+            | Command::Sample(_)
+            | Command::Export(_)
+            | Command::Visualize(_)
+            | Command::Compare(_)
+            | Command::Bench(_) => true,
+        }
+    }
+}
+
+/// Restarts this process (`execve` of its own binary: same PID and arguments) with the environment
+/// of `ddpm_nets::cpu_threads::restart_env` — OpenMP threads that sleep instead of spinning — when
+/// the user has not chosen a wait policy. Returns when no restart is needed, or when it failed
+/// (the command then runs with libgomp's default).
+fn restart_with_cpu_policy() {
+    use std::os::unix::process::CommandExt;
+    let Some(vars) = ddpm_nets::cpu_threads::restart_env(|k| std::env::var(k).ok()) else {
+        return;
+    };
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let mut args = std::env::args_os();
+    let argv0 = args.next().unwrap_or_default();
+    let err = std::process::Command::new(&exe)
+        .arg0(argv0)
+        .args(args)
+        .envs(vars)
+        .exec();
+    eprintln!(
+        "warning: cannot restart {} with OMP_WAIT_POLICY=PASSIVE ({err}); libtorch's threads spin-wait",
+        exe.display()
+    );
 }
 
 /// Logs to stderr (filter from `RUST_LOG`, default `info`) and, for a training run, also to

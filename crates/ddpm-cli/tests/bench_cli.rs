@@ -88,3 +88,115 @@ fn bench_rejects_an_unknown_preset_and_dtype() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("f16"));
 }
+
+/// The busy-loop processes whose parent is `pid` (from /proc).
+fn busy_children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // Field 4 (after the parenthesised command name) is the parent's PID.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+        if ppid == Some(pid) && String::from_utf8_lossy(&cmdline).contains("while :; do :; done") {
+            out.push(child);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_background_load_runs_beside_the_benchmark_and_ends_with_it() {
+    let child = Command::new(env!("CARGO_BIN_EXE_ddpm-cli"))
+        .args([
+            "bench",
+            "--preset",
+            "mnist-cpu",
+            "--steps",
+            "2",
+            "--sample-steps",
+            "1",
+        ])
+        .args(["--batch", "2", "--warmup", "0", "--chain", "none", "--json"])
+        .args(["--background-load", "2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // The loops start before anything is timed and live while the benchmark runs.
+    let start = std::time::Instant::now();
+    let mut seen = Vec::new();
+    while seen.len() < 2 && start.elapsed().as_secs() < 60 {
+        seen = busy_children(pid);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(seen.len(), 2, "busy loops of the benchmark: {seen:?}");
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["background_load"], 2);
+    assert!(report["thread_policy"]["cpu_available"].as_u64().unwrap() >= 1);
+    for loop_pid in seen {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{loop_pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{loop_pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z ")),
+            "busy loop {loop_pid} outlived the benchmark"
+        );
+    }
+}
+
+#[test]
+fn a_killed_benchmark_takes_its_background_load_with_it() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ddpm-cli"))
+        .args([
+            "bench",
+            "--preset",
+            "mnist-cpu",
+            "--steps",
+            "1000",
+            "--sample-steps",
+            "1",
+        ])
+        .args(["--batch", "2", "--warmup", "0", "--chain", "none", "--json"])
+        .args(["--background-load", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let start = std::time::Instant::now();
+    let mut seen = Vec::new();
+    while seen.is_empty() && start.elapsed().as_secs() < 60 {
+        seen = busy_children(pid);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(seen.len(), 1);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // PR_SET_PDEATHSIG: the kernel kills the loop when its parent dies (reaped by init).
+    let gone = |p: u32| {
+        std::fs::read_to_string(format!("/proc/{p}/stat")).map_or(true, |s| s.contains(") Z "))
+    };
+    let start = std::time::Instant::now();
+    while !gone(seen[0]) && start.elapsed().as_secs() < 10 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        gone(seen[0]),
+        "busy loop {} outlived a SIGKILL of the benchmark",
+        seen[0]
+    );
+}

@@ -8,6 +8,7 @@ pub mod autocast;
 pub mod blocks;
 pub mod checkpoint;
 pub mod classifier;
+pub mod cpu_threads;
 pub mod device;
 pub mod diffusers;
 pub mod embeddings;

@@ -238,8 +238,17 @@ pub fn run_bench(opts: &BenchOptions) -> Result<Value> {
         .as_object_mut()
         .and_then(|t| t.remove("profile"))
         .unwrap_or(Value::Null);
+    let gpu_mib = || {
+        device
+            .is_cuda()
+            .then(ddpm_nets::device::cuda_driver::memory_in_use_mib)
+            .flatten()
+    };
+    let train_gpu = gpu_mib();
     let (sample, sample_peak) = bench_sampling(&task, &cfg, opts)?;
+    let sample_gpu = gpu_mib();
     let chain = bench_chain(&task, &cfg, opts)?;
+    let chain_gpu = gpu_mib();
     let (_, (sh, sw)) = shapes(&cfg)?;
     let u = cfg.unet()?;
     Ok(json!({
@@ -269,8 +278,14 @@ pub fn run_bench(opts: &BenchOptions) -> Result<Value> {
         "memory": {
             "train_peak_rss_mib": train_peak,
             "sample_peak_rss_mib": sample_peak,
-            "cuda_peak_mib": Value::Null,
-            "note": if device.is_cuda() { "CUDA peak allocation is not exposed by tch 0.24: n/a" } else { "VmHWM of this process, reset before each phase" },
+            "cuda_in_use_after_train_mib": train_gpu,
+            "cuda_in_use_after_sample_mib": sample_gpu,
+            "cuda_in_use_after_chain_mib": chain_gpu,
+            "note": if device.is_cuda() {
+                "CUDA: device memory in use (cuMemGetInfo total - free, CUDA context included) after each phase, cumulative; libtorch's caching allocator keeps its peak reservation, so this bounds the peak from above (tch 0.24 exposes no allocator statistics)"
+            } else {
+                "VmHWM of this process, reset before each phase"
+            },
         },
     }))
 }

@@ -724,7 +724,7 @@ pub struct RunConfig {
     /// bf16 autocast of the network on the CPU too (off by default: it changes the arithmetic; it pays
     /// on CPUs with AVX512-BF16 or AMX).
     pub cpu_bf16: bool,
-    /// libtorch intra-op CPU threads (0 = libtorch's default).
+    /// libtorch intra-op CPU threads (0 = the CPUs the process may use; see ddpm_nets::cpu_threads).
     pub cpu_threads: usize,
     /// Steps between log lines / metrics records (the only host synchronisation of the loss).
     pub log_every: usize,

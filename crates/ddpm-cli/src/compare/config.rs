@@ -72,7 +72,7 @@ pub struct CompareConfig {
     pub out_dir: PathBuf,
     /// `auto`, `cpu`, `cuda`, `cuda:N`.
     pub device: String,
-    /// libtorch CPU threads (0 = libtorch's default).
+    /// libtorch CPU threads (0 = the CPUs the process may use).
     pub cpu_threads: usize,
     /// Seed of the samples and of the bound's noise.
     pub seed: u64,

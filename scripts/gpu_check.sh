@@ -1,0 +1,222 @@
+#!/usr/bin/env bash
+# gpu_check.sh: what ddpm-rs does on a GPU box, run from the bundle that `cargo xtask bundle` makes
+# (this script, the `ddpm` launcher, the stripped ddpm-cli, MNIST's four .gz files, and the digit
+# classifier when it was built). Prints a summary and writes OUT/gpu_check.json:
+#
+#   info      device name, compute capability, CUDA / cuDNN / driver versions, bf16 support
+#   bench     cifar10 and mnist presets in bf16 and f32: training img/s, sampling evaluations/s,
+#             device memory in use after each phase
+#   train     a 2,000-step `mnist` run on MNIST imported here from the .gz files: img/s, final loss
+#   sample    2,000 DDIM-50 samples of that run, their grid, and FID_cls against MNIST's test set
+#   cifar     5,000 CIFAR-sized (3×32×32) samples in 100 DDIM steps from the cifar10 preset's
+#             untrained UNet: seconds, and the time extrapolated to 50,000
+#
+# usage: gpu_check.sh [--dry-run] [--out DIR] [--device DEV] [--mnist DIR] [--classifier DIR]
+#   --dry-run       every step with tiny sizes on the CPU (what CI runs; minutes on 2 cores)
+#   --out DIR       where everything goes (default ./gpu-check; must be new or empty)
+#   --device DEV    cuda (default), cuda:N, or cpu (default with --dry-run)
+#   --mnist DIR     the folder of MNIST's four .gz files (default: the bundle's data/mnist)
+#   --classifier D  the digit classifier folder (default: the bundle's; trained here if absent)
+# A failed step is recorded (its status and the end of its log) and the others still run; the exit
+# status is 1 when any step failed.
+set -uo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ddpm="$here/ddpm"
+dry=0
+out="$PWD/gpu-check"
+device=""
+mnist="$here/data/mnist"
+classifier="$here/weights/classifier-mnist"
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --dry-run) dry=1 ;;
+        --out) out="$2"; shift ;;
+        --device) device="$2"; shift ;;
+        --mnist) mnist="$2"; shift ;;
+        --classifier) classifier="$2"; shift ;;
+        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        *) echo "gpu_check.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+if [[ -z "$device" ]]; then
+    if [[ $dry == 1 ]]; then device=cpu; else device=cuda; fi
+fi
+for f in train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz; do
+    if [[ ! -f "$mnist/$f" ]]; then
+        echo "gpu_check.sh: $mnist/$f is missing (--mnist DIR: the folder of MNIST's four .gz files)" >&2
+        exit 2
+    fi
+done
+if [[ -e "$out" && -n "$(ls -A "$out" 2>/dev/null)" ]]; then
+    echo "gpu_check.sh: $out is not empty; give a new folder with --out" >&2
+    exit 2
+fi
+mkdir -p "$out" || exit 2
+out="$(cd "$out" && pwd)"
+
+# Sizes: the full check, or tiny ones that exercise the same commands.
+if [[ $dry == 1 ]]; then
+    bench_args=(--batch 2 --steps 1 --sample-steps 1 --warmup 0 --chain none)
+    train_args=(--set run.steps=4 --set data.batch_size=8 --set run.sample_num=4 --set run.log_every=2 --set run.checkpoint_every=4)
+    classifier_args=(--steps 2 --batch-size 16)
+    samples=8; ddim_steps=2; cifar_num=4; cifar_steps=2; cifar_batch=4; eval_batch=8
+else
+    bench_args=()
+    train_args=(--set run.steps=2000 --set run.checkpoint_every=2000 --set run.sample_every=2000)
+    classifier_args=()
+    samples=2000; ddim_steps=50; cifar_num=5000; cifar_steps=100; cifar_batch=1000; eval_batch=500
+fi
+
+steps_file="$out/steps.tsv"
+: >"$steps_file"
+failed=0
+# step NAME CMD...: runs CMD with stdout to OUT/NAME.out and stderr to OUT/NAME.log; records the
+# status and seconds.
+step() {
+    local name="$1"
+    shift
+    echo "==> $name: $*" >&2
+    local t0 t1 rc
+    t0="$(date +%s.%N)"
+    "$@" >"$out/$name.out" 2>"$out/$name.log"
+    rc=$?
+    t1="$(date +%s.%N)"
+    printf '%s\t%s\t%s\n' "$name" "$rc" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')" >>"$steps_file"
+    if [[ $rc != 0 ]]; then
+        failed=1
+        echo "    $name failed with status $rc; the end of $out/$name.log:" >&2
+        tail -n 5 "$out/$name.log" >&2
+    fi
+    return $rc
+}
+
+step info "$ddpm" info --json
+
+for preset in cifar10 mnist; do
+    for dtype in bf16 f32; do
+        extra=()
+        if [[ $preset == cifar10 && $dtype == bf16 ]]; then
+            extra=(--weights-out "$out/cifar10-untrained")
+        fi
+        step "bench_${preset}_${dtype}" "$ddpm" bench --json --preset "$preset" --device "$device" \
+            --dtype "$dtype" "${bench_args[@]}" "${extra[@]}"
+    done
+done
+
+if step import "$ddpm" data import --name mnist --raw "$mnist" --out "$out/mnist.h5"; then
+    step train "$ddpm" train --json --no-progress --preset mnist --device "$device" \
+        --set "data.path=\"$out/mnist.h5\"" "${train_args[@]}" --out "$out/mnist-run" &&
+        step sample "$ddpm" sample --json --model "$out/mnist-run" --device "$device" \
+            --num "$samples" --sampler ddim --steps "$ddim_steps" --out "$out/mnist-samples.h5" \
+            --grid "$out/mnist-grid.png"
+    if [[ ! -f "$classifier/model.safetensors" ]]; then
+        classifier="$out/classifier-mnist"
+        step classifier "$ddpm" train-classifier --no-progress --dataset mnist --data "$out/mnist.h5" \
+            --device "$device" --out "$classifier" "${classifier_args[@]}"
+    fi
+    if [[ -f "$out/mnist-samples.h5" ]]; then
+        step fid_cls "$ddpm" eval --json --device "$device" --real "$out/mnist.h5:test" \
+            --fake "$out/mnist-samples.h5" --fid-cls --classifier "$classifier" --batch-size "$eval_batch"
+    fi
+fi
+
+if [[ -d "$out/cifar10-untrained" ]]; then
+    step cifar "$ddpm" sample --json --model "$out/cifar10-untrained" --device "$device" \
+        --num "$cifar_num" --batch-size "$cifar_batch" --sampler ddim --steps "$cifar_steps" \
+        --out "$out/cifar10-samples.h5"
+fi
+
+python3 - "$out" "$dry" "$device" "$samples" "$cifar_num" <<'EOF'
+import json, statistics, sys
+from pathlib import Path
+
+out, dry, device, samples, cifar_num = Path(sys.argv[1]), sys.argv[2] == "1", sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+steps = {}
+for line in (out / "steps.tsv").read_text().splitlines():
+    name, rc, secs = line.split("\t")
+    steps[name] = {"status": int(rc), "secs": float(secs)}
+
+def doc(name):
+    """The JSON a step printed (its last line that parses), or its failure."""
+    s = steps.get(name)
+    if s is None:
+        return {"error": "not run (an earlier step failed)"}
+    if s["status"] != 0:
+        tail = (out / f"{name}.log").read_text(errors="replace").strip().splitlines()[-5:]
+        return {"error": f"status {s['status']}", "log_tail": tail}
+    text = (out / f"{name}.out").read_text()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        for line in reversed(text.strip().splitlines()):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                pass
+    return {"error": "no JSON in the output"}
+
+info = doc("info").get("device", doc("info"))
+report = {"dry_run": dry, "device": device, "steps": steps, "info": {
+    k: info.get(k) for k in ("cuda_devices", "cuda_driver_version", "libtorch_cuda_version", "cudnn_version",
+                             "libtorch_version", "cpu_threads", "cpu_available", "cpu_wait_policy", "tf32_cublas_override")
+}}
+bench = {}
+for name in [n for n in steps if n.startswith("bench_")]:
+    b = doc(name)
+    if "error" in b:
+        bench[name[6:]] = b
+        continue
+    bench[name[6:]] = {
+        "params": b.get("params"), "batch": b.get("batch"), "dtype": b.get("dtype"),
+        "train_images_per_s": b["train"]["images_per_s"], "train_step_s": b["train"]["step_s"],
+        "sample_evals_per_s": b["sample"]["evals_per_s"], "sample_image_evals_per_s": b["sample"]["image_evals_per_s"],
+        "chain": b.get("chain"), "memory": b.get("memory"),
+    }
+report["bench"] = bench
+train = doc("train")
+metrics = out / "mnist-run" / "metrics.jsonl"
+if metrics.exists():
+    windows = [json.loads(l) for l in metrics.read_text().splitlines() if l.strip()]
+    rates = [w["img_per_s"] for w in windows if "img_per_s" in w][1:] or [w["img_per_s"] for w in windows if "img_per_s" in w]
+    train["images_per_s_median"] = statistics.median(rates) if rates else None
+report["train_mnist"] = train
+report["sample_mnist"] = doc("sample") if "sample" in steps else {"error": "not run"}
+report["fid_cls"] = doc("fid_cls") if "fid_cls" in steps else {"error": "not run"}
+cifar = doc("cifar") if "cifar" in steps else {"error": "not run"}
+if "seconds" in cifar:
+    cifar["wall_secs"] = steps["cifar"]["secs"]
+    cifar["extrapolated_50000_secs"] = steps["cifar"]["secs"] * 50000 / cifar_num
+report["cifar_sampling"] = cifar
+(out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
+
+print(f"gpu_check ({'dry run' if dry else 'full'}) on {device}: {out / 'gpu_check.json'}")
+for d in report["info"].get("cuda_devices") or []:
+    print(f"  {d['name']}: compute capability {d['compute_capability']}, bf16 {d['bf16_supported']}")
+print(f"  CUDA driver {report['info'].get('cuda_driver_version')}, libtorch CUDA {report['info'].get('libtorch_cuda_version')}, "
+      f"cuDNN {report['info'].get('cudnn_version')}")
+for k, b in bench.items():
+    if "error" in b:
+        print(f"  bench {k}: FAILED ({b['error']})")
+    else:
+        print(f"  bench {k}: train {b['train_images_per_s']:.1f} img/s, sampling {b['sample_evals_per_s']:.2f} evals/s "
+              f"(batch {b['batch']})")
+t = report["train_mnist"]
+print(f"  train mnist: {t.get('step')} steps, loss {t.get('last_loss')}, {t.get('images_per_s_median')} img/s" if "error" not in t
+      else f"  train mnist: FAILED ({t['error']})")
+f = report["fid_cls"]
+print(f"  FID_cls of {samples} DDIM-{'2' if dry else '50'} samples: {f.get('fid_cls', f.get('error'))}")
+c = report["cifar_sampling"]
+if "seconds" in c:
+    print(f"  {cifar_num} CIFAR-sized samples: {c['wall_secs']:.1f} s; 50,000 extrapolated: {c['extrapolated_50000_secs'] / 60:.1f} min")
+else:
+    print(f"  CIFAR-sized sampling: FAILED ({c.get('error')})")
+failed = [n for n, s in steps.items() if s["status"] != 0]
+if failed:
+    print(f"  failed steps: {', '.join(failed)}")
+EOF
+merge_rc=$?
+if [[ $failed != 0 || $merge_rc != 0 ]]; then
+    exit 1
+fi
