@@ -216,10 +216,11 @@ pub fn bench_pytorch(ctx: &Ctx, args: &BenchArgs) -> Result<()> {
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let weights = out.join("weights");
     let script = ctx.root.join("scripts/bench_pytorch.py");
-    let mut groups = Vec::new();
-    for &threads in &args.threads {
-        let (mut ours_files, mut pt_files) = (Vec::new(), Vec::new());
-        for r in 0..args.repeats.max(1) {
+    // Repeats outermost, so that every thread setting of a repeat runs back to back (a load that
+    // drifts over time then touches each setting alike).
+    let mut files = vec![(Vec::new(), Vec::new()); args.threads.len()];
+    for r in 0..args.repeats.max(1) {
+        for (k, &threads) in args.threads.iter().enumerate() {
             let tag = format!("t{threads}_{r}");
             let ours_json = out.join(format!("ours_{tag}.json"));
             let pt_json = out.join(format!("pytorch_{tag}.json"));
@@ -239,15 +240,18 @@ pub fn bench_pytorch(ctx: &Ctx, args: &BenchArgs) -> Result<()> {
                 [&weights, &ours_json, &pt_json],
             );
             run_measured(&mut cmd, &format!("pytorch ({label})"))?;
-            ours_files.push(ours_json);
-            pt_files.push(pt_json);
+            files[k].0.push(ours_json);
+            files[k].1.push(pt_json);
         }
-        groups.push(serde_json::json!({
-            "threads": threads.to_string(),
-            "ours": ours_files,
-            "pytorch": pt_files,
-        }));
     }
+    let groups: Vec<_> = args
+        .threads
+        .iter()
+        .zip(&files)
+        .map(|(threads, (ours, pytorch))| {
+            serde_json::json!({ "threads": threads.to_string(), "ours": ours, "pytorch": pytorch })
+        })
+        .collect();
     let manifest = out.join("runs.json");
     let text = serde_json::json!({ "background_load": args.background_load, "groups": groups });
     crate::fetch::write_atomic(&manifest, format!("{text:#}\n").as_bytes())?;

@@ -73,7 +73,8 @@ impl WaitPolicy {
     fn from_env(env: impl Fn(&str) -> Option<String>) -> Self {
         let omp_wait_policy = env(WAIT_POLICY_VAR);
         let gomp_spincount = env(SPIN_COUNT_VAR);
-        let set_by = if env(RESTARTED_VAR).is_some() {
+        let set_by = if env(RESTARTED_VAR).is_some() && omp_wait_policy.as_deref() == Some(PASSIVE)
+        {
             "ddpm-cli"
         } else if omp_wait_policy.is_some() || gomp_spincount.is_some() {
             "environment"
@@ -143,6 +144,11 @@ mod tests {
         let user = WaitPolicy::from_env(env_of(&[(SPIN_COUNT_VAR, "0")]));
         assert_eq!(user.set_by, "environment");
         assert_eq!(WaitPolicy::from_env(env_of(&[])).set_by, "libgomp default");
+        // The marker alone (a restart prevented, or the variable removed since) is not a policy.
+        assert_eq!(
+            WaitPolicy::from_env(env_of(&[(RESTARTED_VAR, "1")])).set_by,
+            "libgomp default"
+        );
     }
 
     #[test]
