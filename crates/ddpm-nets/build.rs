@@ -1,5 +1,6 @@
 //! Link-time set-up shared by every ddpm-rs crate that links libtorch (ddpm-nets, ddpm-train,
-//! ddpm-metrics and ddpm-cli point their `build` key at this file).
+//! ddpm-metrics and ddpm-cli point their `build` key at this file; ddpm-dist's build script
+//! includes it as a module).
 //!
 //! * rpath: binaries and test executables find the torch libraries of the project's virtual
 //!   environment without `LD_LIBRARY_PATH` (which still overrides it, e.g. on a GPU box).
@@ -9,7 +10,8 @@
 use std::env;
 use std::path::PathBuf;
 
-fn main() {
+/// Public so that a crate with a build script of its own (ddpm-dist) can run it as a module.
+pub fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo:rerun-if-changed=../ddpm-nets/build.rs");
     let Some(lib) = env::var_os("DEP_TCH_LIBTORCH_LIB") else {

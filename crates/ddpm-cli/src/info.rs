@@ -1,4 +1,5 @@
-//! `ddpm-cli info`: versions, the device libtorch would use, and which data and weights are present.
+//! `ddpm-cli info`: versions, the device libtorch would use, the distributed backends, and which data
+//! and weights are present.
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -24,6 +25,10 @@ pub fn run(args: InfoArgs) -> Result<()> {
             "tch": "0.24",
             "device": report,
             "host_allocator": ddpm_nets::host_memory::current().to_string(),
+            "distributed_backends": ddpm_dist::Backend::ALL
+                .iter()
+                .map(|b| (b.name().to_string(), serde_json::json!(b.is_built())))
+                .collect::<serde_json::Map<_, _>>(),
             "files": files.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -92,6 +97,11 @@ pub fn run(args: InfoArgs) -> Result<()> {
         );
     }
     println!("device (--device auto): {}", report.auto_device);
+    let backends: Vec<String> = ddpm_dist::Backend::ALL
+        .iter()
+        .map(|b| format!("{b} {}", if b.is_built() { "yes" } else { "not built" }))
+        .collect();
+    println!("distributed backends: {}", backends.join(", "));
     println!("data and weights in {}:", args.datasets.display());
     for (name, state) in &files {
         println!("  {name:<32} {state}");

@@ -1,6 +1,7 @@
 //! The CPU thread policy as a user meets it (see `ddpm_nets::cpu_threads`): without a wait policy
 //! in the environment, a computing command restarts itself with OpenMP threads that sleep instead of
 //! spinning; the user's setting wins; the default thread count follows the CPUs the process may use.
+//! (Also the rest of what `info` reports about the machine's compute: the distributed backends.)
 mod common;
 
 use std::os::unix::process::CommandExt;
@@ -71,4 +72,27 @@ fn default_threads_follow_the_affinity_mask_and_threads_overrides() {
         c.args(["--threads", "3"]);
     });
     assert_eq!(d["cpu_threads"], 3, "{d}");
+}
+
+#[test]
+fn info_lists_the_distributed_backends() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = common::cli(dir.path())
+        .args(["info", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::text(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["distributed_backends"],
+        serde_json::json!({"gloo": true, "nccl": false}),
+        "{v}"
+    );
+    let out = common::cli(dir.path()).arg("info").output().unwrap();
+    assert!(out.status.success(), "{}", common::text(&out));
+    let text = common::text(&out);
+    assert!(
+        text.contains("\ndistributed backends: gloo yes, nccl not built\n"),
+        "{text}"
+    );
 }

@@ -1,0 +1,9 @@
+// Declaration-only stand-in for <gloo/context.h> (see ../README.md).
+#pragma once
+#include <chrono>
+namespace gloo {
+class Context {
+ public:
+  void setTimeout(std::chrono::milliseconds timeout);
+};
+}  // namespace gloo

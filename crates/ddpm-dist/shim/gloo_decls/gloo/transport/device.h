@@ -1,0 +1,8 @@
+// Declaration-only stand-in for <gloo/transport/device.h> (see ../../README.md).
+#pragma once
+namespace gloo {
+namespace transport {
+class Device;
+class UnboundBuffer;
+}  // namespace transport
+}  // namespace gloo
