@@ -201,14 +201,7 @@ fn uptime() -> String {
 pub fn bench_pytorch(ctx: &Ctx, args: &BenchArgs) -> Result<()> {
     venv::ensure(&ctx.venv())?;
     let python = ensure_diffusers_venv(ctx)?;
-    eprintln!("\n==> cargo build --release -p ddpm-cli");
-    run(ctx
-        .cargo()
-        .args(["build", "--release", "--package", "ddpm-cli"]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| ctx.root.join("target"));
-    let cli = target.join("release/ddpm-cli");
+    let cli = ctx.build_release_cli()?;
     let out = args
         .out
         .clone()

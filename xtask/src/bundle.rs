@@ -9,7 +9,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 use crate::catalog;
-use crate::ctx::{run, Ctx};
+use crate::ctx::Ctx;
 
 /// The size the bundle must stay under (it travels to machines with a 64 MiB transfer limit).
 pub const MAX_BUNDLE_BYTES: u64 = 60 * 1000 * 1000;
@@ -47,13 +47,7 @@ pub struct Contents<'a> {
 /// Builds the release binary and assembles the bundle; prints its size.
 pub fn bundle(ctx: &Ctx, args: &BundleArgs) -> Result<()> {
     crate::venv::ensure(&ctx.venv())?;
-    eprintln!("\n==> cargo build --release -p ddpm-cli");
-    run(ctx
-        .cargo()
-        .args(["build", "--release", "--package", "ddpm-cli"]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| ctx.root.join("target"));
+    let cli = ctx.build_release_cli()?;
     let mnist = args
         .mnist
         .clone()
@@ -66,7 +60,7 @@ pub fn bundle(ctx: &Ctx, args: &BundleArgs) -> Result<()> {
         ctx.root.join(&args.out)
     };
     let contents = Contents {
-        cli: &target.join("release/ddpm-cli"),
+        cli: &cli,
         scripts: &ctx.root.join("scripts"),
         mnist: &mnist,
         classifier: has_classifier.then_some(classifier.as_path()),

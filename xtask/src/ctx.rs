@@ -35,6 +35,19 @@ impl Ctx {
         cmd
     }
 
+    /// Builds ddpm-cli in the release profile and returns the binary's path (under
+    /// `CARGO_TARGET_DIR` when set).
+    pub fn build_release_cli(&self) -> Result<PathBuf> {
+        eprintln!("\n==> cargo build --release -p ddpm-cli");
+        run(self
+            .cargo()
+            .args(["build", "--release", "--package", "ddpm-cli"]))?;
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| self.root.join("target"));
+        Ok(target.join("release/ddpm-cli"))
+    }
+
     /// `cargo run -p ddpm-cli -- ARGS` in the chosen profile.
     pub fn ddpm_cli<I, S>(&self, args: I) -> Command
     where

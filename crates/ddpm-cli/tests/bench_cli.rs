@@ -112,33 +112,39 @@ fn busy_children(pid: u32) -> Vec<u32> {
     out
 }
 
-#[test]
-fn a_background_load_runs_beside_the_benchmark_and_ends_with_it() {
+/// Starts a small `bench` with `load` busy loops and waits until they all run; returns the
+/// benchmark and the loops' PIDs.
+fn bench_with_load(steps: &str, load: usize) -> (std::process::Child, Vec<u32>) {
     let child = Command::new(env!("CARGO_BIN_EXE_ddpm-cli"))
         .args([
             "bench",
             "--preset",
             "mnist-cpu",
             "--steps",
-            "2",
+            steps,
             "--sample-steps",
             "1",
         ])
         .args(["--batch", "2", "--warmup", "0", "--chain", "none", "--json"])
-        .args(["--background-load", "2"])
+        .args(["--background-load", &load.to_string()])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let pid = child.id();
     // The loops start before anything is timed and live while the benchmark runs.
     let start = std::time::Instant::now();
     let mut seen = Vec::new();
-    while seen.len() < 2 && start.elapsed().as_secs() < 60 {
-        seen = busy_children(pid);
+    while seen.len() < load && start.elapsed().as_secs() < 60 {
+        seen = busy_children(child.id());
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    assert_eq!(seen.len(), 2, "busy loops of the benchmark: {seen:?}");
+    assert_eq!(seen.len(), load, "busy loops of the benchmark: {seen:?}");
+    (child, seen)
+}
+
+#[test]
+fn a_background_load_runs_beside_the_benchmark_and_ends_with_it() {
+    let (child, seen) = bench_with_load("2", 2);
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -160,30 +166,7 @@ fn a_background_load_runs_beside_the_benchmark_and_ends_with_it() {
 
 #[test]
 fn a_killed_benchmark_takes_its_background_load_with_it() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ddpm-cli"))
-        .args([
-            "bench",
-            "--preset",
-            "mnist-cpu",
-            "--steps",
-            "1000",
-            "--sample-steps",
-            "1",
-        ])
-        .args(["--batch", "2", "--warmup", "0", "--chain", "none", "--json"])
-        .args(["--background-load", "1"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let start = std::time::Instant::now();
-    let mut seen = Vec::new();
-    while seen.is_empty() && start.elapsed().as_secs() < 60 {
-        seen = busy_children(pid);
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    assert_eq!(seen.len(), 1);
+    let (mut child, seen) = bench_with_load("1000", 1);
     child.kill().unwrap();
     child.wait().unwrap();
     // PR_SET_PDEATHSIG: the kernel kills the loop when its parent dies (reaped by init).
