@@ -18,25 +18,34 @@
 #   --mnist DIR     the folder of MNIST's four .gz files (default: the bundle's data/mnist)
 #   --classifier D  the digit classifier folder (default: the bundle's; trained here if absent)
 # A failed step is recorded (its status and the end of its log) and the others still run; the exit
-# status is 1 when any step failed.
+# status is 1 when any step failed. Ctrl-C or SIGTERM stops the running step as ddpm-cli stops
+# (training saves a checkpoint), skips the rest, writes the report and exits 130 / 143.
 set -uo pipefail
 
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# The bundle folder, also when this script is run through a symlink.
+here="$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")" && pwd)"
 ddpm="$here/ddpm"
 dry=0
 out="$PWD/gpu-check"
 device=""
 mnist="$here/data/mnist"
 classifier="$here/weights/classifier-mnist"
+usage_error() {
+    echo "gpu_check.sh: $1 (see --help)" >&2
+    exit 2
+}
+value() {
+    [[ $# -ge 2 && -n "$2" ]] || usage_error "$1 needs a value"
+}
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --dry-run) dry=1 ;;
-        --out) out="$2"; shift ;;
-        --device) device="$2"; shift ;;
-        --mnist) mnist="$2"; shift ;;
-        --classifier) classifier="$2"; shift ;;
+        --out) value "$@"; out="$2"; shift ;;
+        --device) value "$@"; device="$2"; shift ;;
+        --mnist) value "$@"; mnist="$2"; shift ;;
+        --classifier) value "$@"; classifier="$2"; shift ;;
         -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
-        *) echo "gpu_check.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+        *) usage_error "unknown argument $1" ;;
     esac
     shift
 done
@@ -49,12 +58,23 @@ for f in train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-
         exit 2
     fi
 done
+if [[ -e "$out" && ! -d "$out" ]]; then
+    usage_error "--out $out is a file, not a folder"
+fi
 if [[ -e "$out" && -n "$(ls -A "$out" 2>/dev/null)" ]]; then
-    echo "gpu_check.sh: $out is not empty; give a new folder with --out" >&2
-    exit 2
+    usage_error "--out $out is not empty; give a new folder"
 fi
 mkdir -p "$out" || exit 2
 out="$(cd "$out" && pwd)"
+if ! : >"$out/steps.tsv" 2>/dev/null; then
+    echo "gpu_check.sh: cannot write into $out" >&2
+    exit 2
+fi
+python="${DDPM_PYTHON:-python3}"
+# The dataset path as a TOML string for --set.
+toml_path="$out/mnist.h5"
+toml_path="${toml_path//\\/\\\\}"
+toml_path="${toml_path//\"/\\\"}"
 
 # Sizes: the full check, or tiny ones that exercise the same commands.
 if [[ $dry == 1 ]]; then
@@ -70,18 +90,44 @@ else
 fi
 
 steps_file="$out/steps.tsv"
-: >"$steps_file"
 failed=0
+stopped=""
+child=""
+# Ctrl-C or SIGTERM: one SIGTERM to the running step (ddpm-cli stops as on Ctrl-C: a training saves a
+# checkpoint), then no further step. The steps run in a session of their own (setsid), so a
+# terminal's Ctrl-C reaches them only through this, once.
+on_signal() {
+    stopped="$1"
+    # The step's whole session (its process group): the launcher's helpers included.
+    if [[ -n "$child" && ${#detach[@]} -gt 0 ]]; then
+        kill -TERM -- "-$child" 2>/dev/null
+    elif [[ -n "$child" ]]; then
+        kill -TERM "$child" 2>/dev/null
+    fi
+}
+trap 'on_signal INT' INT
+trap 'on_signal TERM' TERM
+detach=()
+if command -v setsid >/dev/null 2>&1; then detach=(setsid); fi
 # step NAME CMD...: runs CMD with stdout to OUT/NAME.out and stderr to OUT/NAME.log; records the
 # status and seconds.
 step() {
     local name="$1"
     shift
+    if [[ -n "$stopped" ]]; then return 1; fi
     echo "==> $name: $*" >&2
     local t0 t1 rc
     t0="$(date +%s.%N)"
-    "$@" >"$out/$name.out" 2>"$out/$name.log"
+    "${detach[@]}" "$@" >"$out/$name.out" 2>"$out/$name.log" &
+    child=$!
+    wait "$child"
     rc=$?
+    # A trapped signal interrupts `wait`; wait again for the step itself to end.
+    while kill -0 "$child" 2>/dev/null; do
+        wait "$child"
+        rc=$?
+    done
+    child=""
     t1="$(date +%s.%N)"
     printf '%s\t%s\t%s\n' "$name" "$rc" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')" >>"$steps_file"
     if [[ $rc != 0 ]]; then
@@ -107,7 +153,7 @@ done
 
 if step import "$ddpm" data import --name mnist --raw "$mnist" --out "$out/mnist.h5"; then
     step train "$ddpm" train --json --no-progress --preset mnist --device "$device" \
-        --set "data.path=\"$out/mnist.h5\"" "${train_args[@]}" --out "$out/mnist-run" &&
+        --set "data.path=\"$toml_path\"" "${train_args[@]}" --out "$out/mnist-run" &&
         step sample "$ddpm" sample --json --model "$out/mnist-run" --device "$device" \
             --num "$samples" --sampler ddim --steps "$ddim_steps" --out "$out/mnist-samples.h5" \
             --grid "$out/mnist-grid.png"
@@ -128,7 +174,7 @@ if [[ -d "$out/cifar10-untrained" ]]; then
         --out "$out/cifar10-samples.h5"
 fi
 
-python3 - "$out" "$dry" "$device" "$samples" "$cifar_num" <<'EOF'
+"$python" - "$out" "$dry" "$device" "$samples" "$cifar_num" <<'EOF'
 import json, statistics, sys
 from pathlib import Path
 
@@ -186,8 +232,10 @@ report["sample_mnist"] = doc("sample") if "sample" in steps else {"error": "not 
 report["fid_cls"] = doc("fid_cls") if "fid_cls" in steps else {"error": "not run"}
 cifar = doc("cifar") if "cifar" in steps else {"error": "not run"}
 if "seconds" in cifar:
+    # The sampling time the command measured (start-up, model loading and the file write excluded),
+    # scaled to 50,000; the step's wall time beside it.
     cifar["wall_secs"] = steps["cifar"]["secs"]
-    cifar["extrapolated_50000_secs"] = steps["cifar"]["secs"] * 50000 / cifar_num
+    cifar["extrapolated_50000_secs"] = cifar["seconds"] * 50000 / cifar_num
 report["cifar_sampling"] = cifar
 (out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
 
@@ -209,7 +257,8 @@ f = report["fid_cls"]
 print(f"  FID_cls of {samples} DDIM-{'2' if dry else '50'} samples: {f.get('fid_cls', f.get('error'))}")
 c = report["cifar_sampling"]
 if "seconds" in c:
-    print(f"  {cifar_num} CIFAR-sized samples: {c['wall_secs']:.1f} s; 50,000 extrapolated: {c['extrapolated_50000_secs'] / 60:.1f} min")
+    print(f"  {cifar_num} CIFAR-sized samples: {c['seconds']:.1f} s sampling ({c['wall_secs']:.1f} s with start-up); "
+          f"50,000 extrapolated: {c['extrapolated_50000_secs'] / 60:.1f} min")
 else:
     print(f"  CIFAR-sized sampling: FAILED ({c.get('error')})")
 failed = [n for n, s in steps.items() if s["status"] != 0]
@@ -217,6 +266,13 @@ if failed:
     print(f"  failed steps: {', '.join(failed)}")
 EOF
 merge_rc=$?
+if [[ "$stopped" == INT ]]; then
+    echo "gpu_check.sh: interrupted; the report holds the steps that ran" >&2
+    exit 130
+elif [[ "$stopped" == TERM ]]; then
+    echo "gpu_check.sh: terminated; the report holds the steps that ran" >&2
+    exit 143
+fi
 if [[ $failed != 0 || $merge_rc != 0 ]]; then
     exit 1
 fi

@@ -74,6 +74,21 @@ fn main() -> std::process::ExitCode {
     exit::quiet_on_stdout_errors();
     // Before any tensor exists: keep freed CPU blocks for reuse (see ddpm_nets::host_memory).
     ddpm_nets::host_memory::retain_freed_memory();
+    // Paths go into JSON reports, logs and HDF5 attributes as text: a non-UTF-8 argument is a usage
+    // error before anything runs.
+    if let Some((i, arg)) = std::env::args_os()
+        .enumerate()
+        .skip(1)
+        .find(|(_, a)| a.to_str().is_none())
+    {
+        return exit::report(
+            &exit::Usage(format!(
+                "argument {i} ({}) is not valid UTF-8; ddpm-cli takes UTF-8 paths and values",
+                arg.to_string_lossy()
+            ))
+            .into(),
+        );
+    }
     // Usage errors end here with clap's message and status 2.
     let cli = Cli::parse();
     if cli.command.runs_libtorch_kernels() {
@@ -142,6 +157,15 @@ fn restart_with_cpu_policy() {
     let Ok(exe) = std::env::current_exe() else {
         return;
     };
+    // Started through the dynamic loader (`ld-linux-x86-64.so.2 ddpm-cli …`): the process image is
+    // the loader, and re-running it with our arguments would lose the program.
+    if exe
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with("ld-"))
+    {
+        eprintln!("warning: started through {}: not restarting with OMP_WAIT_POLICY=PASSIVE; libtorch's threads spin-wait", exe.display());
+        return;
+    }
     let mut args = std::env::args_os();
     let argv0 = args.next().unwrap_or_default();
     let err = std::process::Command::new(&exe)

@@ -160,4 +160,115 @@ fn the_launcher_and_the_check_refuse_what_cannot_work() {
         .output()
         .unwrap();
     fails_with(out, 2, "unknown argument --fast");
+    let out = script("gpu_check.sh", dir.path())
+        .args(["--dry-run", "--out"])
+        .output()
+        .unwrap();
+    fails_with(out, 2, "--out needs a value");
+    let out = script("gpu_check.sh", dir.path())
+        .args(["--dry-run", "--out"])
+        .arg(dir.path().join("busy.txt"))
+        .arg("--mnist")
+        .arg(mnist_raw())
+        .output()
+        .unwrap();
+    fails_with(out, 2, "is a file, not a folder");
+    // A bundle-like folder (the launcher beside ddpm-cli) run through a symlink elsewhere: the
+    // launcher still finds its binary, which refuses a non-UTF-8 argument as a usage error.
+    let bundle = dir.path().join("bundle");
+    let link_dir = dir.path().join("bin");
+    std::fs::create_dir(&bundle).unwrap();
+    std::fs::create_dir(&link_dir).unwrap();
+    std::fs::copy(root().join("scripts/ddpm"), bundle.join("ddpm")).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_ddpm-cli"), bundle.join("ddpm-cli")).unwrap();
+    std::os::unix::fs::symlink(bundle.join("ddpm"), link_dir.join("ddpm")).unwrap();
+    let out = script("ddpm", dir.path())
+        .env_remove("DDPM_CLI")
+        .arg("--version")
+        .output()
+        .unwrap();
+    fails_with(out, 127, "no executable ddpm-cli at");
+    let launch = || {
+        let mut c = Command::new(link_dir.join("ddpm"));
+        c.env_remove("DDPM_CLI")
+            .env("DDPM_PYTHON", root().join(".venv/bin/python"));
+        c
+    };
+    let out = launch().arg("--version").output().unwrap();
+    assert!(out.status.success(), "{}", common::text(&out));
+    use std::os::unix::ffi::OsStrExt;
+    let out = launch()
+        .args(["sample", "--out"])
+        .arg(std::ffi::OsStr::from_bytes(b"x\xff.h5"))
+        .output()
+        .unwrap();
+    fails_with(out, 2, "is not valid UTF-8");
+}
+
+/// Processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        })
+        .collect()
+}
+
+#[test]
+fn sigterm_stops_the_running_step_and_the_check_with_a_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("stopped check");
+    let mut child = script("gpu_check.sh", dir.path())
+        .args(["--dry-run", "--out"])
+        .arg(&out_dir)
+        .arg("--mnist")
+        .arg(mnist_raw())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Stop it while its first benchmark runs.
+    let start = std::time::Instant::now();
+    while !out_dir.join("bench_cifar10_bf16.log").exists() {
+        assert!(
+            start.elapsed().as_secs() < 120,
+            "the check never reached its benchmark"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(143));
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("gpu_check.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["steps"]["info"]["status"], 0, "{report:#}");
+    assert_ne!(
+        report["steps"]["bench_cifar10_bf16"]["status"], 0,
+        "{report:#}"
+    );
+    assert!(report["steps"].get("train").is_none(), "{report:#}");
+    let needle = out_dir.to_string_lossy().into_owned();
+    // The step's processes got their signal; give them a moment to end.
+    let start = std::time::Instant::now();
+    while !processes_mentioning(&needle).is_empty() && start.elapsed().as_secs() < 10 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let left: Vec<String> = processes_mentioning(&needle)
+        .iter()
+        .map(|p| {
+            let c = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            format!("{p}: {}", String::from_utf8_lossy(&c).replace('\0', " "))
+        })
+        .collect();
+    assert!(left.is_empty(), "steps outlived the check: {left:?}");
 }

@@ -11,7 +11,8 @@
 //! Two decisions, both overridable:
 //! - **Wait policy.** libgomp reads `OMP_WAIT_POLICY` once, when it is loaded, before `main`. So
 //!   `ddpm-cli` restarts itself (`execve` of its own binary, same PID, same arguments) with
-//!   `OMP_WAIT_POLICY=PASSIVE` when neither `OMP_WAIT_POLICY` nor `GOMP_SPINCOUNT` is set
+//!   `OMP_WAIT_POLICY=PASSIVE` when neither `OMP_WAIT_POLICY` (with a value libgomp accepts) nor
+//!   `GOMP_SPINCOUNT` is set
 //!   ([`restart_env`]). Setting either one (e.g. `OMP_WAIT_POLICY=ACTIVE`) keeps the user's choice and
 //!   skips the restart.
 //! - **Thread count.** Without `--threads` (or `run.cpu_threads`), the intra-op threads are the CPUs this
@@ -39,10 +40,11 @@ pub const RESTARTED_VAR: &str = "DDPM_CPU_POLICY_RESTARTED";
 pub fn restart_env(
     env: impl Fn(&str) -> Option<String>,
 ) -> Option<Vec<(&'static str, &'static str)>> {
-    if env(RESTARTED_VAR).is_some()
-        || env(WAIT_POLICY_VAR).is_some()
-        || env(SPIN_COUNT_VAR).is_some()
-    {
+    if env(RESTARTED_VAR).is_some() || env(SPIN_COUNT_VAR).is_some() {
+        return None;
+    }
+    // A value libgomp rejects (it warns and spins) is no choice: it is replaced.
+    if env(WAIT_POLICY_VAR).is_some_and(|v| is_valid_wait_policy(&v)) {
         return None;
     }
     let mut vars = vec![(WAIT_POLICY_VAR, PASSIVE), (RESTARTED_VAR, "1")];
@@ -50,6 +52,13 @@ pub fn restart_env(
         vars.push((TF32_VAR, "1"));
     }
     Some(vars)
+}
+
+/// Whether libgomp accepts `value` for `OMP_WAIT_POLICY` (`ACTIVE` or `PASSIVE`, any case, blanks
+/// around allowed).
+pub fn is_valid_wait_policy(value: &str) -> bool {
+    let v = value.trim();
+    v.eq_ignore_ascii_case("active") || v.eq_ignore_ascii_case("passive")
 }
 
 /// How this process's OpenMP threads wait, and who decided it.
@@ -121,8 +130,15 @@ mod tests {
         assert!(vars.contains(&(WAIT_POLICY_VAR, PASSIVE)));
         assert!(vars.contains(&(TF32_VAR, "1")));
         assert!(vars.iter().any(|(k, _)| *k == RESTARTED_VAR));
+        for bad in ["", "fast", "passive;x"] {
+            assert!(
+                restart_env(env_of(&[(WAIT_POLICY_VAR, bad)])).is_some(),
+                "{bad:?}"
+            );
+        }
         for set in [
             (WAIT_POLICY_VAR, "ACTIVE"),
+            (WAIT_POLICY_VAR, " passive "),
             (SPIN_COUNT_VAR, "1000"),
             (RESTARTED_VAR, "1"),
         ] {
