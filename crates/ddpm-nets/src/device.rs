@@ -143,8 +143,6 @@ pub struct DeviceReport {
     pub cuda_driver_version: Option<String>,
     /// Number of visible CUDA devices.
     pub cuda_device_count: i64,
-    /// Device names from the CUDA driver, one per device.
-    pub cuda_device_names: Vec<String>,
     /// Per device: name, compute capability, memory and bf16 support (from the CUDA driver).
     pub cuda_devices: Vec<CudaDeviceInfo>,
     /// What `--device auto` resolves to.
@@ -209,7 +207,6 @@ impl DeviceReport {
             cudnn_version: cuda_driver::cudnn_version(),
             cuda_driver_version: cuda_driver::driver_version(),
             cuda_device_count,
-            cuda_device_names: cuda_devices.iter().map(|d| d.name.clone()).collect(),
             cuda_devices,
             auto_device,
         }
