@@ -9,6 +9,12 @@ use anyhow::{bail, Context, Result};
 pub const TORCH_VERSION: &str = "2.11.0";
 /// pip requirements of the environment.
 const REQUIREMENTS: [&str; 2] = ["torch==2.11.0", "cmake>=3.20"];
+/// Disk the installed packages take (torch 2.11.0 with its CUDA 13 wheels, triton and cmake:
+/// 4.7 GB measured), with a margin.
+const INSTALLED_BYTES: u64 = 5_000_000_000;
+/// Disk the downloaded wheels take in pip's temporary folder until the install ends (2.75 GB
+/// measured), with a margin. `--no-cache-dir` keeps pip from storing a second copy in its cache.
+const WHEEL_BYTES: u64 = 3_000_000_000;
 
 /// Sets the variables under which torch-sys finds the environment's torch
 /// (`LIBTORCH_USE_PYTORCH` with `python` from `VIRTUAL_ENV`) and hdf5-src finds cmake.
@@ -96,12 +102,14 @@ pub fn ensure(venv: &Path) -> Result<PathBuf> {
             venv.display()
         );
     }
+    check_free_disk(venv)?;
     let status = Command::new(&python)
         .args([
             "-m",
             "pip",
             "install",
             "--disable-pip-version-check",
+            "--no-cache-dir",
             "--progress-bar",
             "off",
         ])
@@ -121,6 +129,70 @@ pub fn ensure(venv: &Path) -> Result<PathBuf> {
             python.display()
         ),
     }
+}
+
+/// Refuses, before any download, an install that cannot fit: pip would otherwise fail with
+/// ENOSPC after minutes, part-way through unpacking.
+fn check_free_disk(venv: &Path) -> Result<()> {
+    let tmp = std::env::temp_dir();
+    let (Some(v), Some(t)) = (disk_of(venv), disk_of(&tmp)) else {
+        return Ok(()); // statvfs unavailable: let pip try
+    };
+    let gb = |b: u64| b as f64 / 1e9;
+    let need_here = if v.device == t.device {
+        INSTALLED_BYTES + WHEEL_BYTES
+    } else {
+        INSTALLED_BYTES
+    };
+    if v.free < need_here {
+        bail!(
+            "not enough disk for torch in {}: {:.1} GB free, the install needs about {:.1} GB \
+             ({:.1} GB installed{}); free some space (or point TMPDIR at another disk) and run again",
+            venv.display(),
+            gb(v.free),
+            gb(need_here),
+            gb(INSTALLED_BYTES),
+            if v.device == t.device {
+                format!(" + {:.1} GB of wheels in {} while installing", gb(WHEEL_BYTES), tmp.display())
+            } else {
+                String::new()
+            }
+        );
+    }
+    if v.device != t.device && t.free < WHEEL_BYTES {
+        bail!(
+            "not enough disk in TMPDIR {} for torch's wheels: {:.1} GB free, pip needs about {:.1} GB \
+             there while installing; free some space or point TMPDIR elsewhere",
+            tmp.display(),
+            gb(t.free),
+            gb(WHEEL_BYTES)
+        );
+    }
+    Ok(())
+}
+
+/// The file system holding a path (or its nearest existing ancestor).
+struct Disk {
+    device: u64,
+    /// Bytes an unprivileged user may still write.
+    free: u64,
+}
+
+fn disk_of(path: &Path) -> Option<Disk> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let existing = path.ancestors().find(|p| p.exists())?;
+    let device = std::fs::metadata(existing).ok()?.dev();
+    let c = std::ffi::CString::new(existing.as_os_str().as_bytes()).ok()?;
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized out-parameter.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(Disk {
+        device,
+        free: st.f_bavail as u64 * st.f_frsize as u64,
+    })
 }
 
 fn which(name: &str) -> Option<PathBuf> {
