@@ -13,6 +13,7 @@ mod exit;
 mod export;
 mod forward;
 mod info;
+mod launch;
 mod models;
 mod outputs;
 mod run_log;
@@ -101,10 +102,21 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    init_tracing(match &cli.command {
-        Command::Train(args) => Some(args.run_dir()?),
-        _ => None,
-    })?;
+    // The ranks of a data-parallel run other than 0, and the launcher of `--nproc-per-node`,
+    // write no train.log and print warnings and errors only (rank 0 reports the run).
+    let rank = std::env::var("RANK")
+        .ok()
+        .filter(|_| std::env::var_os("WORLD_SIZE").is_some());
+    let quiet_rank = rank.as_deref().is_some_and(|r| r != "0");
+    init_tracing(
+        match &cli.command {
+            Command::Train(args) if args.nproc_per_node.is_none() && !quiet_rank => {
+                Some(args.run_dir()?)
+            }
+            _ => None,
+        },
+        quiet_rank || matches!(&cli.command, Command::Train(a) if a.nproc_per_node.is_some()),
+    )?;
     let threads = cli.threads.map(usize::from);
     ddpm_nets::cpu_threads::set_threads(threads);
     match cli.command {
@@ -183,12 +195,14 @@ fn restart_with_cpu_policy() {
 /// `RUN_DIR/train.log` once the run exists ([`run_log::RunLog`]: a command that fails before
 /// creating its run leaves no folder behind).
 /// Colours (ANSI escape codes) only go to a terminal: never into a file or a pipe.
-fn init_tracing(run_dir: Option<std::path::PathBuf>) -> Result<()> {
+/// `quiet`: the default level is `warn` (ranks of a data-parallel run other than 0).
+fn init_tracing(run_dir: Option<std::path::PathBuf>, quiet: bool) -> Result<()> {
     use std::io::IsTerminal;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::{fmt, EnvFilter, Layer};
-    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let level = if quiet { "warn" } else { "info" };
+    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let stderr = fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)

@@ -2,13 +2,19 @@
 //! write long: the first signal asks the command to stop cleanly (training checkpoints after the
 //! current step), a second one ends the process at once without saving (the temporary files of
 //! writes in progress are removed; finished files are untouched). The exit status is the shell's
-//! 128 + signal number: 130 after SIGINT, 143 after SIGTERM.
+//! 128 + signal number: 130 after SIGINT, 143 after SIGTERM. In a data-parallel job (`WORLD_SIZE`
+//! set) signals within 5 s of the first count as the first (torchrun sends SIGTERM after the
+//! terminal's SIGINT), and the ranks stop together at the end of the next log window.
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
+
+/// In a data-parallel job, a signal this soon after the first is the launcher passing the same
+/// request on, not a second one.
+const LAUNCHER_ECHO: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The stop request of a command, set by the first SIGINT or SIGTERM.
 #[derive(Debug, Clone)]
@@ -36,8 +42,16 @@ pub fn stop_on_signals(first: &'static str) -> Result<StopRequest> {
     let mut signals =
         Signals::new([SIGINT, SIGTERM]).context("cannot install the signal handler")?;
     let (flag, which) = (request.flag.clone(), request.signal.clone());
+    // In a data-parallel job, torchrun's agent answers the terminal's Ctrl-C (which every rank
+    // got too) with a SIGTERM to each rank: one request, not two.
+    let in_job = std::env::var_os("WORLD_SIZE").is_some();
     std::thread::spawn(move || {
+        let mut first_at: Option<std::time::Instant> = None;
         for signal in signals.forever() {
+            if in_job && first_at.is_some_and(|t| t.elapsed() < LAUNCHER_ECHO) {
+                continue;
+            }
+            first_at.get_or_insert_with(std::time::Instant::now);
             if flag.swap(true, Ordering::SeqCst) {
                 eprintln!("\nsecond signal: exiting at once, without saving");
                 ddpm_nets::atomic::exit_now(128 + signal);

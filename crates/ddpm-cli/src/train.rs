@@ -2,9 +2,11 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use ddpm_dist::{Backend, DistEnv, ProcessGroup};
 use ddpm_train::config::{ModelKind, TrainConfig};
 use ddpm_train::engine::TrainOptions;
 use ddpm_train::fit::DataShape;
+use ddpm_train::parallel::DataParallel;
 
 use crate::models;
 
@@ -51,6 +53,16 @@ pub struct TrainArgs {
     /// last_loss, checkpoint).
     #[arg(long)]
     json: bool,
+    /// Data-parallel on this machine: start N training processes (ranks 0..N-1, Gloo on the
+    /// CPU; one GPU each on CUDA) as `torchrun --standalone --nproc-per-node N` would.
+    /// data.batch_size stays the global batch. Under torchrun, leave this out: the job's
+    /// WORLD_SIZE, RANK, … make the run data-parallel.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub nproc_per_node: Option<u16>,
+    /// Seconds a data-parallel rank waits for the others (rendezvous, every collective, rank 0's
+    /// checkpoints and sample grids) before it fails naming the operation.
+    #[arg(long, value_name = "SECS", default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..))]
+    dist_timeout: u64,
 }
 
 impl TrainArgs {
@@ -170,12 +182,27 @@ pub fn preset_data_path(preset: &str) -> PathBuf {
 
 /// Trains; `threads` is the global `--threads` (it sets run.cpu_threads).
 pub fn run(args: TrainArgs, threads: Option<usize>) -> Result<()> {
+    if let Some(n) = args.nproc_per_node {
+        return crate::launch::run(usize::from(n));
+    }
     let dir = args.run_dir()?;
-    if args.out.is_some() {
+    let dist = DistEnv::from_env()?;
+    let root = dist.as_ref().is_none_or(|d| d.rank == 0);
+    if args.out.is_some() && root {
         crate::outputs::check_folder(&dir, "--out")?;
     }
-    let cfg = resolve_config(&args, threads)?;
-    let device = cfg.run.device.resolve()?;
+    let mut cfg = resolve_config(&args, threads)?;
+    let mut device = cfg.run.device.resolve()?;
+    let parallel = match &dist {
+        Some(env) => Some(join_job(
+            env,
+            &mut cfg,
+            &mut device,
+            threads,
+            args.dist_timeout,
+        )?),
+        None => None,
+    };
     tracing::info!(
         device = ?device,
         cpu_threads = cfg.run.cpu_threads,
@@ -186,9 +213,15 @@ pub fn run(args: TrainArgs, threads: Option<usize>) -> Result<()> {
     );
     let stop = crate::signals::stop_on_signals("stopping after this step with a checkpoint")?;
     let opts = TrainOptions {
-        progress: !args.no_progress,
+        progress: !args.no_progress && root,
         stop: stop.flag.clone(),
-        evaluator: crate::train_eval::evaluator(&cfg, device)?,
+        // Rank 0 alone evaluates (the others wait at the next collective).
+        evaluator: if root {
+            crate::train_eval::evaluator(&cfg, device)?
+        } else {
+            None
+        },
+        parallel,
     };
     let resume = args.resume.is_some();
     // A resumed run that has reached run.steps trains no step.
@@ -197,6 +230,13 @@ pub fn run(args: TrainArgs, threads: Option<usize>) -> Result<()> {
             .ok()
             .is_some_and(|s| s.step == cfg.run.steps);
     let summary = models::train(&dir, &cfg, resume, &opts)?;
+    if !root {
+        // Rank 0 reports the run.
+        return match summary.interrupted {
+            true => Err(stop.interrupted()),
+            false => Ok(()),
+        };
+    }
     let status = if summary.interrupted {
         "stopped"
     } else if done_before {
@@ -223,6 +263,48 @@ pub fn run(args: TrainArgs, threads: Option<usize>) -> Result<()> {
         return Err(stop.interrupted());
     }
     Ok(())
+}
+
+/// Joins the data-parallel job of `env` (torchrun's variables): the device becomes
+/// `cuda:LOCAL_RANK` when the config asks for CUDA (NCCL), else the CPU (Gloo); without
+/// `--threads` or run.cpu_threads, the CPU threads are `OMP_NUM_THREADS` (torchrun sets 1) or this
+/// machine's CPUs shared among its ranks.
+fn join_job(
+    env: &DistEnv,
+    cfg: &mut TrainConfig,
+    device: &mut tch::Device,
+    threads: Option<usize>,
+    timeout_secs: u64,
+) -> Result<DataParallel> {
+    let backend = if device.is_cuda() {
+        Backend::Nccl
+    } else {
+        Backend::Gloo
+    };
+    *device = backend.device(env.local_rank);
+    if device.is_cuda() {
+        cfg.run.device = ddpm_nets::device::DeviceSpec::Cuda(env.local_rank);
+    }
+    if threads.is_none() && cfg.run.cpu_threads == 0 {
+        let omp = std::env::var("OMP_NUM_THREADS")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|&n| n > 0);
+        let share = ddpm_nets::cpu_threads::available_cpus() / env.local_world_size.max(1);
+        tch::set_num_threads(omp.unwrap_or(share).max(1) as i32);
+    }
+    tracing::info!(
+        rank = env.rank,
+        world_size = env.world_size,
+        local_rank = env.local_rank,
+        backend = %backend,
+        store = %format!("{}:{}", env.master_addr, env.master_port),
+        cpu_threads = tch::get_num_threads(),
+        "joining the data-parallel job"
+    );
+    let timeout = std::time::Duration::from_secs(timeout_secs);
+    let group = ProcessGroup::init(env, backend, timeout)?;
+    Ok(DataParallel::new(group))
 }
 
 /// The summary lines of a finished or stopped run.

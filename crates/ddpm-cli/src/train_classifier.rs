@@ -135,6 +135,7 @@ pub fn run(args: TrainClassifierArgs) -> Result<()> {
         progress: !args.no_progress,
         stop: stop.flag.clone(),
         evaluator: None,
+        parallel: None,
     };
     let trained = train_classifier(&out, resume, &run_cfg, &train, &test, device, &opts)?;
     let Some(report) = &trained.report else {

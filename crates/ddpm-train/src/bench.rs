@@ -316,6 +316,7 @@ fn bench_training(
             &images_u8,
             labels.shallow_clone(),
             step,
+            None,
             &mut Probe::none(),
         )?;
         last_loss = rec.values.get(0);
@@ -328,6 +329,7 @@ fn bench_training(
             step: opts.warmup + opts.steps,
             value: final_loss,
             last_checkpoint: None,
+            rank: None,
         });
     }
     let peak = proc_status_mib("VmHWM:");
@@ -484,6 +486,7 @@ fn profile_steps(
             images_u8,
             labels.shallow_clone(),
             step,
+            None,
             &mut Probe::with(&mut hook),
         )?;
     }

@@ -46,6 +46,7 @@ use crate::config::{LrSchedule, OptimConfig};
 use crate::error::{Result, TrainError};
 use crate::loader::{self, BatchSampler, ImageData};
 use crate::optim::Adam;
+use crate::parallel::DataParallel;
 use crate::run_dir::{RunDir, TrainState};
 use crate::viz;
 
@@ -58,6 +59,8 @@ pub struct TrainOptions {
     pub stop: Arc<AtomicBool>,
     /// Scores samples every `eval_every` steps ([`LoopSettings::eval_every`]); none: no evaluation.
     pub evaluator: Option<Box<dyn Evaluator>>,
+    /// This process's part in a data-parallel run ([`crate::parallel`]); `None`: one process.
+    pub parallel: Option<DataParallel>,
 }
 
 impl Default for TrainOptions {
@@ -66,6 +69,7 @@ impl Default for TrainOptions {
             progress: false,
             stop: Arc::new(AtomicBool::new(false)),
             evaluator: None,
+            parallel: None,
         }
     }
 }
@@ -283,12 +287,18 @@ pub trait TrainTask {
         probe: &mut Probe,
     ) -> Result<()>;
 
+    /// The optimiser that `phase` updates; a data-parallel run averages its gradients over the
+    /// ranks between [`TrainTask::forward_backward`] and [`TrainTask::optimize`].
+    fn optimizer(&mut self, phase: usize) -> &mut Adam;
+
     /// Clipping, optimiser update (learning rate `lr`) and EMA of `phase`.
     fn optimize(&mut self, phase: usize, lr: f64, probe: &mut Probe) -> Result<()>;
 
     /// The step's metrics as one `[M]` float tensor on the device (no host sync unless the task
-    /// needs one, e.g. the importance sampler of L_vlb).
-    fn finish_step(&mut self, step: usize) -> Result<Tensor>;
+    /// needs one, e.g. the importance sampler of L_vlb). In a data-parallel run (`par`) the
+    /// metrics are this rank's (the engine averages them over ranks per log window); a task that
+    /// needs the whole batch's per-sample values gathers them through `par`.
+    fn finish_step(&mut self, step: usize, par: Option<&DataParallel>) -> Result<Tensor>;
 
     /// The checkpoint's parts, by file stem.
     fn state_groups(&mut self) -> Vec<(&'static str, StateGroup<'_>)>;
@@ -416,12 +426,18 @@ pub struct StepRecord {
 /// One optimisation step of `task` on the uint8 batch `images` (`[N, C, H, W]`, CPU) with
 /// `labels` (`[N]`): seeds the torch generator with (seed, step), converts and flips the batch,
 /// and runs the task's phases over `grad_accum` micro-batches. No host synchronisation.
+///
+/// In a data-parallel run (`par`), `images` is the step's global batch: the draws of the whole
+/// batch are made as in one process, then this rank keeps its slice, and the gradients of each
+/// phase are averaged over the ranks before the optimiser step. Draws inside the networks
+/// (dropout, the VAE's reparameterisation) come from a generator seeded per rank.
 pub fn train_step<T: TrainTask>(
     task: &mut T,
     s: &LoopSettings,
     images: &Tensor,
     labels: Tensor,
     step: usize,
+    par: Option<&DataParallel>,
     probe: &mut Probe,
 ) -> Result<StepRecord> {
     // All randomness of this step derives from (seed, step): resuming needs no RNG state.
@@ -431,7 +447,13 @@ pub fn train_step<T: TrainTask>(
         x0 = loader::random_flip(&x0, s.seed, step);
     }
     let n = x0.size()[0];
-    let micro = task.prepare(x0, labels, step)?.split(s.grad_accum);
+    let mut batch = task.prepare(x0, labels, step)?;
+    if let Some(p) = par.filter(|p| p.world_size() > 1) {
+        batch = p.slice(batch);
+        let rank_seed = s.seed ^ (p.rank() as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
+        tch::manual_seed(step_seed(rank_seed, step) as i64);
+    }
+    let micro = batch.split(s.grad_accum);
     probe.mark("data");
     let lr = s.lr_at(step);
     let scale = 1.0 / micro.len() as f64;
@@ -440,9 +462,13 @@ pub fn train_step<T: TrainTask>(
         for m in &micro {
             task.forward_backward(phase, m, scale, probe)?;
         }
+        if let Some(p) = par {
+            p.average_gradients(task.optimizer(phase))?;
+            probe.mark("all_reduce");
+        }
         task.optimize(phase, lr, probe)?;
     }
-    let values = task.finish_step(step)?;
+    let values = task.finish_step(step, par)?;
     Ok(StepRecord { values, n, lr })
 }
 
@@ -462,10 +488,16 @@ pub struct RunTarget<'a> {
 /// Trains `task` on `data` in the run directory of `target` (created, or resumed from its newest
 /// checkpoint) until `s.steps`, or until `opts.stop` is set.
 ///
+/// In a data-parallel run ([`TrainOptions::parallel`]) every rank calls this with the same
+/// arguments; rank 0 alone touches the run directory, and a stop request is honoured at the end
+/// of the next log window, on every rank at the same step ([`crate::parallel`]).
+///
 /// # Errors
 /// Run-directory and checkpoint I/O (naming the path), a checkpoint that does not fit the task
 /// (naming the file or tensor), a seed that differs from the run's, and
-/// [`TrainError::NonFinite`] naming the step of the first non-finite loss.
+/// [`TrainError::NonFinite`] naming the step of the first non-finite loss (and its rank); in a
+/// data-parallel run also [`TrainError::RankFailed`] when rank 0 could not open the run and
+/// [`TrainError::Dist`] when a peer died or stalled past the timeout.
 pub fn train<T: TrainTask>(
     task: &mut T,
     target: RunTarget,
@@ -482,11 +514,20 @@ pub fn train<T: TrainTask>(
             ),
         ));
     }
-    let (run, _lock, mut state, mut last_checkpoint, mut last_loss) = open_run(task, &target, s)?;
-    SESSION_STARTED.store(true, Ordering::SeqCst);
+    let par = opts.parallel.as_ref();
+    if let Some(p) = par {
+        p.check_batch(s.batch_size, s.grad_accum)?;
+    }
+    let Opened {
+        run,
+        _lock,
+        mut state,
+        mut last_checkpoint,
+        mut last_loss,
+    } = open_or_follow(task, &target, s, par)?;
     let n_data = s.data_limit.map_or(data.len(), |k| k.min(data.len()));
     let mut batches = BatchSampler::new(n_data, s.batch_size, s.seed);
-    let bar = progress_bar(opts.progress, s.steps, state.step);
+    let bar = progress_bar(opts.progress && run.is_some(), s.steps, state.step);
     let session_start = Instant::now();
     // Time spent on grids and evaluations, which is not training time.
     let mut aside = Duration::ZERO;
@@ -494,40 +535,63 @@ pub fn train<T: TrainTask>(
     let mut window = LogWindow::new(s.log_every);
     let mut interrupted = false;
     let evaluator = opts.evaluator.as_deref().filter(|_| s.eval_every > 0);
-    let mut best = match evaluator {
-        Some(ev) => best_so_far(&run, ev.name(), &s.eval_setting)?,
-        None => None,
+    let mut best = match (evaluator, &run) {
+        (Some(ev), Some(run)) => best_so_far(run, ev.name(), &s.eval_setting)?,
+        _ => None,
     };
     while state.step < s.steps {
         let (images, labels) = data.gather(&batches.indices(state.step));
-        let rec = train_step(task, s, &images, labels, state.step, &mut Probe::none())?;
+        let rec = train_step(
+            task,
+            s,
+            &images,
+            labels,
+            state.step,
+            par,
+            &mut Probe::none(),
+        )
+        .map_err(|e| e.at_step(state.step + 1))?;
         window.push(rec.values, rec.n);
         state.step += 1;
         state.images_seen += rec.n as u64;
         if let Some(b) = &bar {
             b.inc(1);
         }
-        let stop = opts.stop.load(Ordering::SeqCst);
+        let local_stop = opts.stop.load(Ordering::SeqCst);
         let last = state.step == s.steps;
-        let at_ckpt = last || stop || every(state.step, s.checkpoint_every);
-        if at_ckpt || every(state.step, s.log_every) {
+        let boundary =
+            last || every(state.step, s.checkpoint_every) || every(state.step, s.log_every);
+        // One process stops at any step; the ranks of a data-parallel run agree at boundaries.
+        let mut stop = local_stop && par.is_none();
+        if boundary || stop {
             state.elapsed_secs =
                 elapsed_before + session_start.elapsed().saturating_sub(aside).as_secs_f64();
             let ctx = WindowContext {
-                run: &run,
+                run: run.as_ref(),
                 state: &state,
                 lr: rec.lr,
                 last_checkpoint: &last_checkpoint,
                 bar: bar.as_ref(),
             };
-            if let Some(loss) = log_window(task, &mut window, &ctx)? {
+            let (loss, agreed_stop) = log_window(task, &mut window, &ctx, par, local_stop)
+                .map_err(|e| e.at_step(state.step))?;
+            if let Some(loss) = loss {
                 last_loss = loss;
             }
+            stop |= agreed_stop;
         }
-        if at_ckpt {
+        let Some(run) = &run else {
+            // Ranks other than 0 write nothing: no checkpoint, grid or evaluation.
+            if stop && !last {
+                interrupted = true;
+                break;
+            }
+            continue;
+        };
+        if last || stop || every(state.step, s.checkpoint_every) {
             last_checkpoint = Some(checkpoint(
                 task,
-                &run,
+                run,
                 &target,
                 s,
                 &mut state,
@@ -537,12 +601,12 @@ pub fn train<T: TrainTask>(
         let aside_start = Instant::now();
         // A stop request skips the grid (and one during the grid ends it).
         if (every(state.step, s.sample_every) || (last && s.sample_num > 0)) && !stop {
-            write_grid(task, &run, s, state.step, &opts.stop)?;
+            write_grid(task, run, s, state.step, &opts.stop)?;
         }
         // A stop request skips the evaluation (it can take minutes); the resumed run goes on.
         if let Some(ev) = evaluator.filter(|_| every(state.step, s.eval_every) && !stop) {
             let at = EvalPoint {
-                run: &run,
+                run,
                 target: &target,
                 state: &state,
             };
@@ -559,14 +623,18 @@ pub fn train<T: TrainTask>(
     if let Some(b) = bar {
         b.finish();
     }
-    let checkpoint = match last_checkpoint {
-        Some(c) => c,
-        None => run
+    if let Some(p) = par {
+        p.finish().map_err(|e| e.at_step(state.step))?;
+    }
+    let checkpoint = match (last_checkpoint, &run) {
+        (Some(c), _) => c,
+        (None, Some(run)) => run
             .latest_checkpoint()?
             .ok_or_else(|| TrainError::Checkpoint {
                 path: run.path.clone(),
                 message: "no checkpoint was written".into(),
             })?,
+        (None, None) => target.dir.to_path_buf(),
     };
     Ok(TrainSummary {
         step: state.step,
@@ -575,6 +643,69 @@ pub fn train<T: TrainTask>(
         interrupted,
         checkpoint,
     })
+}
+
+/// Where a training starts: the run (rank 0 and single processes only), its lock, the state and
+/// checkpoint to continue from, and the loss of the last logged window.
+struct Opened {
+    run: Option<RunDir>,
+    _lock: Option<RunLock>,
+    state: TrainState,
+    last_checkpoint: Option<PathBuf>,
+    last_loss: f64,
+}
+
+/// Opens the run ([`open_run`]) in a single process or on rank 0; in a data-parallel run, rank 0
+/// then publishes the state to start from (or its error) and every rank takes rank 0's weights
+/// and optimiser state.
+fn open_or_follow<T: TrainTask>(
+    task: &mut T,
+    target: &RunTarget,
+    s: &LoopSettings,
+    par: Option<&DataParallel>,
+) -> Result<Opened> {
+    let Some(p) = par else {
+        let (run, lock, state, ckpt, loss) = open_run(task, target, s)?;
+        SESSION_STARTED.store(true, Ordering::SeqCst);
+        return Ok(Opened {
+            run: Some(run),
+            _lock: Some(lock),
+            state,
+            last_checkpoint: ckpt,
+            last_loss: loss,
+        });
+    };
+    let opened = if p.is_root() {
+        let result = open_run(task, target, s);
+        p.publish_start(result.as_ref().map(|o| &o.2).map_err(ToString::to_string))?;
+        let (run, lock, state, ckpt, loss) = result?;
+        SESSION_STARTED.store(true, Ordering::SeqCst);
+        Opened {
+            run: Some(run),
+            _lock: Some(lock),
+            state,
+            last_checkpoint: ckpt,
+            last_loss: loss,
+        }
+    } else {
+        let state = p.follow_start()?;
+        task.restore_extra(&state)?;
+        Opened {
+            run: None,
+            _lock: None,
+            state,
+            last_checkpoint: None,
+            last_loss: f64::NAN,
+        }
+    };
+    p.broadcast_state(task)?;
+    tracing::info!(
+        rank = p.rank(),
+        world_size = p.world_size(),
+        step = opened.state.step,
+        "data-parallel: weights and optimiser state taken from rank 0"
+    );
+    Ok(opened)
 }
 
 /// The training progress bar (steps, rate, ETA and the latest metrics), when `show`.
@@ -718,6 +849,7 @@ fn checkpoint<T: TrainTask>(
             step: state.step,
             value: f64::NAN,
             last_checkpoint,
+            rank: None,
         });
     }
     task.save_extra(state);
@@ -973,12 +1105,43 @@ impl LogWindow {
         self.images += n;
     }
 
-    /// Reads the window back (one host sync) and resets it; the first value of a metric that
-    /// must be finite and is not is an error naming its step (`step_after` is the step count
-    /// after the window's last step).
+    /// Reads the window back (one host sync) and resets it, as [`log_window`] does in one
+    /// process; the first value of a metric that must be finite and is not is an error naming
+    /// its step (`step_after` is the step count after the window's last step).
+    #[cfg(test)]
     fn flush(
         &mut self,
         metrics: &[Metric],
+        step_after: usize,
+        last_checkpoint: &Option<PathBuf>,
+    ) -> Result<Option<WindowMeans>> {
+        let all = self.read()?;
+        let bad = first_non_finite(metrics, &all).map(|i| (None, i));
+        self.finish(metrics, all, bad, step_after, last_checkpoint)
+    }
+
+    /// The window's values on the host, `steps × M` row-major (one host sync; empty when no
+    /// step was pushed).
+    fn read(&self) -> Result<Vec<f64>> {
+        if self.rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(Vec::<f64>::try_from(
+            Tensor::stack(&self.rows, 0)
+                .to_kind(Kind::Double)
+                .to_device(Device::Cpu)
+                .view([-1]),
+        )?)
+    }
+
+    /// The means of the window's values `all` (as read, or as averaged over the ranks) and a
+    /// reset; `bad` (the rank, if data-parallel, and the index in `all` of the first non-finite
+    /// value of a checked metric) is an error naming its step.
+    fn finish(
+        &mut self,
+        metrics: &[Metric],
+        all: Vec<f64>,
+        bad: Option<(Option<usize>, usize)>,
         step_after: usize,
         last_checkpoint: &Option<PathBuf>,
     ) -> Result<Option<WindowMeans>> {
@@ -986,22 +1149,13 @@ impl LogWindow {
             return Ok(None);
         }
         let (steps, k) = (self.rows.len(), metrics.len());
-        let all = Vec::<f64>::try_from(
-            Tensor::stack(&self.rows, 0)
-                .to_kind(Kind::Double)
-                .to_device(Device::Cpu)
-                .view([-1]),
-        )?;
-        let bad = all
-            .iter()
-            .enumerate()
-            .find(|(i, v)| metrics[i % k].must_be_finite && !v.is_finite());
-        if let Some((i, v)) = bad {
+        if let Some((rank, i)) = bad {
             return Err(TrainError::NonFinite {
                 what: metrics[i % k].name,
                 step: step_after - steps + i / k + 1,
-                value: *v,
+                value: all[i],
                 last_checkpoint: last_checkpoint.clone(),
+                rank,
             });
         }
         let means = (0..k)
@@ -1020,39 +1174,70 @@ impl LogWindow {
     }
 }
 
+/// The index in a window's values (`steps × M` row-major) of the first value of a metric that
+/// must be finite and is not.
+fn first_non_finite(metrics: &[Metric], all: &[f64]) -> Option<usize> {
+    let k = metrics.len();
+    all.iter()
+        .enumerate()
+        .position(|(i, v)| metrics[i % k].must_be_finite && !v.is_finite())
+}
+
 /// What writing a log record needs besides the task and the window.
 struct WindowContext<'a> {
-    run: &'a RunDir,
+    /// The run (`None` on ranks other than 0, which write nothing).
+    run: Option<&'a RunDir>,
     state: &'a TrainState,
     lr: f64,
     last_checkpoint: &'a Option<PathBuf>,
     bar: Option<&'a indicatif::ProgressBar>,
 }
 
-/// Flushes the window into one `metrics.jsonl` record, a log line and the progress message;
-/// returns the window's loss (the task's first metric).
+/// Ends the log window: in a data-parallel run (`par`) the ranks first average their windows and
+/// agree on stopping ([`DataParallel::agree`], with this rank's `local_stop`); then one
+/// `metrics.jsonl` record (where there is a run), a log line and the progress message. Returns
+/// the window's loss (the task's first metric) and whether the ranks agreed to stop.
 fn log_window<T: TrainTask>(
     task: &T,
     window: &mut LogWindow,
     ctx: &WindowContext,
-) -> Result<Option<f64>> {
-    let Some(w) = window.flush(task.metrics(), ctx.state.step, ctx.last_checkpoint)? else {
-        return Ok(None);
+    par: Option<&DataParallel>,
+    local_stop: bool,
+) -> Result<(Option<f64>, bool)> {
+    let metrics = task.metrics();
+    let mut all = window.read()?;
+    let local_bad = first_non_finite(metrics, &all);
+    let (bad, stop) = match par {
+        Some(p) => {
+            let agreed = p.agree(&mut all, local_stop, local_bad)?;
+            (agreed.non_finite.map(|(r, i)| (Some(r), i)), agreed.stop)
+        }
+        None => (local_bad.map(|i| (None, i)), false),
     };
+    let step = ctx.state.step;
+    let Some(w) = window.finish(metrics, all, bad, step, ctx.last_checkpoint)? else {
+        return Ok((None, stop));
+    };
+    let world = par.map_or(1, DataParallel::world_size);
     let img_per_s = w.images as f64 / w.secs.max(1e-9);
-    let mut record = Map::new();
-    record.insert("step".into(), json!(ctx.state.step));
-    record.extend(task.summarize(&w.means));
-    record.insert("lr".into(), json!(ctx.lr));
-    record.insert("img_per_s".into(), json!(img_per_s));
-    record.insert("elapsed_s".into(), json!(ctx.state.elapsed_secs));
-    ctx.run.append_metrics(&Value::Object(record))?;
-    let line = metrics_line(task.metrics(), &w.means);
-    tracing::info!(step = ctx.state.step, steps = w.steps, lr = %format_args!("{:.4e}", ctx.lr), metrics = %line, "train");
+    if let Some(run) = ctx.run {
+        let mut record = Map::new();
+        record.insert("step".into(), json!(step));
+        record.extend(task.summarize(&w.means));
+        record.insert("lr".into(), json!(ctx.lr));
+        record.insert("img_per_s".into(), json!(img_per_s));
+        record.insert("elapsed_s".into(), json!(ctx.state.elapsed_secs));
+        if world > 1 {
+            record.insert("world_size".into(), json!(world));
+        }
+        run.append_metrics(&Value::Object(record))?;
+    }
+    let line = metrics_line(metrics, &w.means);
+    tracing::info!(step, steps = w.steps, lr = %format_args!("{:.4e}", ctx.lr), metrics = %line, "train");
     if let Some(b) = ctx.bar {
         b.set_message(format!("{line} | {img_per_s:.1} img/s"));
     }
-    Ok(w.means.first().copied())
+    Ok((w.means.first().copied(), stop))
 }
 
 /// `name value | name value` of the plotted and checked metrics.

@@ -33,7 +33,7 @@ pub enum TrainError {
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
     /// The loss became NaN or infinite.
-    #[error("non-finite {what} ({value}) at step {step}; {}", last_checkpoint.as_ref().map(|p| format!("the last good checkpoint is kept ({})", p.display())).unwrap_or_else(|| "no checkpoint was written before it".into()))]
+    #[error("non-finite {what} ({value}) at step {step}{}; {}", rank.map(|r| format!(" on rank {r}")).unwrap_or_default(), last_checkpoint.as_ref().map(|p| format!("the last good checkpoint is kept ({})", p.display())).unwrap_or_else(|| "no checkpoint was written before it".into()))]
     NonFinite {
         /// `loss` or `weights`.
         what: &'static str,
@@ -43,6 +43,8 @@ pub enum TrainError {
         value: f64,
         /// The newest checkpoint on disk.
         last_checkpoint: Option<PathBuf>,
+        /// The data-parallel rank that saw it first (`None`: a single-process run).
+        rank: Option<usize>,
     },
     /// A sampling chain produced NaN or infinite values.
     #[error(
@@ -81,6 +83,24 @@ pub enum TrainError {
         /// What is wrong.
         message: String,
     },
+    /// Another rank of a data-parallel run failed, and this one stops with it.
+    #[error("rank {rank} failed: {message}")]
+    RankFailed {
+        /// The rank that failed.
+        rank: usize,
+        /// Its error.
+        message: String,
+    },
+    /// Communication between the processes of a data-parallel run failed (a peer died or
+    /// stalled past the timeout).
+    #[error("{}{source}", step.map(|s| format!("training step {s}: ")).unwrap_or_default())]
+    Dist {
+        /// The training step (1-based) during which it failed, when known.
+        step: Option<usize>,
+        /// What failed (naming this rank, the operation and the timeout).
+        #[source]
+        source: ddpm_dist::DistError,
+    },
     /// A device that cannot be had.
     #[error(transparent)]
     Device(#[from] ddpm_nets::device::DeviceError),
@@ -99,6 +119,25 @@ impl TrainError {
     pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
         move |source| Self::Io { path, source }
+    }
+}
+
+impl From<ddpm_dist::DistError> for TrainError {
+    fn from(source: ddpm_dist::DistError) -> Self {
+        Self::Dist { step: None, source }
+    }
+}
+
+impl TrainError {
+    /// This error, with the training step (1-based) during which a collective failed.
+    pub fn at_step(self, step: usize) -> Self {
+        match self {
+            Self::Dist { step: None, source } => Self::Dist {
+                step: Some(step),
+                source,
+            },
+            other => other,
+        }
     }
 }
 

@@ -6,7 +6,8 @@
 //! seeded training batches; [`tables`] is the one place where ddpm-math's f64 tables become device
 //! tensors; [`objective`] and [`sampler`] are the training losses and reverse processes on tensors;
 //! [`engine`] is the one training loop, which drives the [`tasks`] (DDPM, GAN, VAE, digit
-//! classifier) with [`optim`] (Adam/AdamW, EMA) and writes [`run_dir`] (checkpoints, logs);
+//! classifier) with [`optim`] (Adam/AdamW, EMA) and writes [`run_dir`] (checkpoints, logs), on one
+//! process or as one of several ([`parallel`]: data-parallel over ddpm-dist's c10d process group);
 //! [`baselines`] loads and samples the GAN and VAE, [`classifier`] saves, loads and scores the
 //! digit classifier of the domain metrics, and [`bench`] times the engine's step; [`h5images`] reads and writes the HDF5 image
 //! sets ([`h5check`] refuses files on which HDF5 would hang), [`viz`] draws grids and plots, and [`progress`] is the one progress-bar style.
@@ -28,6 +29,7 @@ pub mod model_io;
 pub mod noise_file;
 pub mod objective;
 pub mod optim;
+pub mod parallel;
 pub mod progress;
 pub mod run_dir;
 pub mod run_lock;

@@ -194,6 +194,38 @@ impl Adam {
         flat_or_pack(&self.grads())
     }
 
+    /// Runs `reduce` on all gradients as one contiguous 1-D buffer that it may change in place
+    /// (e.g. an all-reduce over data-parallel ranks): the packed gradient buffer itself, or, when
+    /// the parameters are not packed, a packed copy that is written back afterwards. Parameters
+    /// without a gradient are left out; with none at all, `reduce` is not called.
+    ///
+    /// # Errors
+    /// `reduce`'s error (the gradients are then unspecified).
+    pub fn with_grad_buffer<E>(
+        &mut self,
+        reduce: impl FnOnce(&mut Tensor) -> Result<(), E>,
+    ) -> Result<(), E> {
+        if let Some(mut g) = self.flat_grads() {
+            return reduce(&mut g);
+        }
+        let grads: Vec<Tensor> = self.grads().into_iter().filter(Tensor::defined).collect();
+        if grads.is_empty() {
+            return Ok(());
+        }
+        let flat: Vec<Tensor> = grads.iter().map(|g| g.reshape([-1])).collect();
+        let mut buffer = Tensor::cat(&flat, 0);
+        reduce(&mut buffer)?;
+        tch::no_grad(|| {
+            let mut offset = 0;
+            for mut g in grads {
+                let n = g.numel() as i64;
+                g.copy_(&buffer.narrow(0, offset, n).view(g.size().as_slice()));
+                offset += n;
+            }
+        });
+        Ok(())
+    }
+
     /// Sets all gradients to zero.
     pub fn zero_grad(&mut self) {
         if let Some(mut g) = self.flat_grads() {

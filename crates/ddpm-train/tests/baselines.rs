@@ -134,6 +134,7 @@ fn stop_request_saves_and_resume_continues_identically() {
         progress: false,
         stop: Arc::new(AtomicBool::new(true)),
         evaluator: None,
+        parallel: None,
     };
     let s = train_gan(&stopped, &cfg, false, &opts).unwrap();
     assert_eq!((s.step, s.interrupted), (1, true));

@@ -134,6 +134,7 @@ fn resumed_classifier_run_matches_an_uninterrupted_one() {
             progress: false,
             stop: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(stop)),
             evaluator: None,
+            parallel: None,
         };
         train_classifier(dir, resume, &run, &train, &test, Device::Cpu, &opts).unwrap()
     };

@@ -62,6 +62,7 @@ fn stop_request_saves_and_resume_continues_identically() {
         progress: false,
         stop: Arc::new(AtomicBool::new(true)),
         evaluator: None,
+        parallel: None,
     };
     let s = train_ddpm(&stopped, &cfg, false, &opts).unwrap();
     assert_eq!((s.step, s.interrupted), (1, true));
@@ -89,6 +90,7 @@ fn non_finite_loss_names_the_step_and_keeps_the_last_good_checkpoint() {
             step,
             value,
             last_checkpoint,
+            ..
         }) => {
             assert!(!value.is_finite() && ["loss", "weights"].contains(&what));
             assert!((1..=40).contains(&step), "{step}");
@@ -113,6 +115,7 @@ fn non_finite_loss_names_the_step_and_keeps_the_last_good_checkpoint() {
                 step,
                 value,
                 last_checkpoint: None,
+                rank: None,
             }
             .to_string();
             assert!(msg.contains(&format!("step {step}")), "{msg}");

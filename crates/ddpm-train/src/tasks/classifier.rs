@@ -18,6 +18,7 @@ use crate::engine::{
 use crate::error::{Result, TrainError};
 use crate::loader::ImageData;
 use crate::optim::Adam;
+use crate::parallel::DataParallel;
 
 /// How to train the classifier.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -351,13 +352,17 @@ impl TrainTask for ClassifierTask {
         Ok(())
     }
 
+    fn optimizer(&mut self, _phase: usize) -> &mut Adam {
+        &mut self.adam
+    }
+
     fn optimize(&mut self, _phase: usize, lr: f64, probe: &mut Probe) -> Result<()> {
         let _ = self.adam.clipped_step(0.0, lr);
         probe.mark("adam");
         Ok(())
     }
 
-    fn finish_step(&mut self, _step: usize) -> Result<Tensor> {
+    fn finish_step(&mut self, _step: usize, _par: Option<&DataParallel>) -> Result<Tensor> {
         Ok(self.metrics.take(METRICS.len(), self.device))
     }
 

@@ -23,6 +23,7 @@ use crate::error::{Result, TrainError};
 use crate::loader::ImageData;
 use crate::objective::training_losses;
 use crate::optim::{named_trainables, Adam, Ema};
+use crate::parallel::DataParallel;
 use crate::run_dir::TrainState;
 use crate::sampler::{to_uint8_nhwc, Sampler};
 use crate::tables::DeviceTables;
@@ -291,6 +292,10 @@ impl TrainTask for DdpmTask {
         Ok(())
     }
 
+    fn optimizer(&mut self, _phase: usize) -> &mut Adam {
+        &mut self.adam
+    }
+
     fn optimize(&mut self, _phase: usize, lr: f64, probe: &mut Probe) -> Result<()> {
         let norm = self.adam.grad_norm();
         if self.cfg.optim.grad_clip > 0.0 {
@@ -309,10 +314,17 @@ impl TrainTask for DdpmTask {
         Ok(())
     }
 
-    fn finish_step(&mut self, _step: usize) -> Result<Tensor> {
+    fn finish_step(&mut self, _step: usize, par: Option<&DataParallel>) -> Result<Tensor> {
         let (losses, ts): (Vec<Tensor>, Vec<Tensor>) = self.per_sample.drain(..).unzip();
         let (losses, t) = (Tensor::cat(&losses, 0), Tensor::cat(&ts, 0));
-        self.update_importance_sampler(&losses, &t)?;
+        match par.filter(|_| self.is_sampler.is_some()) {
+            // The sampler learns from the whole global batch, in its order, on every rank.
+            Some(p) => {
+                let all_t = p.gather_rows(&t)?.to_kind(Kind::Int64);
+                self.update_importance_sampler(&p.gather_rows(&losses)?, &all_t)?;
+            }
+            None => self.update_importance_sampler(&losses, &t)?,
+        }
         if let Some(norm) = self.grad_norm.take() {
             self.metrics.add(1, &norm);
         }

@@ -15,6 +15,7 @@ use crate::engine::{
 };
 use crate::error::{Result, TrainError};
 use crate::optim::Adam;
+use crate::parallel::DataParallel;
 
 /// A GAN step's batch: real images and the latents of the fakes.
 #[derive(Debug)]
@@ -158,6 +159,14 @@ impl TrainTask for GanTask {
         Ok(())
     }
 
+    fn optimizer(&mut self, phase: usize) -> &mut Adam {
+        if phase == DISCRIMINATOR {
+            &mut self.opt_d
+        } else {
+            &mut self.opt_g
+        }
+    }
+
     fn optimize(&mut self, phase: usize, lr: f64, probe: &mut Probe) -> Result<()> {
         let opt = if phase == DISCRIMINATOR {
             &mut self.opt_d
@@ -169,7 +178,7 @@ impl TrainTask for GanTask {
         Ok(())
     }
 
-    fn finish_step(&mut self, _step: usize) -> Result<Tensor> {
+    fn finish_step(&mut self, _step: usize, _par: Option<&DataParallel>) -> Result<Tensor> {
         self.fakes.clear();
         Ok(self.metrics.take(METRICS.len(), self.device))
     }

@@ -15,6 +15,7 @@ use crate::engine::{
 };
 use crate::error::{Result, TrainError};
 use crate::optim::Adam;
+use crate::parallel::DataParallel;
 
 /// A VAE step's batch: the images (the latent noise is drawn inside the ELBO).
 #[derive(Debug)]
@@ -111,13 +112,17 @@ impl TrainTask for VaeTask {
         Ok(())
     }
 
+    fn optimizer(&mut self, _phase: usize) -> &mut Adam {
+        &mut self.opt
+    }
+
     fn optimize(&mut self, _phase: usize, lr: f64, probe: &mut Probe) -> Result<()> {
         let _ = self.opt.clipped_step(self.grad_clip, lr);
         probe.mark("adam");
         Ok(())
     }
 
-    fn finish_step(&mut self, _step: usize) -> Result<Tensor> {
+    fn finish_step(&mut self, _step: usize, _par: Option<&DataParallel>) -> Result<Tensor> {
         Ok(self.metrics.take(METRICS.len(), self.device))
     }
 

@@ -1,0 +1,220 @@
+//! `ddpm-cli train --nproc-per-node N`: a data-parallel run on this machine without torchrun. It
+//! starts N copies of this command (without the option) with the variables `torchrun --standalone`
+//! would set (`WORLD_SIZE`, `RANK`, `LOCAL_RANK`, `LOCAL_WORLD_SIZE`, `MASTER_ADDR=127.0.0.1`, a
+//! free `MASTER_PORT`), passes Ctrl-C/SIGTERM on to them once each, and waits.
+//!
+//! When a rank fails, the others fail too within the collective timeout (at once when the
+//! failed rank's connections close); those still running a minute later are sent SIGTERM, then
+//! SIGKILL. The command's status is that of the first rank that failed (130/143 after a stop
+//! request), and the message names it.
+use std::ffi::OsString;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, ExitStatus};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+/// How long the other ranks may take to end by themselves after one failed.
+const GRACE: Duration = Duration::from_secs(60);
+/// How long a rank has after SIGTERM before SIGKILL.
+const KILL_AFTER: Duration = Duration::from_secs(10);
+
+/// Runs the data-parallel training of this command line with `n` local processes.
+pub fn run(n: usize) -> Result<()> {
+    if std::env::var_os("WORLD_SIZE").is_some() {
+        bail!(crate::usage!(
+            "--nproc-per-node starts the processes of a job itself; this process is already \
+             part of one (WORLD_SIZE is set, e.g. by torchrun): leave the option out"
+        ));
+    }
+    let exe = std::env::current_exe().context("cannot find this program to start its ranks")?;
+    let args = without_nproc(std::env::args_os().skip(1).collect());
+    let port = match std::env::var("MASTER_PORT") {
+        Ok(p) => p,
+        Err(_) => free_port()?.to_string(),
+    };
+    let pids = Arc::new(Mutex::new(Vec::<i32>::new()));
+    let signalled = forward_signals(pids.clone())?;
+    let mut children = Vec::with_capacity(n);
+    for rank in 0..n {
+        let child = spawn_rank(&exe, &args, rank, n, &port)
+            .with_context(|| format!("cannot start rank {rank} ({})", exe.display()))?;
+        pids.lock().expect("pid list").push(child.id() as i32);
+        children.push(child);
+    }
+    tracing::info!(processes = n, master_port = %port, "data-parallel training on this machine");
+    let first_failure = wait_all(&mut children)?;
+    match first_failure {
+        None => Ok(()),
+        Some((rank, status)) => {
+            let sig = signalled.load(Ordering::SeqCst);
+            let code = status.code();
+            if sig != 0 && code.is_some_and(|c| c == 128 + sig) {
+                return Err(crate::exit::Interrupted((128 + sig) as u8).into());
+            }
+            bail!(
+                "rank {rank} of {n} failed ({}), and the run stopped; the checkpoints written \
+                 before are complete",
+                describe(status)
+            )
+        }
+    }
+}
+
+/// The arguments without `--nproc-per-node N` / `--nproc-per-node=N`.
+fn without_nproc(args: Vec<OsString>) -> Vec<OsString> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut skip_next = false;
+    for a in args {
+        if skip_next {
+            skip_next = false;
+            continue;
+        }
+        if a == "--nproc-per-node" {
+            skip_next = true;
+            continue;
+        }
+        if a.to_string_lossy().starts_with("--nproc-per-node=") {
+            continue;
+        }
+        out.push(a);
+    }
+    out
+}
+
+/// A TCP port that was free on 127.0.0.1 a moment ago, for rank 0's store.
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")
+        .context("cannot find a free port on 127.0.0.1 for the ranks' store")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn spawn_rank(
+    exe: &std::path::Path,
+    args: &[OsString],
+    rank: usize,
+    n: usize,
+    port: &str,
+) -> std::io::Result<Child> {
+    let mut cmd = Command::new(exe);
+    cmd.args(args)
+        .env("WORLD_SIZE", n.to_string())
+        .env("RANK", rank.to_string())
+        .env("LOCAL_RANK", rank.to_string())
+        .env("LOCAL_WORLD_SIZE", n.to_string())
+        .env("GROUP_RANK", "0")
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port)
+        .env_remove("TORCHELASTIC_USE_AGENT_STORE")
+        // Its own process group: a terminal's Ctrl-C reaches the launcher only, which passes it
+        // on once (a rank that got it twice would exit without saving).
+        .process_group(0);
+    // SAFETY: prctl is async-signal-safe and the closure allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            // A launcher killed outright takes its ranks with it.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+/// Passes every SIGINT/SIGTERM the launcher gets on to the ranks; returns the first signal's
+/// number (0 until one came).
+fn forward_signals(pids: Arc<Mutex<Vec<i32>>>) -> Result<Arc<AtomicI32>> {
+    let first = Arc::new(AtomicI32::new(0));
+    let mut signals =
+        Signals::new([SIGINT, SIGTERM]).context("cannot install the signal handler")?;
+    let seen = first.clone();
+    std::thread::spawn(move || {
+        for signal in signals.forever() {
+            let _ = seen.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst);
+            for &pid in pids.lock().expect("pid list").iter() {
+                // SAFETY: kill has no memory effects; a pid that already exited is ESRCH.
+                unsafe { libc::kill(pid, signal) };
+            }
+        }
+    });
+    Ok(first)
+}
+
+/// Waits for every rank; returns the first that failed (by the time it was seen) and its status.
+fn wait_all(children: &mut [Child]) -> Result<Option<(usize, ExitStatus)>> {
+    let mut done: Vec<Option<ExitStatus>> = vec![None; children.len()];
+    let mut failure: Option<(usize, ExitStatus, Instant)> = None;
+    let mut termed = false;
+    while done.iter().any(Option::is_none) {
+        for (rank, child) in children.iter_mut().enumerate() {
+            if done[rank].is_some() {
+                continue;
+            }
+            if let Some(status) = child.try_wait().context("waiting for a rank")? {
+                done[rank] = Some(status);
+                if !status.success() && failure.is_none() {
+                    failure = Some((rank, status, Instant::now()));
+                }
+            }
+        }
+        if let Some((_, _, at)) = failure {
+            let waited = at.elapsed();
+            let signal = if waited > GRACE + KILL_AFTER {
+                Some(libc::SIGKILL)
+            } else if waited > GRACE && !termed {
+                termed = true;
+                Some(libc::SIGTERM)
+            } else {
+                None
+            };
+            if let Some(sig) = signal {
+                for (rank, child) in children.iter().enumerate() {
+                    if done[rank].is_none() {
+                        // SAFETY: as in forward_signals.
+                        unsafe { libc::kill(child.id() as i32, sig) };
+                    }
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(failure.map(|(rank, status, _)| (rank, status)))
+}
+
+fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit status {c}"),
+        (None, Some(s)) => format!("killed by signal {s}"),
+        _ => status.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_option_and_its_value_are_dropped() {
+        let a = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+        assert_eq!(
+            without_nproc(a(&["train", "--nproc-per-node", "2", "--out", "r"])),
+            a(&["train", "--out", "r"])
+        );
+        assert_eq!(
+            without_nproc(a(&[
+                "--threads",
+                "1",
+                "train",
+                "--nproc-per-node=4",
+                "--steps",
+                "3"
+            ])),
+            a(&["--threads", "1", "train", "--steps", "3"])
+        );
+    }
+}

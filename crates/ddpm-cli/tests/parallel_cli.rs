@@ -1,0 +1,424 @@
+//! Data-parallel training (issue 12) on the CPU with Gloo: 2 processes on 127.0.0.1, 1 thread
+//! each, started as torchrun starts them (its variables) or by `train --nproc-per-node 2`.
+//!
+//! * A 2-rank run of 20 steps equals the 1-rank run with the same global batch (model, EMA and
+//!   Adam moments within 1e-5; the logged losses too), and rank 1 wrote nothing.
+//! * A killed rank makes the other exit non-zero with an error naming the rank and the step;
+//!   every checkpoint on disk stays valid.
+//! * A 2-rank run resumed with 1 rank or with 2 ranks ends where the uninterrupted run ends.
+//! * Ctrl-C to the launcher stops every rank at the same step, with a checkpoint, status 130.
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use ddpm_nets::checkpoint::read_tensors;
+use ddpm_train::run_dir::RunDir;
+
+mod common;
+use common::{cli, listing, text, tiny_config_with};
+
+/// The 8-image global batch of these runs, logged every 5 steps, a checkpoint every 10.
+fn config(dir: &Path, steps: usize) -> PathBuf {
+    tiny_config_with(
+        dir,
+        steps,
+        &[
+            "data.batch_size=8",
+            "run.log_every=5",
+            "run.checkpoint_every=10",
+        ],
+    )
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Rank `rank` of a `world`-process job on 127.0.0.1:`port`, with torchrun's variables, in `cwd`.
+fn rank_command(cwd: &Path, rank: usize, world: usize, port: u16) -> Command {
+    let mut c = cli(cwd);
+    c.env("WORLD_SIZE", world.to_string())
+        .env("RANK", rank.to_string())
+        .env("LOCAL_RANK", rank.to_string())
+        .env("LOCAL_WORLD_SIZE", world.to_string())
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+/// Waits for `child` at most `limit`; kills it and fails the test past that.
+fn wait_output(child: Child, limit: Duration, what: &str) -> Output {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            // SAFETY: kill has no memory effects.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!("{what} did not end within {limit:?}");
+        }
+    }
+}
+
+fn ok(out: &Output, what: &str) -> String {
+    let t = text(out);
+    assert!(out.status.success(), "{what} failed ({}):\n{t}", out.status);
+    t
+}
+
+/// Runs `args` as a 2-rank job, rank 0 in `cwd0` and rank 1 in `cwd1`; returns both outputs.
+fn two_ranks(cwd0: &Path, cwd1: &Path, args: &[&str]) -> (Output, Output) {
+    let port = free_port();
+    let r0 = rank_command(cwd0, 0, 2, port).args(args).spawn().unwrap();
+    let r1 = rank_command(cwd1, 1, 2, port).args(args).spawn().unwrap();
+    let limit = Duration::from_secs(300);
+    (
+        wait_output(r0, limit, "rank 0"),
+        wait_output(r1, limit, "rank 1"),
+    )
+}
+
+/// The newest checkpoint's tensors of `group` (model, ema, optim), by name.
+fn group(run: &Path, group: &str) -> Vec<(String, tch::Tensor)> {
+    let ckpt = RunDir::open(run)
+        .unwrap()
+        .latest_checkpoint()
+        .unwrap()
+        .unwrap();
+    let mut t = read_tensors(&ckpt.join(format!("{group}.safetensors"))).unwrap();
+    t.sort_by(|a, b| a.0.cmp(&b.0));
+    t
+}
+
+/// The largest absolute difference between the newest checkpoints of two runs (at the same
+/// step), over the model, the EMA and the optimiser state.
+///
+/// Left out: attention key biases (`to_k.bias`). Their gradient is zero in exact arithmetic (a
+/// bias added to every key shifts all of a query's logits alike, which softmax ignores), so what
+/// backward computes for them is rounding noise, and Adam, which divides by the gradient's own
+/// scale, turns that noise into steps of about the learning rate whichever way it falls. A
+/// different summation order moves them by up to `lr` per step; they are checked against that
+/// bound instead.
+fn max_difference(a: &Path, b: &Path, lr: f64) -> f64 {
+    let step = |r: &Path| {
+        let c = RunDir::open(r)
+            .unwrap()
+            .latest_checkpoint()
+            .unwrap()
+            .unwrap();
+        RunDir::read_state(&c).unwrap().step
+    };
+    let steps = step(a);
+    assert_eq!(steps, step(b), "{} and {}", a.display(), b.display());
+    let mut worst = 0.0f64;
+    for g in ["model", "ema", "optim"] {
+        let (x, y) = (group(a, g), group(b, g));
+        assert_eq!(x.len(), y.len(), "{g}");
+        for ((nx, tx), (ny, ty)) in x.iter().zip(&y) {
+            assert_eq!(nx, ny);
+            let d = (tx.to_kind(tch::Kind::Double) - ty.to_kind(tch::Kind::Double))
+                .abs()
+                .max()
+                .double_value(&[]);
+            assert!(d.is_finite(), "{g}/{nx}: {d}");
+            if nx.ends_with("to_k.bias") {
+                assert!(d <= steps as f64 * lr, "{g}/{nx}: {d}");
+            } else {
+                worst = worst.max(d);
+            }
+        }
+    }
+    worst
+}
+
+/// The configured peak learning rate of a config file.
+fn peak_lr(config: &Path) -> f64 {
+    ddpm_train::TrainConfig::from_file(config).unwrap().optim.lr
+}
+
+/// The `loss` of every training record of a run's metrics.jsonl.
+fn losses(run: &Path) -> Vec<f64> {
+    RunDir::open(run)
+        .unwrap()
+        .read_metrics()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["loss"].as_f64())
+        .collect()
+}
+
+fn one_rank(dir: &Path, config: &Path, run: &Path) -> String {
+    let out = cli(dir)
+        .args(["train", "--no-progress", "--config"])
+        .arg(config)
+        .arg("--out")
+        .arg(run)
+        .output()
+        .unwrap();
+    ok(&out, "the 1-rank run")
+}
+
+#[test]
+fn two_ranks_train_like_one_rank_and_only_rank_0_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), 20);
+    let one = dir.path().join("one");
+    one_rank(dir.path(), &config, &one);
+    let (cwd0, cwd1) = (dir.path().join("rank0"), dir.path().join("rank1"));
+    std::fs::create_dir_all(&cwd0).unwrap();
+    std::fs::create_dir_all(&cwd1).unwrap();
+    let cfg = config.to_str().unwrap();
+    let args = ["train", "--no-progress", "--config", cfg, "--out", "run"];
+    let (r0, r1) = two_ranks(&cwd0, &cwd1, &args);
+    let t0 = ok(&r0, "rank 0");
+    ok(&r1, "rank 1");
+    assert!(t0.contains("finished"), "{t0}");
+    assert!(
+        r1.stdout.is_empty(),
+        "rank 1 printed: {}",
+        String::from_utf8_lossy(&r1.stdout)
+    );
+    let two = cwd0.join("run");
+    let d = max_difference(&one, &two, peak_lr(&config));
+    eprintln!("2 ranks vs 1 rank: largest difference {d:e}");
+    assert!(d < 1e-5, "2 ranks differ from 1 rank by {d}");
+    let (l1, l2) = (losses(&one), losses(&two));
+    assert_eq!(l1.len(), 4);
+    for (a, b) in l1.iter().zip(&l2) {
+        assert!((a - b).abs() < 1e-5, "{l1:?} vs {l2:?}");
+    }
+    // Rank 1 wrote nothing: its working folder (where its relative --out points) stays empty,
+    // and the run holds the files of a 1-rank run, no more.
+    assert!(listing(&cwd1).is_empty(), "{:?}", listing(&cwd1));
+    assert_eq!(listing(&one), listing(&two));
+    let log = std::fs::read_to_string(two.join("train.log")).unwrap();
+    assert!(log.contains("world_size=2"), "{log}");
+    assert!(!log.contains("rank=1"), "{log}");
+    let records = RunDir::open(&two).unwrap().read_metrics().unwrap();
+    assert!(records.iter().all(|r| r["world_size"] == 2), "{records:?}");
+}
+
+/// Starts a long 2-rank run (a checkpoint every 2 steps), waits for its first checkpoint, kills
+/// rank `victim` with SIGKILL and returns the survivor's output and the run.
+fn kill_one_rank(dir: &Path, victim: usize) -> (Output, PathBuf) {
+    let config = tiny_config_with(
+        dir,
+        100_000,
+        &[
+            "data.batch_size=8",
+            "run.log_every=2",
+            "run.checkpoint_every=2",
+        ],
+    );
+    let port = free_port();
+    let args = [
+        "train",
+        "--no-progress",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        "run",
+    ];
+    let mut children: Vec<Child> = (0..2)
+        .map(|r| rank_command(dir, r, 2, port).args(args).spawn().unwrap())
+        .collect();
+    let run = dir.join("run");
+    let start = Instant::now();
+    while !run.join("checkpoints/step_0000004").exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no checkpoint appeared"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut victim_child = children.remove(victim);
+    victim_child.kill().unwrap();
+    victim_child.wait().unwrap();
+    let survivor = children.pop().unwrap();
+    (
+        wait_output(survivor, Duration::from_secs(60), "the surviving rank"),
+        run,
+    )
+}
+
+#[test]
+fn a_killed_rank_stops_the_other_with_a_named_error() {
+    for victim in [1, 0] {
+        let dir = tempfile::tempdir().unwrap();
+        let (out, run) = kill_one_rank(dir.path(), victim);
+        let t = text(&out);
+        let survivor = 1 - victim;
+        assert!(!out.status.success(), "rank {survivor} succeeded:\n{t}");
+        assert_eq!(out.status.code(), Some(1), "{t}");
+        assert!(t.contains(&format!("rank {survivor} of 2")), "{t}");
+        assert!(t.contains("training step"), "{t}");
+        // Every checkpoint on disk is complete and verifies (`check` also reads the newest as
+        // --resume would). A SIGKILL of rank 0 may have cut a write short: what it left is a
+        // temporary file that `check` and `--resume` never take for a checkpoint.
+        let ckpts = RunDir::open(&run).unwrap().checkpoints().unwrap();
+        assert!(!ckpts.is_empty());
+        for (_, c) in &ckpts {
+            ddpm_train::manifest::verify(c).unwrap_or_else(|e| panic!("{}: {e}", c.display()));
+        }
+        let check = cli(dir.path()).arg("check").arg(&run).output().unwrap();
+        ok(&check, "check");
+        if victim == 1 {
+            // Rank 0 stopped by itself: it left nothing half-written.
+            let tmp: Vec<_> = listing(&run)
+                .into_iter()
+                .filter(|p| p.to_string_lossy().contains("tmp"))
+                .collect();
+            assert!(tmp.is_empty(), "leftovers: {tmp:?}");
+        }
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_two_rank_run_resumes_with_one_or_two_ranks() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), 20);
+    let full = dir.path().join("full");
+    one_rank(dir.path(), &config, &full);
+    // 2 ranks for 10 of the 20 steps.
+    let half = dir.path().join("half");
+    let out = cli(dir.path())
+        .args([
+            "train",
+            "--no-progress",
+            "--nproc-per-node",
+            "2",
+            "--steps",
+            "10",
+            "--config",
+        ])
+        .arg(&config)
+        .arg("--out")
+        .arg(&half)
+        .output()
+        .unwrap();
+    ok(&out, "the first half on 2 ranks");
+    for (name, nproc) in [("resumed-1", None), ("resumed-2", Some("2"))] {
+        let run = dir.path().join(name);
+        copy_dir(&half, &run);
+        let mut c = cli(dir.path());
+        c.args(["train", "--no-progress", "--steps", "20", "--resume"])
+            .arg(&run);
+        if let Some(n) = nproc {
+            c.args(["--nproc-per-node", n]);
+        }
+        let t = ok(&c.output().unwrap(), name);
+        assert!(t.contains("finished"), "{t}");
+        let d = max_difference(&full, &run, peak_lr(&config));
+        eprintln!("{name} vs uninterrupted: largest difference {d:e}");
+        assert!(d < 1e-5, "{name} differs from the uninterrupted run by {d}");
+    }
+}
+
+#[test]
+fn ctrl_c_to_the_launcher_stops_every_rank_with_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config_with(
+        dir.path(),
+        100_000,
+        &[
+            "data.batch_size=8",
+            "run.log_every=3",
+            "run.checkpoint_every=1000",
+        ],
+    );
+    let run = dir.path().join("run");
+    let launcher = cli(dir.path())
+        .args([
+            "train",
+            "--no-progress",
+            "--nproc-per-node",
+            "2",
+            "--config",
+        ])
+        .arg(&config)
+        .arg("--out")
+        .arg(&run)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let metrics = run.join("metrics.jsonl");
+    let start = Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(true, |m| m.is_empty()) {
+        assert!(start.elapsed() < Duration::from_secs(120), "no log record");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(launcher.id() as i32, libc::SIGINT) };
+    let out = wait_output(launcher, Duration::from_secs(120), "the launcher");
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(130), "{t}");
+    assert!(t.contains("continue with: ddpm-cli train --resume"), "{t}");
+    // Both ranks stopped at the end of the same log window, where rank 0 saved the run.
+    let ckpt = RunDir::open(&run)
+        .unwrap()
+        .latest_checkpoint()
+        .unwrap()
+        .unwrap();
+    let step = RunDir::read_state(&ckpt).unwrap().step;
+    assert!(step > 0 && step % 3 == 0, "stopped at step {step}");
+    ddpm_train::manifest::verify(&ckpt).unwrap();
+}
+
+#[test]
+fn a_non_finite_loss_stops_every_rank_naming_the_rank_and_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config_with(
+        dir.path(),
+        40,
+        &[
+            "data.batch_size=8",
+            "run.log_every=5",
+            "run.checkpoint_every=5",
+            "optim.lr=1e30",
+            "optim.warmup_steps=0",
+            "optim.grad_clip=0.0",
+        ],
+    );
+    let (cwd0, cwd1) = (dir.path().join("rank0"), dir.path().join("rank1"));
+    std::fs::create_dir_all(&cwd0).unwrap();
+    std::fs::create_dir_all(&cwd1).unwrap();
+    let cfg = config.to_str().unwrap();
+    let (r0, r1) = two_ranks(
+        &cwd0,
+        &cwd1,
+        &["train", "--no-progress", "--config", cfg, "--out", "run"],
+    );
+    let (t0, t1) = (text(&r0), text(&r1));
+    for (t, out) in [(&t0, &r0), (&t1, &r1)] {
+        assert_eq!(out.status.code(), Some(1), "{t}");
+        assert!(t.contains("non-finite"), "{t}");
+    }
+    // Both ranks name the same rank and step.
+    let what = |t: &str| {
+        let line = t.lines().find(|l| l.contains("non-finite")).unwrap();
+        let at = line.find("at step").unwrap();
+        line[at..].split(';').next().unwrap().to_string()
+    };
+    assert_eq!(what(&t0), what(&t1));
+    assert!(what(&t0).contains(" on rank "), "{t0}");
+}

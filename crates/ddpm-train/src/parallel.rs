@@ -1,0 +1,259 @@
+//! Data-parallel training: what the one loop ([`crate::engine`]) does differently when it is one
+//! of W processes of a c10d job ([`ddpm_dist::ProcessGroup`], launched by torchrun or by
+//! `ddpm-cli train --nproc-per-node`).
+//!
+//! The scheme is PyTorch DDP's (Li et al. 2020, "PyTorch Distributed"), written out for this
+//! engine:
+//!
+//! * `data.batch_size` is the **global** batch. Every rank draws the whole step's batch from
+//!   (seed, step) — indices, flips, timesteps, noise, label dropout — and keeps its slice
+//!   [`DataParallel::slice`]: rows `rank·B/W .. (rank+1)·B/W`. A W-process step therefore sees
+//!   exactly the draws of a 1-process step, and `--resume` works with another W.
+//! * After backward and before clipping, the packed gradient buffer of the phase's optimiser is
+//!   averaged over ranks ([`DataParallel::average_gradients`]). Clipping, Adam and the EMA then
+//!   run on identical values on every rank, so the replicas stay identical without further
+//!   communication.
+//! * Rank 0 alone opens (or creates) the run directory and restores the checkpoint; it publishes
+//!   the run's state (or its error) in the job's store, and every tensor of the checkpoint groups
+//!   is broadcast from it ([`DataParallel::start`], [`DataParallel::broadcast_state`]).
+//! * Each log window ends with one small all-reduce of the window's metrics, the stop requests
+//!   and the first non-finite step of every rank ([`DataParallel::agree`]): every rank logs the
+//!   same means, stops at the same step, and a NaN on any rank stops all of them naming that rank.
+//! * Only rank 0 writes (logs, metrics, grids, checkpoints); a barrier ends the run.
+use std::time::Instant;
+
+use ddpm_dist::ProcessGroup;
+use tch::{Device, Kind, Tensor};
+
+use crate::engine::{MicroBatches, StateGroup, TrainTask};
+use crate::error::{Result, TrainError};
+use crate::optim::Adam;
+use crate::run_dir::TrainState;
+
+/// The store key under which rank 0 publishes how the run starts.
+const START_KEY: &str = "ddpm_train/start";
+
+/// This process's part in a data-parallel run: a joined process group.
+#[derive(Debug)]
+pub struct DataParallel {
+    group: ProcessGroup,
+    /// Seconds spent in gradient all-reduces (for the benchmark's per-step figure).
+    reduce_secs: std::cell::Cell<f64>,
+}
+
+/// What the ranks agreed on at the end of a log window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Agreement {
+    /// Some rank was asked to stop.
+    pub stop: bool,
+    /// The lowest rank with a non-finite value, and that value's index in the window.
+    pub non_finite: Option<(usize, usize)>,
+}
+
+impl DataParallel {
+    /// Training on `group` (its device is where the networks must live).
+    pub fn new(group: ProcessGroup) -> Self {
+        Self {
+            group,
+            reduce_secs: std::cell::Cell::new(0.0),
+        }
+    }
+
+    /// This process's rank.
+    pub fn rank(&self) -> usize {
+        self.group.rank()
+    }
+
+    /// Number of processes.
+    pub fn world_size(&self) -> usize {
+        self.group.world_size()
+    }
+
+    /// Whether this is rank 0, the one that writes the run directory.
+    pub fn is_root(&self) -> bool {
+        self.group.rank() == 0
+    }
+
+    /// The process group.
+    pub fn group(&self) -> &ProcessGroup {
+        &self.group
+    }
+
+    /// Seconds spent averaging gradients so far.
+    pub fn reduce_secs(&self) -> f64 {
+        self.reduce_secs.get()
+    }
+
+    /// Checks that the global batch of `batch_size` images splits into `world_size` equal
+    /// slices of `grad_accum` equal micro-batches.
+    ///
+    /// # Errors
+    /// [`TrainError::Config`] naming `data.batch_size`.
+    pub fn check_batch(&self, batch_size: usize, grad_accum: usize) -> Result<()> {
+        let w = self.world_size();
+        if batch_size % (w * grad_accum) != 0 {
+            return Err(TrainError::config(
+                "data.batch_size",
+                format!(
+                    "{batch_size} is the global batch of {w} processes with optim.grad_accum \
+                     {grad_accum}: it must be a multiple of {}",
+                    w * grad_accum
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// This rank's rows of a prepared global batch (see the module documentation).
+    pub fn slice<B: MicroBatches>(&self, batch: B) -> B {
+        batch.split(self.world_size()).swap_remove(self.rank())
+    }
+
+    /// Replaces the gradients of `adam`'s parameters by their mean over ranks (one all-reduce
+    /// of the packed buffer).
+    ///
+    /// # Errors
+    /// [`TrainError::Dist`] when a peer died or stalled past the timeout.
+    pub fn average_gradients(&self, adam: &mut Adam) -> Result<()> {
+        let start = Instant::now();
+        let out = adam.with_grad_buffer(|g| {
+            // Gloo communicates CPU tensors; a CUDA buffer would go through NCCL.
+            self.group.all_reduce_mean(g).map_err(TrainError::from)
+        });
+        self.reduce_secs
+            .set(self.reduce_secs.get() + start.elapsed().as_secs_f64());
+        out
+    }
+
+    /// Rank 0: publishes the outcome of opening the run — the state to start from, or the
+    /// error's text — for the other ranks ([`DataParallel::follow_start`]).
+    ///
+    /// # Errors
+    /// [`TrainError::Dist`] when the store cannot be reached.
+    pub fn publish_start(&self, opened: std::result::Result<&TrainState, String>) -> Result<()> {
+        let doc = match opened {
+            Ok(state) => serde_json::json!({ "state": state }),
+            Err(message) => serde_json::json!({ "error": message }),
+        };
+        Ok(self
+            .group
+            .store_set(START_KEY, doc.to_string().as_bytes())?)
+    }
+
+    /// Ranks other than 0: waits for rank 0 to open the run and returns the state it starts
+    /// from.
+    ///
+    /// # Errors
+    /// [`TrainError::RankFailed`] with rank 0's message when it could not open the run;
+    /// [`TrainError::Dist`] when rank 0 publishes nothing within the timeout.
+    pub fn follow_start(&self) -> Result<TrainState> {
+        let bytes = self.group.store_get(START_KEY)?;
+        let failed = |message: String| TrainError::RankFailed { rank: 0, message };
+        let doc: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| failed(format!("unreadable start record: {e}")))?;
+        if let Some(message) = doc["error"].as_str() {
+            return Err(failed(message.to_string()));
+        }
+        serde_json::from_value(doc["state"].clone())
+            .map_err(|e| failed(format!("unreadable start state: {e}")))
+    }
+
+    /// Makes every tensor of the task's checkpoint groups (network variables, optimiser moments
+    /// and step) rank 0's, in a fixed order (variables sorted by name).
+    ///
+    /// # Errors
+    /// [`TrainError::Dist`] when a peer fails; [`TrainError::RankFailed`] when rank 0's optimiser
+    /// state does not fit this rank's (ranks built from different configs).
+    pub fn broadcast_state<T: TrainTask>(&self, task: &mut T) -> Result<()> {
+        let root = self.is_root();
+        for (name, group) in task.state_groups() {
+            match group {
+                StateGroup::Vars(vs) => {
+                    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+                    vars.sort_by(|a, b| a.0.cmp(&b.0));
+                    for (_, mut t) in vars {
+                        tch::no_grad(|| self.group.broadcast(&mut t, 0))?;
+                    }
+                }
+                StateGroup::Optimizer(adam) => {
+                    let mut tensors = adam.state_tensors();
+                    for (_, t) in tensors.iter_mut() {
+                        self.group.broadcast(t, 0)?;
+                    }
+                    if !root {
+                        adam.load_state(&tensors)
+                            .map_err(|message| TrainError::RankFailed {
+                                rank: 0,
+                                message: format!("optimiser state `{name}`: {message}"),
+                            })?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends a log window on every rank: `values` (this rank's window, `steps × M` row-major)
+    /// becomes the mean over ranks, and the ranks learn whether any of them was asked to stop
+    /// and which had a non-finite value first (`local_bad`: its index in `values`).
+    ///
+    /// # Errors
+    /// [`TrainError::Dist`] when a peer died or stalled past the timeout.
+    pub fn agree(
+        &self,
+        values: &mut [f64],
+        stop: bool,
+        local_bad: Option<usize>,
+    ) -> Result<Agreement> {
+        let (n, w) = (values.len(), self.world_size());
+        let mut payload = vec![0.0f64; n + 1 + w];
+        payload[..n].copy_from_slice(values);
+        payload[n] = f64::from(u8::from(stop));
+        if let Some(i) = local_bad {
+            payload[n + 1 + self.rank()] = (i + 1) as f64;
+        }
+        let mut t = Tensor::from_slice(&payload);
+        if self.group.device() != Device::Cpu {
+            t = t.to_device(self.group.device());
+        }
+        self.group.all_reduce_sum(&mut t)?;
+        let sums = Vec::<f64>::try_from(t.to_device(Device::Cpu).to_kind(Kind::Double))?;
+        for (v, s) in values.iter_mut().zip(&sums) {
+            *v = s / w as f64;
+        }
+        let non_finite = (0..w)
+            .find(|r| sums[n + 1 + r] > 0.0)
+            .map(|r| (r, sums[n + 1 + r] as usize - 1));
+        Ok(Agreement {
+            stop: sums[n] > 0.0,
+            non_finite,
+        })
+    }
+
+    /// The rows of a per-sample vector of the global batch: this rank's `local` (`[B/W]`) placed
+    /// at its slice, the other ranks' rows filled in (one all-reduce of `[B]`). Float64 on the
+    /// CPU.
+    ///
+    /// # Errors
+    /// [`TrainError::Dist`] when a peer fails.
+    pub fn gather_rows(&self, local: &Tensor) -> Result<Tensor> {
+        let local = local.to_kind(Kind::Double).to_device(self.group.device());
+        let n = local.size()[0];
+        let mut all = Tensor::zeros(
+            [n * self.world_size() as i64],
+            (Kind::Double, self.group.device()),
+        );
+        all.narrow(0, n * self.rank() as i64, n).copy_(&local);
+        self.group.all_reduce_sum(&mut all)?;
+        Ok(all.to_device(Device::Cpu))
+    }
+
+    /// Waits for every rank at the end of the run (so that no rank reports success while rank
+    /// 0 is still writing, or has failed writing, the last checkpoint).
+    ///
+    /// # Errors
+    /// [`TrainError::Dist`] when a peer failed.
+    pub fn finish(&self) -> Result<()> {
+        Ok(self.group.barrier()?)
+    }
+}
