@@ -205,13 +205,17 @@ pub fn run(args: TrainArgs, threads: Option<usize>) -> Result<()> {
     };
     tracing::info!(
         device = ?device,
-        cpu_threads = cfg.run.cpu_threads,
+        cpu_threads = tch::get_num_threads(),
         libtorch = ddpm_nets::device::DeviceReport::collect()
             .libtorch_version
             .unwrap_or_default(),
         "device"
     );
-    let stop = crate::signals::stop_on_signals("stopping after this step with a checkpoint")?;
+    let stop = crate::signals::stop_on_signals(if dist.is_some() {
+        "every rank stops at the end of this log window (run.log_every), with a checkpoint"
+    } else {
+        "stopping after this step with a checkpoint"
+    })?;
     let opts = TrainOptions {
         progress: !args.no_progress && root,
         stop: stop.flag.clone(),

@@ -422,3 +422,79 @@ fn a_non_finite_loss_stops_every_rank_naming_the_rank_and_step() {
     assert_eq!(what(&t0), what(&t1));
     assert!(what(&t0).contains(" on rank "), "{t0}");
 }
+
+/// torchrun of the project's virtual environment (`cargo xtask` sets `VIRTUAL_ENV` and puts its
+/// `bin` first on PATH).
+fn torchrun() -> PathBuf {
+    let venv = std::env::var_os("VIRTUAL_ENV").map(|v| PathBuf::from(v).join("bin/torchrun"));
+    venv.filter(|p| p.is_file())
+        .or_else(|| {
+            std::env::split_paths(&std::env::var_os("PATH")?)
+                .map(|p| p.join("torchrun"))
+                .find(|p| p.is_file())
+        })
+        .expect("torchrun not found (VIRTUAL_ENV/bin, PATH): run the tests through `cargo xtask`, whose environment has the project's .venv with torch")
+}
+
+#[test]
+fn torchrun_standalone_and_its_c10d_rendezvous_start_the_ranks() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), 10);
+    let one = dir.path().join("one");
+    one_rank(dir.path(), &config, &one);
+    let cli_bin = env!("CARGO_BIN_EXE_ddpm-cli");
+    let train = |run: &str| -> Vec<String> {
+        ["--no-python", cli_bin, "train", "--no-progress", "--config"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([config.display().to_string(), "--out".into(), run.into()])
+            .collect()
+    };
+    // One agent, two ranks.
+    let standalone = Command::new(torchrun())
+        .current_dir(dir.path())
+        .args(["--standalone", "--nproc-per-node", "2"])
+        .args(train("standalone"))
+        .output()
+        .unwrap();
+    ok(&standalone, "torchrun --standalone");
+    // Two agents ("machines") of one rank each, meeting at a c10d rendezvous endpoint.
+    let endpoint = format!("127.0.0.1:{}", free_port());
+    let nodes: Vec<Child> = (0..2)
+        .map(|n| {
+            let cwd = dir.path().join(format!("node{n}"));
+            std::fs::create_dir_all(&cwd).unwrap();
+            Command::new(torchrun())
+                .current_dir(&cwd)
+                .args([
+                    "--nnodes",
+                    "2",
+                    "--nproc-per-node",
+                    "1",
+                    "--rdzv-backend",
+                    "c10d",
+                ])
+                .args(["--rdzv-id", "parallel_cli", "--rdzv-endpoint", &endpoint])
+                .args(train("run"))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut wrote = Vec::new();
+    for (n, node) in nodes.into_iter().enumerate() {
+        let out = wait_output(node, Duration::from_secs(300), "a torchrun agent");
+        ok(&out, &format!("torchrun agent {n}"));
+        let run = dir.path().join(format!("node{n}/run"));
+        if run.exists() {
+            wrote.push(run);
+        }
+    }
+    // The agents number their ranks in the order they join: exactly one machine holds the run.
+    assert_eq!(wrote.len(), 1, "{wrote:?}");
+    for run in [dir.path().join("standalone"), wrote.remove(0)] {
+        let d = max_difference(&one, &run, peak_lr(&config));
+        assert!(d < 1e-5, "{} differs from 1 rank by {d}", run.display());
+    }
+}

@@ -37,7 +37,7 @@ const START_KEY: &str = "ddpm_train/start";
 #[derive(Debug)]
 pub struct DataParallel {
     group: ProcessGroup,
-    /// Seconds spent in gradient all-reduces (for the benchmark's per-step figure).
+    /// Seconds spent in gradient all-reduces since the last log window.
     reduce_secs: std::cell::Cell<f64>,
 }
 
@@ -79,9 +79,9 @@ impl DataParallel {
         &self.group
     }
 
-    /// Seconds spent averaging gradients so far.
-    pub fn reduce_secs(&self) -> f64 {
-        self.reduce_secs.get()
+    /// Seconds this rank spent averaging gradients since the last call (and resets the count).
+    pub fn take_reduce_secs(&self) -> f64 {
+        self.reduce_secs.replace(0.0)
     }
 
     /// Checks that the global batch of `batch_size` images splits into `world_size` equal
