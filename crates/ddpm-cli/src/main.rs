@@ -8,6 +8,7 @@ mod check;
 mod choices;
 mod compare;
 mod data;
+mod dist_job;
 mod eval;
 mod exit;
 mod export;
@@ -115,7 +116,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             _ => None,
         },
-        quiet_rank || matches!(&cli.command, Command::Train(a) if a.nproc_per_node.is_some()),
+        quiet_rank || cli.command.launches_ranks(),
     )?;
     let threads = cli.threads.map(usize::from);
     ddpm_nets::cpu_threads::set_threads(threads);
@@ -137,6 +138,15 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 impl Command {
+    /// Whether the command only starts the ranks of a data-parallel job (`--nproc-per-node`).
+    fn launches_ranks(&self) -> bool {
+        match self {
+            Command::Train(a) => a.nproc_per_node.is_some(),
+            Command::TrainClassifier(a) => a.nproc_per_node.is_some(),
+            _ => false,
+        }
+    }
+
     /// Whether the command runs libtorch's CPU kernels (and so needs the CPU policy of
     /// `ddpm_nets::cpu_threads` in force when libgomp starts).
     fn runs_libtorch_kernels(&self) -> bool {

@@ -2,13 +2,12 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use ddpm_dist::{Backend, DistEnv, ProcessGroup};
+use ddpm_dist::DistEnv;
 use ddpm_train::config::{ModelKind, TrainConfig};
 use ddpm_train::engine::TrainOptions;
 use ddpm_train::fit::DataShape;
-use ddpm_train::parallel::DataParallel;
 
-use crate::models;
+use crate::{dist_job, models};
 
 /// Arguments of `ddpm-cli train`.
 #[derive(clap::Args)]
@@ -61,7 +60,7 @@ pub struct TrainArgs {
     pub nproc_per_node: Option<u16>,
     /// Seconds a data-parallel rank waits for the others (rendezvous, every collective, rank 0's
     /// checkpoints and sample grids) before it fails naming the operation.
-    #[arg(long, value_name = "SECS", default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "SECS", default_value_t = dist_job::DEFAULT_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(1..))]
     dist_timeout: u64,
 }
 
@@ -187,20 +186,21 @@ pub fn run(args: TrainArgs, threads: Option<usize>) -> Result<()> {
     }
     let dir = args.run_dir()?;
     let dist = DistEnv::from_env()?;
-    let root = dist.as_ref().is_none_or(|d| d.rank == 0);
+    let root = dist_job::is_root(dist.as_ref());
     if args.out.is_some() && root {
         crate::outputs::check_folder(&dir, "--out")?;
     }
     let mut cfg = resolve_config(&args, threads)?;
     let mut device = cfg.run.device.resolve()?;
+    let own_threads = threads.is_some() || cfg.run.cpu_threads > 0;
     let parallel = match &dist {
-        Some(env) => Some(join_job(
-            env,
-            &mut cfg,
-            &mut device,
-            threads,
-            args.dist_timeout,
-        )?),
+        Some(env) => {
+            let p = dist_job::join(env, &mut device, own_threads, args.dist_timeout)?;
+            if device.is_cuda() {
+                cfg.run.device = ddpm_nets::device::DeviceSpec::Cuda(env.local_rank);
+            }
+            Some(p)
+        }
         None => None,
     };
     tracing::info!(
@@ -267,48 +267,6 @@ pub fn run(args: TrainArgs, threads: Option<usize>) -> Result<()> {
         return Err(stop.interrupted());
     }
     Ok(())
-}
-
-/// Joins the data-parallel job of `env` (torchrun's variables): the device becomes
-/// `cuda:LOCAL_RANK` when the config asks for CUDA (NCCL), else the CPU (Gloo); without
-/// `--threads` or run.cpu_threads, the CPU threads are `OMP_NUM_THREADS` (torchrun sets 1) or this
-/// machine's CPUs shared among its ranks.
-fn join_job(
-    env: &DistEnv,
-    cfg: &mut TrainConfig,
-    device: &mut tch::Device,
-    threads: Option<usize>,
-    timeout_secs: u64,
-) -> Result<DataParallel> {
-    let backend = if device.is_cuda() {
-        Backend::Nccl
-    } else {
-        Backend::Gloo
-    };
-    *device = backend.device(env.local_rank);
-    if device.is_cuda() {
-        cfg.run.device = ddpm_nets::device::DeviceSpec::Cuda(env.local_rank);
-    }
-    if threads.is_none() && cfg.run.cpu_threads == 0 {
-        let omp = std::env::var("OMP_NUM_THREADS")
-            .ok()
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .filter(|&n| n > 0);
-        let share = ddpm_nets::cpu_threads::available_cpus() / env.local_world_size.max(1);
-        tch::set_num_threads(omp.unwrap_or(share).max(1) as i32);
-    }
-    tracing::info!(
-        rank = env.rank,
-        world_size = env.world_size,
-        local_rank = env.local_rank,
-        backend = %backend,
-        store = %format!("{}:{}", env.master_addr, env.master_port),
-        cpu_threads = tch::get_num_threads(),
-        "joining the data-parallel job"
-    );
-    let timeout = std::time::Duration::from_secs(timeout_secs);
-    let group = ProcessGroup::init(env, backend, timeout)?;
-    Ok(DataParallel::new(group))
 }
 
 /// The summary lines of a finished or stopped run.

@@ -11,7 +11,7 @@ use ddpm_train::engine::TrainOptions;
 use ddpm_train::loader;
 use ddpm_train::tasks::classifier::{train_classifier, ClassifierRunConfig, ClassifierTrainConfig};
 
-use crate::weights;
+use crate::{dist_job, weights};
 
 /// Arguments of `ddpm-cli train-classifier`.
 #[derive(clap::Args)]
@@ -50,6 +50,13 @@ pub struct TrainClassifierArgs {
     /// No progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// Data-parallel on this machine: N processes, as for `ddpm-cli train` (--batch-size is the
+    /// global batch). Under torchrun, leave this out.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub nproc_per_node: Option<u16>,
+    /// Seconds a data-parallel rank waits for the others.
+    #[arg(long, value_name = "SECS", default_value_t = dist_job::DEFAULT_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(1..))]
+    dist_timeout: u64,
 }
 
 /// The run folder, whether it is resumed, and its config: from the flags for a new run, from the
@@ -116,12 +123,21 @@ fn run_config(args: &TrainClassifierArgs) -> Result<(PathBuf, bool, ClassifierRu
 }
 
 pub fn run(args: TrainClassifierArgs) -> Result<()> {
+    if let Some(n) = args.nproc_per_node {
+        return crate::launch::run(usize::from(n));
+    }
     let (out, resume, run_cfg) = run_config(&args)?;
-    if !resume {
+    let dist = ddpm_dist::DistEnv::from_env()?;
+    let root = dist_job::is_root(dist.as_ref());
+    if !resume && root {
         crate::outputs::check_folder(&out, "--out")?;
     }
     let data = &run_cfg.data;
-    let device = args.device.resolve()?;
+    let mut device = args.device.resolve()?;
+    let parallel = match &dist {
+        Some(env) => Some(dist_job::join(env, &mut device, false, args.dist_timeout)?),
+        None => None,
+    };
     let train = loader::load_images(data, "train").with_context(|| {
         format!(
             "cannot read the training split of {} (run `cargo xtask fetch-data`)",
@@ -132,12 +148,19 @@ pub fn run(args: TrainClassifierArgs) -> Result<()> {
         .with_context(|| format!("cannot read the test split of {}", data.display()))?;
     let stop = crate::signals::stop_on_signals("stopping after this step with a checkpoint")?;
     let opts = TrainOptions {
-        progress: !args.no_progress,
+        progress: !args.no_progress && root,
         stop: stop.flag.clone(),
         evaluator: None,
-        parallel: None,
+        parallel,
     };
     let trained = train_classifier(&out, resume, &run_cfg, &train, &test, device, &opts)?;
+    if !root {
+        // Rank 0 tests, saves and reports.
+        return match trained.summary.interrupted {
+            true => Err(stop.interrupted()),
+            false => Ok(()),
+        };
+    }
     let Some(report) = &trained.report else {
         println!(
             "stopped at step {}; continue with: ddpm-cli train-classifier --dataset {} --resume {}",

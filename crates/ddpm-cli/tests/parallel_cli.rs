@@ -498,3 +498,58 @@ fn torchrun_standalone_and_its_c10d_rendezvous_start_the_ranks() {
         assert!(d < 1e-5, "{} differs from 1 rank by {d}", run.display());
     }
 }
+
+#[test]
+fn the_baselines_and_the_classifier_train_on_two_ranks() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::mnist();
+    for model in ["gan", "vae"] {
+        let run = dir.path().join(model);
+        let out = cli(dir.path())
+            .args([
+                "train",
+                "--no-progress",
+                "--nproc-per-node",
+                "2",
+                "--preset",
+                "mnist-cpu",
+            ])
+            .args(["--model", model, "--steps", "4", "--data"])
+            .arg(&data)
+            .args([
+                "--set",
+                "data.batch_size=16",
+                "--set",
+                "run.log_every=2",
+                "--out",
+            ])
+            .arg(&run)
+            .output()
+            .unwrap();
+        let t = ok(&out, model);
+        assert!(t.contains("finished"), "{t}");
+        let records = RunDir::open(&run).unwrap().read_metrics().unwrap();
+        assert_eq!(records.len(), 2, "{records:?}");
+        assert!(records.iter().all(|r| r["world_size"] == 2), "{records:?}");
+    }
+    let clf = dir.path().join("classifier");
+    let out = cli(dir.path())
+        .args(["train-classifier", "--no-progress", "--nproc-per-node", "2"])
+        .args([
+            "--dataset",
+            "mnist",
+            "--steps",
+            "6",
+            "--batch-size",
+            "32",
+            "--data",
+        ])
+        .arg(&data)
+        .arg("--out")
+        .arg(&clf)
+        .output()
+        .unwrap();
+    let t = ok(&out, "train-classifier");
+    assert!(t.contains("test accuracy"), "{t}");
+    assert!(clf.join("model.safetensors").is_file());
+}

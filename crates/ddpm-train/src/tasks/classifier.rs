@@ -106,7 +106,7 @@ pub struct TrainedClassifier {
     /// The network on `vs`.
     pub net: Classifier,
     /// Test accuracy and training facts; `None` when the run was stopped before its last step
-    /// (the test set is then not evaluated).
+    /// (the test set is then not evaluated), and on the ranks other than 0 of a data-parallel run.
     pub report: Option<ClassifierReport>,
     /// The engine's summary (steps, interrupted, newest checkpoint).
     pub summary: TrainSummary,
@@ -178,7 +178,9 @@ pub fn train_classifier(
         files: Vec::new(),
     };
     let summary = engine::train(&mut task, target, &settings, train, opts)?;
-    let report = if summary.interrupted {
+    // Rank 0 alone tests the trained network (the ranks hold the same weights).
+    let follower = opts.parallel.as_ref().is_some_and(|p| !p.is_root());
+    let report = if summary.interrupted || follower {
         None
     } else {
         Some(evaluate(&task.net, run, n_train, test, &summary, device)?)
