@@ -553,3 +553,69 @@ fn the_baselines_and_the_classifier_train_on_two_ranks() {
     assert!(t.contains("test accuracy"), "{t}");
     assert!(clf.join("model.safetensors").is_file());
 }
+
+#[test]
+fn an_evaluation_split_among_ranks_scores_as_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let classifier = dir.path().join("classifier");
+    let out = cli(dir.path())
+        .args([
+            "train-classifier",
+            "--no-progress",
+            "--dataset",
+            "mnist",
+            "--steps",
+            "30",
+        ])
+        .arg("--data")
+        .arg(common::mnist())
+        .arg("--out")
+        .arg(&classifier)
+        .output()
+        .unwrap();
+    ok(&out, "train-classifier");
+    // lr = 1e-300 (0 in f32) keeps the weights at their (seeded) start on any number of ranks, so the two
+    // evaluations score the same network: 300 images are 3 sampling batches, 2 of them on rank 0.
+    let network = format!("run.eval_network=\"{}\"", classifier.display());
+    let config = tiny_config_with(
+        dir.path(),
+        2,
+        &[
+            "optim.lr=1e-300",
+            "optim.warmup_steps=0",
+            "run.eval_every=2",
+            "run.eval_samples=300",
+            "run.eval_sampler=\"ddim3\"",
+            "run.eval_reference_images=200",
+            &network,
+        ],
+    );
+    let score = |run: &Path| {
+        let records = RunDir::open(run).unwrap().read_metrics().unwrap();
+        let s: Vec<f64> = records
+            .iter()
+            .filter_map(|r| r["fid_cls"].as_f64())
+            .collect();
+        assert_eq!(s.len(), 1, "{records:?}");
+        s[0]
+    };
+    let one = dir.path().join("one");
+    one_rank(dir.path(), &config, &one);
+    let two = dir.path().join("two");
+    let out = cli(dir.path())
+        .args([
+            "train",
+            "--no-progress",
+            "--nproc-per-node",
+            "2",
+            "--config",
+        ])
+        .arg(&config)
+        .arg("--out")
+        .arg(&two)
+        .output()
+        .unwrap();
+    ok(&out, "the 2-rank run");
+    assert!(score(&one).is_finite());
+    assert_eq!(score(&one), score(&two));
+}

@@ -317,11 +317,20 @@ pub trait TrainTask {
     fn sample_images(&self, n: usize, seed: u64, stop: &Arc<AtomicBool>) -> Result<Option<Tensor>>;
 
     /// `n` uint8 images `[n, H, W, C]` on the CPU to score during training (the torch generator
-    /// seeded with `seed`, the same at every evaluation of a run); by default the grid's sampler.
-    /// `None` when the task draws none, or when `stop` was set while drawing (checked between
-    /// batches).
-    fn eval_images(&self, n: usize, seed: u64, stop: &Arc<AtomicBool>) -> Result<Option<Tensor>> {
-        self.sample_images(n, seed, stop)
+    /// seeded with `seed`, the same at every evaluation of a run). In a data-parallel run each
+    /// rank draws its `shard` only and leaves the other rows zero (the engine sums the ranks'
+    /// tensors); the images must not depend on the shard. By default the grid's sampler, drawn
+    /// whole by shard 0 (the others return zeros). `None` when the task draws none, or when `stop`
+    /// was set while drawing (checked between batches).
+    fn eval_images(
+        &self,
+        n: usize,
+        seed: u64,
+        stop: &Arc<AtomicBool>,
+        shard: Shard,
+    ) -> Result<Option<Tensor>> {
+        let images = self.sample_images(n, seed, stop)?;
+        Ok(images.map(|t| if shard.index == 0 { t } else { t.zeros_like() }))
     }
 
     /// The `metrics.jsonl` fields of a log window from the window means of [`TrainTask::metrics`].
@@ -331,6 +340,26 @@ pub trait TrainTask {
             .zip(means)
             .map(|(m, v)| (m.name.to_string(), json!(v)))
             .collect()
+    }
+}
+
+/// The part of a piece of work split into numbered batches (an evaluation's sampling) that one
+/// rank of a data-parallel run does: batch b is rank (b mod `count`)'s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// This rank.
+    pub index: usize,
+    /// Number of ranks.
+    pub count: usize,
+}
+
+impl Shard {
+    /// All of the work (one process).
+    pub const ALL: Shard = Shard { index: 0, count: 1 };
+
+    /// Whether batch `batch` is this shard's.
+    pub fn owns(self, batch: usize) -> bool {
+        batch % self.count == self.index
     }
 }
 
@@ -580,43 +609,47 @@ pub fn train<T: TrainTask>(
             }
             stop |= agreed_stop;
         }
-        let Some(run) = &run else {
-            // Ranks other than 0 write nothing: no checkpoint, grid or evaluation.
-            if stop && !last {
-                interrupted = true;
-                break;
-            }
-            continue;
-        };
-        if last || stop || every(state.step, s.checkpoint_every) {
-            last_checkpoint = Some(checkpoint(
-                task,
-                run,
-                &target,
-                s,
-                &mut state,
-                last_checkpoint,
-            )?);
-        }
-        let aside_start = Instant::now();
-        // A stop request skips the grid (and one during the grid ends it).
-        if (every(state.step, s.sample_every) || (last && s.sample_num > 0)) && !stop {
-            write_grid(task, run, s, state.step, &opts.stop)?;
-        }
         // A stop request skips the evaluation (it can take minutes); the resumed run goes on.
-        if let Some(ev) = evaluator.filter(|_| every(state.step, s.eval_every) && !stop) {
-            let at = EvalPoint {
-                run,
-                target: &target,
-                state: &state,
-            };
-            evaluate(task, ev, &at, s, &mut best, &opts.stop)?;
+        let eval_start = Instant::now();
+        let eval_images =
+            (every(state.step, s.eval_every) && !stop && (par.is_some() || evaluator.is_some()))
+                .then(|| draw_eval_images(task, s, par, &opts.stop))
+                .transpose()?;
+        let mut set_aside = eval_start.elapsed();
+        // Ranks other than 0 write nothing: no checkpoint, grid or evaluation record.
+        if let Some(run) = &run {
+            if last || stop || every(state.step, s.checkpoint_every) {
+                last_checkpoint = Some(checkpoint(
+                    task,
+                    run,
+                    &target,
+                    s,
+                    &mut state,
+                    last_checkpoint,
+                )?);
+            }
+            let outputs_start = Instant::now();
+            // A stop request skips the grid (and one during the grid ends it).
+            if (every(state.step, s.sample_every) || (last && s.sample_num > 0)) && !stop {
+                write_grid(task, run, s, state.step, &opts.stop)?;
+            }
+            if let (Some(ev), Some(images)) = (evaluator, eval_images) {
+                let at = EvalPoint {
+                    run,
+                    target: &target,
+                    state: &state,
+                };
+                evaluate(task, ev, &at, s, &mut best, images, eval_start)?;
+            }
+            set_aside += outputs_start.elapsed();
         }
-        aside += aside_start.elapsed();
-        window.set_aside(aside_start.elapsed());
+        aside += set_aside;
+        window.set_aside(set_aside);
         if stop && !last {
             interrupted = true;
-            tracing::warn!(step = state.step, "stopped on request; checkpoint saved");
+            if run.is_some() {
+                tracing::warn!(step = state.step, "stopped on request; checkpoint saved");
+            }
             break;
         }
     }
@@ -920,8 +953,40 @@ struct EvalPoint<'a> {
     state: &'a TrainState,
 }
 
-/// Scores `s.eval_samples` images of the task with `ev`, appends `{step, <metric>, eval_samples,
-/// eval_secs}` to `metrics.jsonl`, redraws `eval.png`, and saves `checkpoints/best` when the
+/// The `s.eval_samples` images of an evaluation, drawn from the run's evaluation seed: by this
+/// process alone, or in a data-parallel run split among the ranks (batch b on rank b mod W, each
+/// batch from its own seed, so the images are those of one process) and summed into one tensor on
+/// every rank. `None` when the task draws none or a single process was asked to stop meanwhile;
+/// the ranks of a data-parallel run finish their share (the gather is a collective) and stop at
+/// the next log window.
+fn draw_eval_images<T: TrainTask>(
+    task: &T,
+    s: &LoopSettings,
+    par: Option<&DataParallel>,
+    stop: &Arc<AtomicBool>,
+) -> Result<Option<Tensor>> {
+    let seed = eval_seed(s.seed);
+    tch::manual_seed(seed as i64);
+    let Some(p) = par.filter(|p| p.world_size() > 1) else {
+        return task.eval_images(s.eval_samples, seed, stop, Shard::ALL);
+    };
+    let shard = Shard {
+        index: p.rank(),
+        count: p.world_size(),
+    };
+    let never = Arc::new(AtomicBool::new(false));
+    match task.eval_images(s.eval_samples, seed, &never, shard)? {
+        Some(mut images) => {
+            p.sum_shards(&mut images)?;
+            Ok(Some(images))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Scores the evaluation images `images` (or notes an evaluation the stop request interrupted)
+/// with `ev`, appends `{step, <metric>, eval_samples, eval_secs}` to `metrics.jsonl` (seconds
+/// since `start`, drawing included), redraws `eval.png`, and saves `checkpoints/best` when the
 /// score is the lowest so far.
 fn evaluate<T: TrainTask>(
     task: &mut T,
@@ -929,16 +994,15 @@ fn evaluate<T: TrainTask>(
     at: &EvalPoint,
     s: &LoopSettings,
     best: &mut Option<f64>,
-    stop: &Arc<AtomicBool>,
+    images: Option<Tensor>,
+    start: Instant,
 ) -> Result<()> {
     let step = at.state.step;
-    let start = Instant::now();
-    let seed = eval_seed(s.seed);
-    tch::manual_seed(seed as i64);
-    let Some(images) = task.eval_images(s.eval_samples, seed, stop)? else {
-        if stop.load(Ordering::SeqCst) {
-            tracing::warn!(step, "evaluation interrupted by the stop request");
-        }
+    let Some(images) = images else {
+        tracing::warn!(
+            step,
+            "no evaluation: the stop request interrupted the drawing"
+        );
         return Ok(());
     };
     let value = ev

@@ -248,6 +248,22 @@ impl DataParallel {
         Ok(all.to_device(Device::Cpu))
     }
 
+    /// Completes a tensor of which each rank filled its own rows and left the others zero (the
+    /// images of an evaluation split among the ranks): one all-reduce sum, exact for any dtype
+    /// since every element is non-zero on one rank at most.
+    ///
+    /// # Errors
+    /// [`TrainError::Dist`] when a peer fails.
+    pub fn sum_shards(&self, t: &mut Tensor) -> Result<()> {
+        if self.group.device() != t.device() {
+            let mut on = t.to_device(self.group.device());
+            self.group.all_reduce_sum(&mut on)?;
+            *t = on.to_device(t.device());
+            return Ok(());
+        }
+        Ok(self.group.all_reduce_sum(t)?)
+    }
+
     /// Waits for every rank at the end of the run (so that no rank reports success while rank
     /// 0 is still writing, or has failed writing, the last checkpoint).
     ///

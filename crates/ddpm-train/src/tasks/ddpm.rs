@@ -16,8 +16,8 @@ use tch::{nn, Device, Kind, Tensor};
 
 use crate::config::{SampleSteps, TrainConfig};
 use crate::engine::{
-    scaled, split_rows, split_rows_opt, step_seed, Metric, MicroBatches, Plot, Probe, StateGroup,
-    StepMetrics, TrainTask,
+    scaled, split_rows, split_rows_opt, step_seed, Metric, MicroBatches, Plot, Probe, Shard,
+    StateGroup, StepMetrics, TrainTask,
 };
 use crate::error::{Result, TrainError};
 use crate::loader::ImageData;
@@ -356,21 +356,44 @@ impl TrainTask for DdpmTask {
         Ok(())
     }
 
-    fn sample_images(
-        &self,
-        n: usize,
-        _seed: u64,
-        stop: &Arc<AtomicBool>,
-    ) -> Result<Option<Tensor>> {
-        let steps = &self.cfg.run.sample_steps;
-        let (d, unet) = (&self.diffusion, &self.model.ema_unet);
-        sample_ema_images(&self.cfg, d, unet, n, steps, self.device, Some(stop))
+    fn sample_images(&self, n: usize, seed: u64, stop: &Arc<AtomicBool>) -> Result<Option<Tensor>> {
+        let chains = Chains {
+            n,
+            steps: &self.cfg.run.sample_steps,
+            seed,
+            shard: Shard::ALL,
+        };
+        sample_ema_images(
+            &self.cfg,
+            &self.diffusion,
+            &self.model.ema_unet,
+            &chains,
+            self.device,
+            Some(stop),
+        )
     }
 
-    fn eval_images(&self, n: usize, _seed: u64, stop: &Arc<AtomicBool>) -> Result<Option<Tensor>> {
-        let steps = &self.cfg.run.eval_sampler;
-        let (d, unet) = (&self.diffusion, &self.model.ema_unet);
-        sample_ema_images(&self.cfg, d, unet, n, steps, self.device, Some(stop))
+    fn eval_images(
+        &self,
+        n: usize,
+        seed: u64,
+        stop: &Arc<AtomicBool>,
+        shard: Shard,
+    ) -> Result<Option<Tensor>> {
+        let chains = Chains {
+            n,
+            steps: &self.cfg.run.eval_sampler,
+            seed,
+            shard,
+        };
+        sample_ema_images(
+            &self.cfg,
+            &self.diffusion,
+            &self.model.ema_unet,
+            &chains,
+            self.device,
+            Some(stop),
+        )
     }
 
     fn summarize(&self, means: &[f64]) -> Map<String, Value> {
@@ -395,20 +418,33 @@ impl TrainTask for DdpmTask {
 /// Images per sampling batch of [`sample_ema_images`].
 const SAMPLE_BATCH: usize = 128;
 
-/// `n` uint8 images `[n, H, W, C]` (CPU) from `unet` with the sampler `steps` (the run's x̂₀
-/// processing), in batches of [`SAMPLE_BATCH`], from noise drawn from the (already seeded) torch
-/// generator; a conditional model draws the classes in turn (0, 1, …), one per image. `None`
-/// when `stop` is set (checked before every step of the chain).
+/// Which sampling chains [`sample_ema_images`] runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Chains<'a> {
+    /// Images in all.
+    pub n: usize,
+    /// The sampler.
+    pub steps: &'a SampleSteps,
+    /// Batch b (of [`SAMPLE_BATCH`] images) starts from noise seeded with `step_seed(seed, b)`.
+    pub seed: u64,
+    /// The batches to draw; the rows of the others stay zero.
+    pub shard: Shard,
+}
+
+/// `c.n` uint8 images `[n, H, W, C]` (CPU) from `unet` with the sampler `c.steps` (the run's x̂₀
+/// processing), in batches of [`SAMPLE_BATCH`], each from its own seed, so that any split of the
+/// batches among processes ([`Chains::shard`]) draws the same images; a conditional model draws
+/// the classes in turn (0, 1, …), one per image. `None` when `stop` is set (checked before every
+/// step of the chain).
 pub fn sample_ema_images(
     cfg: &TrainConfig,
     diffusion: &GaussianDiffusion,
     unet: &UNet2DModel,
-    n: usize,
-    steps: &SampleSteps,
+    c: &Chains,
     device: Device,
     stop: Option<&Arc<AtomicBool>>,
 ) -> Result<Option<Tensor>> {
-    let mut spec = steps.resolve(diffusion.num_timesteps())?;
+    let mut spec = c.steps.resolve(diffusion.num_timesteps())?;
     spec.x0 = cfg.diffusion.sampling()?.x0;
     let mut sampler = Sampler::new(diffusion, &spec, device)?;
     if let Some(stop) = stop {
@@ -417,12 +453,18 @@ pub fn sample_ema_images(
     let u = cfg.unet()?;
     let (h, w) = sample_hw(cfg);
     let _guard = tch::no_grad_guard();
-    let mut chunks = Vec::with_capacity(n.div_ceil(SAMPLE_BATCH));
-    for start in (0..n).step_by(SAMPLE_BATCH) {
+    let mut chunks = Vec::with_capacity(c.n.div_ceil(SAMPLE_BATCH));
+    for (batch, start) in (0..c.n).step_by(SAMPLE_BATCH).enumerate() {
         if stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
             return Ok(None);
         }
-        let b = SAMPLE_BATCH.min(n - start) as i64;
+        let b = SAMPLE_BATCH.min(c.n - start) as i64;
+        if !c.shard.owns(batch) {
+            let shape = [b, h, w, u.in_channels];
+            chunks.push(Tensor::zeros(shape, (Kind::Uint8, Device::Cpu)));
+            continue;
+        }
+        tch::manual_seed(step_seed(c.seed, batch) as i64);
         let noise = Tensor::randn([b, u.in_channels, h, w], (Kind::Float, device));
         let labels = u
             .num_class_embeds
