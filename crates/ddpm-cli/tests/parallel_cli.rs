@@ -153,6 +153,22 @@ fn losses(run: &Path) -> Vec<f64> {
         .collect()
 }
 
+/// `train --nproc-per-node 2 --config CONFIG --out RUN` in `dir`.
+fn launcher(dir: &Path, config: &Path, run: &Path) -> Command {
+    let mut c = cli(dir);
+    c.args([
+        "train",
+        "--no-progress",
+        "--nproc-per-node",
+        "2",
+        "--config",
+    ])
+    .arg(config)
+    .arg("--out")
+    .arg(run);
+    c
+}
+
 fn one_rank(dir: &Path, config: &Path, run: &Path) -> String {
     let out = cli(dir)
         .args(["train", "--no-progress", "--config"])
@@ -346,17 +362,7 @@ fn ctrl_c_to_the_launcher_stops_every_rank_with_a_checkpoint() {
         ],
     );
     let run = dir.path().join("run");
-    let launcher = cli(dir.path())
-        .args([
-            "train",
-            "--no-progress",
-            "--nproc-per-node",
-            "2",
-            "--config",
-        ])
-        .arg(&config)
-        .arg("--out")
-        .arg(&run)
+    let launcher = launcher(dir.path(), &config, &run)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -602,19 +608,7 @@ fn an_evaluation_split_among_ranks_scores_as_one_process() {
     let one = dir.path().join("one");
     one_rank(dir.path(), &config, &one);
     let two = dir.path().join("two");
-    let out = cli(dir.path())
-        .args([
-            "train",
-            "--no-progress",
-            "--nproc-per-node",
-            "2",
-            "--config",
-        ])
-        .arg(&config)
-        .arg("--out")
-        .arg(&two)
-        .output()
-        .unwrap();
+    let out = launcher(dir.path(), &config, &two).output().unwrap();
     ok(&out, "the 2-rank run");
     assert!(score(&one).is_finite());
     assert_eq!(score(&one), score(&two));

@@ -199,6 +199,25 @@ impl DdpmTask {
         ))
     }
 
+    /// [`sample_ema_images`] of the EMA network: `n` images with the sampler `steps`.
+    fn ema_images(
+        &self,
+        n: usize,
+        steps: &SampleSteps,
+        seed: u64,
+        shard: Shard,
+        stop: &Arc<AtomicBool>,
+    ) -> Result<Option<Tensor>> {
+        let chains = Chains {
+            n,
+            steps,
+            seed,
+            shard,
+        };
+        let (d, unet) = (&self.diffusion, &self.model.ema_unet);
+        sample_ema_images(&self.cfg, d, unet, &chains, self.device, Some(stop))
+    }
+
     /// Feeds the step's per-t losses to the importance sampler (a host read-back every step).
     fn update_importance_sampler(&mut self, losses: &Tensor, t: &Tensor) -> Result<()> {
         let Some(s) = self.is_sampler.as_mut() else {
@@ -357,20 +376,7 @@ impl TrainTask for DdpmTask {
     }
 
     fn sample_images(&self, n: usize, seed: u64, stop: &Arc<AtomicBool>) -> Result<Option<Tensor>> {
-        let chains = Chains {
-            n,
-            steps: &self.cfg.run.sample_steps,
-            seed,
-            shard: Shard::ALL,
-        };
-        sample_ema_images(
-            &self.cfg,
-            &self.diffusion,
-            &self.model.ema_unet,
-            &chains,
-            self.device,
-            Some(stop),
-        )
+        self.ema_images(n, &self.cfg.run.sample_steps, seed, Shard::ALL, stop)
     }
 
     fn eval_images(
@@ -380,20 +386,7 @@ impl TrainTask for DdpmTask {
         stop: &Arc<AtomicBool>,
         shard: Shard,
     ) -> Result<Option<Tensor>> {
-        let chains = Chains {
-            n,
-            steps: &self.cfg.run.eval_sampler,
-            seed,
-            shard,
-        };
-        sample_ema_images(
-            &self.cfg,
-            &self.diffusion,
-            &self.model.ema_unet,
-            &chains,
-            self.device,
-            Some(stop),
-        )
+        self.ema_images(n, &self.cfg.run.eval_sampler, seed, shard, stop)
     }
 
     fn summarize(&self, means: &[f64]) -> Map<String, Value> {
