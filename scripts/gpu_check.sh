@@ -10,6 +10,9 @@
 #   sample    2,000 DDIM-50 samples of that run, their grid, and FID_cls against MNIST's test set
 #   cifar     5,000 CIFAR-sized (3×32×32) samples in 100 DDIM steps from the cifar10 preset's
 #             untrained UNet: seconds, and the time extrapolated to 50,000
+#   dp        training img/s of the cifar10 preset's UNet (1 channel in and out, on MNIST padded to
+#             32×32) for 300 steps, as one plain process and as a data-parallel job of one process
+#             (`--nproc-per-node 1`: NCCL on CUDA, Gloo on the CPU), with the all-reduce time
 #
 # usage: gpu_check.sh [--dry-run] [--out DIR] [--device DEV] [--mnist DIR] [--classifier DIR]
 #   --dry-run       every step with tiny sizes on the CPU (what CI runs; minutes on 2 cores)
@@ -82,11 +85,13 @@ if [[ $dry == 1 ]]; then
     train_args=(--set run.steps=4 --set data.batch_size=8 --set run.sample_num=4 --set run.log_every=2 --set run.checkpoint_every=4)
     classifier_args=(--steps 2 --batch-size 16)
     samples=8; ddim_steps=2; cifar_num=4; cifar_steps=2; cifar_batch=4; eval_batch=8
+    dp_args=(--set run.steps=2 --set data.batch_size=4 --set run.log_every=1)
 else
     bench_args=()
     train_args=(--set run.steps=2000 --set run.checkpoint_every=2000 --set run.sample_every=2000)
     classifier_args=()
     samples=2000; ddim_steps=50; cifar_num=5000; cifar_steps=100; cifar_batch=1000; eval_batch=500
+    dp_args=(--set run.steps=300 --set run.log_every=50)
 fi
 
 steps_file="$out/steps.tsv"
@@ -166,6 +171,14 @@ if step import "$ddpm" data import --name mnist --raw "$mnist" --out "$out/mnist
         step fid_cls "$ddpm" eval --json --device "$device" --real "$out/mnist.h5:test" \
             --fake "$out/mnist-samples.h5" --fid-cls --classifier "$classifier" --batch-size "$eval_batch"
     fi
+    # The cifar10 preset's UNet (1 channel in and out) on MNIST padded to 32×32: one plain process,
+    # then a data-parallel job of one process (the process group's cost: NCCL on CUDA).
+    cifar_unet=(--preset cifar10 --device "$device" --set "data.path=\"$toml_path\"" --set data.pad_to_32=true
+        --set model.unet.in_channels=1 --set model.unet.out_channels=1 --set run.checkpoint_every=0
+        --set run.sample_num=0 --set run.sample_every=0 "${dp_args[@]}")
+    step dp_plain "$ddpm" train --json --no-progress "${cifar_unet[@]}" --out "$out/cifar10-unet-plain"
+    step dp_group "$ddpm" train --json --no-progress "${cifar_unet[@]}" --nproc-per-node 1 \
+        --out "$out/cifar10-unet-group"
 fi
 
 if [[ -d "$out/cifar10-untrained" ]]; then
@@ -237,6 +250,26 @@ if "seconds" in cifar:
     cifar["wall_secs"] = steps["cifar"]["secs"]
     cifar["extrapolated_50000_secs"] = cifar["seconds"] * 50000 / cifar_num
 report["cifar_sampling"] = cifar
+
+def train_rates(run):
+    """Median img/s and all-reduce seconds per step of a run's log windows (the first left out)."""
+    metrics = out / run / "metrics.jsonl"
+    if not metrics.exists():
+        return {"error": "no metrics.jsonl"}
+    windows = [json.loads(l) for l in metrics.read_text().splitlines() if l.strip()]
+    windows = [w for w in windows if "img_per_s" in w]
+    rest = windows[1:] or windows
+    ar = [w["allreduce_s_per_step"] for w in rest if "allreduce_s_per_step" in w]
+    return {"images_per_s_median": statistics.median(w["img_per_s"] for w in rest) if rest else None,
+            "allreduce_s_per_step_median": statistics.median(ar) if ar else None,
+            "world_size": rest[-1].get("world_size") if rest else None}
+
+dp = {}
+for name, step_name, run in (("plain", "dp_plain", "cifar10-unet-plain"),
+                             ("process_group", "dp_group", "cifar10-unet-group")):
+    d = doc(step_name)
+    dp[name] = d if "error" in d else train_rates(run)
+report["data_parallel_cifar10_unet"] = dp
 (out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
 
 print(f"gpu_check ({'dry run' if dry else 'full'}) on {device}: {out / 'gpu_check.json'}")
@@ -261,6 +294,13 @@ if "seconds" in c:
           f"50,000 extrapolated: {c['extrapolated_50000_secs'] / 60:.1f} min")
 else:
     print(f"  CIFAR-sized sampling: FAILED ({c.get('error')})")
+for name, d in dp.items():
+    if "error" in d:
+        print(f"  cifar10 UNet training, {name}: FAILED ({d['error']})")
+    else:
+        ar = d["allreduce_s_per_step_median"]
+        print(f"  cifar10 UNet training, {name}: {d['images_per_s_median']:.1f} img/s"
+              + (f", all-reduce {1000 * ar:.2f} ms/step" if ar is not None else ""))
 failed = [n for n, s in steps.items() if s["status"] != 0]
 if failed:
     print(f"  failed steps: {', '.join(failed)}")

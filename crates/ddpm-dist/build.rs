@@ -12,8 +12,12 @@
 //!   c10d header but not the five gloo headers that `ProcessGroupGloo.hpp` includes;
 //!   `shim/gloo_decls` stands in for them (see its README), and `DDPM_DIST_GLOO_INCLUDE` may name a
 //!   folder with gloo's real headers instead.
-//! * NCCL is not built in this version: `shim/backends.h` is the seam where `make_nccl` goes (with
-//!   `USE_C10D_NCCL` and the CUDA headers).
+//! * NCCL: `shim/nccl.cpp` is compiled (with `USE_C10D_NCCL`, defining `DDPM_DIST_NCCL`) when the
+//!   libtorch has `libtorch_cuda` and [`nccl_includes`] finds the headers `ProcessGroupNCCL.hpp`
+//!   needs: `nccl.h` and the CUDA runtime headers from the wheel's `nvidia-*` dependencies, plus
+//!   `crt/host_config.h` and `nv/target`, which those lack and the `nvidia-cuda-crt` and
+//!   `nvidia-cuda-cccl` wheels supply (`cargo xtask setup` installs them). `DDPM_DIST_NCCL=0`
+//!   leaves NCCL out; `DDPM_DIST_CUDA_INCLUDE` adds include folders (e.g. a CUDA toolkit's).
 //! * Linking: the shim's references to c10d resolve in `libtorch_cpu` (Gloo lives inside it) and
 //!   `libc10`; the rest (rpath to the torch libraries, `--no-as-needed` libtorch_cuda) is
 //!   ddpm-nets' build script, included as a module.
@@ -35,6 +39,8 @@ fn main() {
         "LIBTORCH_CXX11_ABI",
         "VIRTUAL_ENV",
         "DDPM_DIST_GLOO_INCLUDE",
+        "DDPM_DIST_NCCL",
+        "DDPM_DIST_CUDA_INCLUDE",
     ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
@@ -82,15 +88,70 @@ fn main() {
         .define("GLOG_USE_GLOG_EXPORT", None)
         .define("USE_C10D_GLOO", None)
         .file("shim/group.cpp")
-        .file("shim/gloo.cpp")
-        .compile("ddpm_dist_shim");
+        .file("shim/gloo.cpp");
+    let nccl_dirs = nccl_includes(&lib);
+    if let Some(dirs) = &nccl_dirs {
+        for dir in dirs {
+            build
+                .flag("-isystem")
+                .flag(dir.to_str().expect("UTF-8 include path"));
+        }
+        build
+            .define("USE_C10D_NCCL", None)
+            .define("DDPM_DIST_NCCL", None)
+            .file("shim/nccl.cpp");
+        // The Rust side's tests know which backends this build has.
+        println!("cargo:rustc-cfg=ddpm_dist_nccl");
+    }
+    println!("cargo::rustc-check-cfg=cfg(ddpm_dist_nccl)");
+    build.compile("ddpm_dist_shim");
 
     // The shim's references to c10d resolve in libtorch_cpu (Gloo lives inside it) and libc10.
     println!("cargo:rustc-link-search=native={}", lib.display());
     println!("cargo:rustc-link-lib=dylib=torch_cpu");
     println!("cargo:rustc-link-lib=dylib=c10");
+    if nccl_dirs.is_some() {
+        // ProcessGroupNCCL is in libtorch_cuda (linked below); the device functions in c10_cuda.
+        println!("cargo:rustc-link-lib=dylib=c10_cuda");
+    }
     // rpath and `--no-as-needed` libtorch_cuda: the set-up every crate that links libtorch shares.
     link_libtorch::main();
+}
+
+/// The include folders of the NCCL build, or `None` (with a cargo warning naming what is missing)
+/// when NCCL is left out: no `libtorch_cuda` (a CPU libtorch), `DDPM_DIST_NCCL=0`, or headers
+/// that cannot be found.
+fn nccl_includes(lib: &std::path::Path) -> Option<Vec<PathBuf>> {
+    if env::var("DDPM_DIST_NCCL").is_ok_and(|v| v == "0") || !lib.join("libtorch_cuda.so").exists()
+    {
+        return None;
+    }
+    // The wheel layout: site-packages/torch/lib, site-packages/nvidia/{nccl,cu13}/include.
+    let nvidia = lib.join("../../nvidia");
+    let mut dirs: Vec<PathBuf> = env::var_os("DDPM_DIST_CUDA_INCLUDE")
+        .map(|v| env::split_paths(&v).collect())
+        .unwrap_or_default();
+    dirs.extend(
+        ["nccl/include", "cu13/include", "cu12/include"]
+            .iter()
+            .map(|d| nvidia.join(d))
+            .filter(|d| d.is_dir()),
+    );
+    let missing: Vec<&str> = ["nccl.h", "cuda_runtime.h", "crt/host_config.h", "nv/target"]
+        .into_iter()
+        .filter(|h| !dirs.iter().any(|d| d.join(h).exists()))
+        .collect();
+    if !missing.is_empty() {
+        println!(
+            "cargo:warning=ddpm-dist: NCCL left out (Gloo only): {} not found under {} \
+             (`cargo xtask setup` installs the nvidia-cuda-crt and nvidia-cuda-cccl header wheels; \
+             DDPM_DIST_CUDA_INCLUDE adds folders)",
+            missing.join(", "),
+            nvidia.display()
+        );
+        return None;
+    }
+    Some(dirs)
 }
 
 /// libtorch's `_GLIBCXX_USE_CXX11_ABI`, found the way torch-sys finds it for its own C++.

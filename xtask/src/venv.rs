@@ -7,8 +7,20 @@ use anyhow::{bail, Context, Result};
 
 /// The torch version tch 0.24 is built for.
 pub const TORCH_VERSION: &str = "2.11.0";
-/// pip requirements of the environment.
-const REQUIREMENTS: [&str; 2] = ["torch==2.11.0", "cmake>=3.20"];
+/// pip requirements of the environment: torch, cmake, and the two CUDA header wheels that
+/// ddpm-dist's NCCL build needs besides the torch wheel's own (`crt/host_config.h`, `nv/target`;
+/// ~3 MB).
+const REQUIREMENTS: [&str; 4] = [
+    "torch==2.11.0",
+    "cmake>=3.20",
+    "nvidia-cuda-crt==13.0.*",
+    "nvidia-cuda-cccl==13.0.*",
+];
+/// Files of the header wheels, relative to site-packages.
+const NCCL_BUILD_HEADERS: [&str; 2] = [
+    "nvidia/cu13/include/crt/host_config.h",
+    "nvidia/cu13/include/nv/target",
+];
 /// Disk the installed packages take (torch 2.11.0 with its CUDA 13 wheels, triton and cmake:
 /// 4.7 GB measured), with a margin.
 const INSTALLED_BYTES: u64 = 5_000_000_000;
@@ -51,16 +63,29 @@ fn cmake_ok(venv: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// Whether the header wheels of the NCCL build are installed.
+fn nccl_headers_ok(venv: &Path) -> bool {
+    let Ok(lib) = std::fs::read_dir(venv.join("lib")) else {
+        return false;
+    };
+    lib.flatten().any(|python| {
+        let site = python.path().join("site-packages");
+        NCCL_BUILD_HEADERS.iter().all(|h| site.join(h).exists())
+    })
+}
+
 /// Checks the environment and creates or completes it when needed. Returns the python path.
 pub fn ensure(venv: &Path) -> Result<PathBuf> {
     let python = venv.join("bin/python");
+    let mut has_torch = false;
     if python.exists() {
         if let Some(v) = torch_version(&python) {
-            if v.split('+').next() == Some(TORCH_VERSION) && cmake_ok(venv) {
+            has_torch = v.split('+').next() == Some(TORCH_VERSION);
+            if has_torch && cmake_ok(venv) && nccl_headers_ok(venv) {
                 return Ok(python);
             }
             eprintln!(
-                "{}: torch {v} found; (re)installing {REQUIREMENTS:?}",
+                "{}: torch {v} found; completing it with {REQUIREMENTS:?}",
                 venv.display()
             );
         }
@@ -102,7 +127,9 @@ pub fn ensure(venv: &Path) -> Result<PathBuf> {
             venv.display()
         );
     }
-    check_free_disk(venv)?;
+    if !has_torch {
+        check_free_disk(venv)?;
+    }
     let status = Command::new(&python)
         .args([
             "-m",

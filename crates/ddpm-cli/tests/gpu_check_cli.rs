@@ -76,6 +76,8 @@ fn the_dry_run_exercises_every_step_and_writes_the_report() {
         "classifier",
         "fid_cls",
         "cifar",
+        "dp_plain",
+        "dp_group",
     ] {
         assert_eq!(steps[name]["status"], 0, "{name}: {report:#}");
     }
@@ -105,6 +107,21 @@ fn the_dry_run_exercises_every_step_and_writes_the_report() {
             > 0.0
     );
     assert_eq!(report["cifar_sampling"]["num"], 4);
+    let dp = &report["data_parallel_cifar10_unet"];
+    for run in ["plain", "process_group"] {
+        assert!(
+            dp[run]["images_per_s_median"].as_f64().unwrap() > 0.0,
+            "{report:#}"
+        );
+    }
+    assert_eq!(dp["process_group"]["world_size"], 1, "{report:#}");
+    assert!(
+        dp["process_group"]["allreduce_s_per_step_median"]
+            .as_f64()
+            .unwrap()
+            >= 0.0
+    );
+    assert!(dp["plain"]["allreduce_s_per_step_median"].is_null());
     assert!(image::open(out_dir.join("mnist-grid.png")).is_ok());
     assert!(text.contains("50,000 extrapolated"), "{text}");
 }

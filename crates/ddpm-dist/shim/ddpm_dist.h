@@ -30,7 +30,7 @@ typedef struct ddpm_dist_work ddpm_dist_work;
 
 /* How to join a group. Strings are NUL-terminated; the optional ones may be NULL. */
 typedef struct ddpm_dist_group_options {
-  /* "gloo" (see ddpm_dist_has_backend). */
+  /* "gloo" or "nccl" (see ddpm_dist_has_backend). */
   const char *backend;
   /* The c10d::TCPStore of the rendezvous. */
   const char *store_host;
@@ -47,6 +47,8 @@ typedef struct ddpm_dist_group_options {
    * to bind, else (both NULL) c10d's default device (this host's name, else loopback). */
   const char *gloo_ifnames;
   const char *gloo_hostname;
+  /* NCCL: the CUDA device of this rank (LOCAL_RANK), made the current device. */
+  int device_index;
 } ddpm_dist_group_options;
 
 /* 1 when the backend ("gloo", "nccl") was compiled into the shim, else 0. */

@@ -105,6 +105,9 @@ const char* ddpm_dist_last_error(void) { return last_error.c_str(); }
 
 int ddpm_dist_has_backend(const char* name) {
   const std::string backend = or_empty(name);
+#ifdef DDPM_DIST_NCCL
+  if (backend == "nccl") return 1;
+#endif
   return backend == "gloo" ? 1 : 0;
 }
 
@@ -116,7 +119,8 @@ ddpm_dist_group* ddpm_dist_group_new(const ddpm_dist_group_options* o) {
                     o->rank, " is not in a group of ", o->world_size);
         TORCH_CHECK(o->timeout_ms > 0, "timeout must be positive, got ", o->timeout_ms, " ms");
         const std::string backend = or_empty(o->backend);
-        TORCH_CHECK(backend == "gloo", "backend `", backend, "` is not built into this shim");
+        TORCH_CHECK(ddpm_dist_has_backend(backend.c_str()) == 1, "backend `", backend,
+                    "` is not built into this shim");
         const std::chrono::milliseconds timeout(o->timeout_ms);
 
         c10d::TCPStoreOptions store_options;
@@ -134,6 +138,13 @@ ddpm_dist_group* ddpm_dist_group_new(const ddpm_dist_group_options* o) {
         auto backend_store = c10::make_intrusive<c10d::PrefixStore>(prefix + backend, tcp);
         auto user_store = c10::make_intrusive<c10d::PrefixStore>(prefix + "user", tcp);
 
+#ifdef DDPM_DIST_NCCL
+        if (backend == "nccl") {
+          return new ddpm_dist_group{
+              user_store, ddpm_dist::make_nccl(backend_store, o->rank, o->world_size,
+                                               o->device_index, timeout)};
+        }
+#endif
         const ddpm_dist::GlooDevice device{or_empty(o->gloo_ifnames), or_empty(o->gloo_hostname)};
         auto group = new ddpm_dist_group{
             user_store, ddpm_dist::make_gloo(backend_store, o->rank, o->world_size, device, timeout)};

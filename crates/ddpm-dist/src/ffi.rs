@@ -26,6 +26,7 @@ pub struct GroupOptions {
     pub key_prefix: *const c_char,
     pub gloo_ifnames: *const c_char,
     pub gloo_hostname: *const c_char,
+    pub device_index: c_int,
 }
 
 extern "C" {

@@ -16,8 +16,9 @@ use crate::ffi;
 pub enum Backend {
     /// `c10d::ProcessGroupGloo`: CPU tensors over TCP. Always built.
     Gloo,
-    /// `c10d::ProcessGroupNCCL`: CUDA tensors. Not built in this version (see
-    /// [`Backend::is_built`]); asking for it is [`DistError::BackendNotBuilt`].
+    /// `c10d::ProcessGroupNCCL`: CUDA tensors, one CUDA device per rank (`LOCAL_RANK`). Built
+    /// where the libtorch has CUDA and the build found NCCL's headers ([`Backend::is_built`]);
+    /// otherwise asking for it is [`DistError::BackendNotBuilt`].
     Nccl,
 }
 
@@ -140,7 +141,7 @@ impl ProcessGroup {
     /// restarted torchrun job does not read its previous attempt's keys.
     ///
     /// # Errors
-    /// [`DistError::BackendNotBuilt`] for NCCL in this version; [`DistError::InvalidArgument`]
+    /// [`DistError::BackendNotBuilt`] for a backend this build lacks; [`DistError::InvalidArgument`]
     /// for a zero timeout; [`DistError::Init`] naming this rank, the store and the timeout when a
     /// peer does not join within it, the store cannot be reached (or its port bound), or the
     /// backend cannot connect. (c10d's store gives up up to about a second after the timeout:
@@ -193,10 +194,14 @@ impl ProcessGroup {
                 "MASTER_ADDR or GLOO_SOCKET_IFNAME contains a NUL byte".into(),
             ));
         }
-        let (Ok(rank), Ok(world_size)) =
-            (c_int::try_from(env.rank), c_int::try_from(env.world_size))
-        else {
-            return Err(init_error("RANK or WORLD_SIZE does not fit a C int".into()));
+        let (Ok(rank), Ok(world_size), Ok(device_index)) = (
+            c_int::try_from(env.rank),
+            c_int::try_from(env.world_size),
+            c_int::try_from(env.local_rank),
+        ) else {
+            return Err(init_error(
+                "RANK, WORLD_SIZE or LOCAL_RANK does not fit a C int".into(),
+            ));
         };
         let name = cstr(backend.name());
         let store_host = cstr(&env.master_addr);
@@ -214,6 +219,7 @@ impl ProcessGroup {
             key_prefix: key_prefix.as_ptr(),
             gloo_ifnames: ifnames.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
             gloo_hostname: hostname.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
+            device_index,
         };
         let start = Instant::now();
         // SAFETY: every pointer in `options` refers to a CString that outlives the call.
@@ -580,28 +586,56 @@ mod tests {
     }
 
     #[test]
-    fn only_gloo_is_built() {
+    fn gloo_is_built_and_nccl_where_the_build_found_libtorch_cuda_and_its_headers() {
         assert!(Backend::Gloo.is_built());
-        assert!(!Backend::Nccl.is_built());
-        let e = ProcessGroup::init(
-            &env("127.0.0.1", 4, None),
-            Backend::Nccl,
-            Duration::from_secs(1),
-        )
-        .unwrap_err();
+        assert_eq!(Backend::Nccl.is_built(), cfg!(ddpm_dist_nccl));
+        if !cfg!(ddpm_dist_nccl) {
+            let e = ProcessGroup::init(
+                &env("127.0.0.1", 4, None),
+                Backend::Nccl,
+                Duration::from_secs(1),
+            )
+            .unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    DistError::BackendNotBuilt {
+                        backend: Backend::Nccl,
+                        ..
+                    }
+                ),
+                "{e}"
+            );
+            assert_eq!(
+                e.to_string(),
+                "the nccl backend is not built into this ddpm-dist (it has: gloo); use gloo with CPU tensors"
+            );
+        }
+    }
+
+    #[test]
+    fn nccl_without_a_cuda_device_is_an_error_naming_the_device() {
+        if !cfg!(ddpm_dist_nccl) || tch::Cuda::device_count() > 0 {
+            // Nothing to check here: NCCL is not built, or there is a device (scripts/gpu_check.sh
+            // trains through NCCL there).
+            return;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut one = env("127.0.0.1", 1, None);
+        one.world_size = 1;
+        one.master_port = port;
+        let e = ProcessGroup::init(&one, Backend::Nccl, Duration::from_secs(5)).unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, DistError::Init { .. }), "{msg}");
         assert!(
-            matches!(
-                e,
-                DistError::BackendNotBuilt {
-                    backend: Backend::Nccl,
-                    ..
-                }
+            msg.contains(
+                "NCCL needs CUDA device 0 (LOCAL_RANK) but this process sees 0 CUDA device(s)"
             ),
-            "{e}"
-        );
-        assert_eq!(
-            e.to_string(),
-            "the nccl backend is not built into this ddpm-dist (it has: gloo); use gloo with CPU tensors"
+            "{msg}"
         );
     }
 

@@ -28,8 +28,9 @@
 //!   exception into an error (and blocks SIGPIPE on the threads it and c10d run, so that a write to
 //!   a dead peer's socket cannot kill a process whose SIGPIPE has its default action).
 //!
-//! Only Gloo (CPU tensors) is built; [`Backend::Nccl`] is the place for CUDA tensors and reports
-//! [`DistError::BackendNotBuilt`] until the shim is compiled with NCCL.
+//! Gloo (CPU tensors) is always built; [`Backend::Nccl`] (CUDA tensors, one device per rank) where
+//! the libtorch has CUDA and the build found NCCL's headers — otherwise it reports
+//! [`DistError::BackendNotBuilt`].
 mod env;
 mod error;
 mod ffi;

@@ -1291,7 +1291,7 @@ fn log_window<T: TrainTask>(
         record.insert("lr".into(), json!(ctx.lr));
         record.insert("img_per_s".into(), json!(img_per_s));
         record.insert("elapsed_s".into(), json!(ctx.state.elapsed_secs));
-        if let Some(p) = par.filter(|_| world > 1) {
+        if let Some(p) = par {
             record.insert("world_size".into(), json!(world));
             // Rank 0's time in the gradient all-reduces (waiting for slower ranks included).
             let per_step = p.take_reduce_secs() / w.steps as f64;

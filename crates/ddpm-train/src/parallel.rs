@@ -178,7 +178,14 @@ impl DataParallel {
                 StateGroup::Optimizer(adam) => {
                     let mut tensors = adam.state_tensors();
                     for (_, t) in tensors.iter_mut() {
-                        self.group.broadcast(t, 0)?;
+                        // The step count is a CPU tensor; NCCL communicates CUDA ones.
+                        if t.device() == self.group.device() {
+                            self.group.broadcast(t, 0)?;
+                        } else {
+                            let mut on = t.to_device(self.group.device());
+                            self.group.broadcast(&mut on, 0)?;
+                            *t = on.to_device(t.device());
+                        }
                     }
                     if !root {
                         adam.load_state(&tensors)
