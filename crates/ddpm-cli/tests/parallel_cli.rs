@@ -220,6 +220,54 @@ fn two_ranks_train_like_one_rank_and_only_rank_0_writes() {
     assert!(records.iter().all(|r| r["world_size"] == 2), "{records:?}");
 }
 
+#[test]
+fn the_importance_sampler_of_l_vlb_learns_from_every_rank() {
+    // 4 timesteps: the sampler's history (10 losses per t) fills within 5 steps of 8 images, and
+    // from then on the t it draws depend on the losses of the whole global batch. A sampler fed
+    // by one rank's half of them would draw other t, and the runs would part.
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config_with(
+        dir.path(),
+        16,
+        &[
+            "data.batch_size=8",
+            "run.log_every=4",
+            "run.checkpoint_every=16",
+            "diffusion.timesteps=4",
+            "diffusion.schedule=\"cosine\"",
+            "run.sample_steps=\"ddim2\"",
+            "run.eval_sampler=\"ddim2\"",
+            "model.unet.out_channels=2",
+            "diffusion.var_type=\"learned_range\"",
+            "diffusion.loss_type=\"vlb\"",
+            "diffusion.importance_sampling=true",
+        ],
+    );
+    let one = dir.path().join("one");
+    one_rank(dir.path(), &config, &one);
+    let two = dir.path().join("two");
+    ok(
+        &launcher(dir.path(), &config, &two).output().unwrap(),
+        "2 ranks",
+    );
+    let d = max_difference(&one, &two, peak_lr(&config));
+    eprintln!("L_vlb with importance sampling, 2 ranks vs 1: largest difference {d:e}");
+    assert!(d < 1e-5, "{d}");
+    let history = |run: &Path| {
+        let c = RunDir::open(run)
+            .unwrap()
+            .latest_checkpoint()
+            .unwrap()
+            .unwrap();
+        RunDir::read_state(&c).unwrap().sampler_history.unwrap()
+    };
+    let (h1, h2) = (history(&one), history(&two));
+    assert!(h1.iter().all(|h| h.len() == 10), "{h1:?}");
+    for (a, b) in h1.iter().flatten().zip(h2.iter().flatten()) {
+        assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{h1:?} vs {h2:?}");
+    }
+}
+
 /// Starts a long 2-rank run (a checkpoint every 2 steps), waits for its first checkpoint, kills
 /// rank `victim` with SIGKILL and returns the survivor's output and the run.
 fn kill_one_rank(dir: &Path, victim: usize) -> (Output, PathBuf) {
