@@ -9,6 +9,19 @@ use tch::Device;
 
 /// How long a rank waits for the others by default (torch.distributed's default too).
 pub const DEFAULT_TIMEOUT_SECS: u64 = 1800;
+/// The longest `--dist-timeout`: 30 days (c10d counts the timeout in nanoseconds in places, which
+/// overflows near 292 years; no job needs more than this).
+pub const MAX_TIMEOUT_SECS: u64 = 30 * 24 * 3600;
+
+/// The message of the first Ctrl-C / SIGTERM of a training: in a job, every rank stops at the end
+/// of the log window in which the request arrived.
+pub fn stop_message(in_job: bool) -> &'static str {
+    if in_job {
+        "every rank stops at the end of this log window (run.log_every), with a checkpoint"
+    } else {
+        "stopping after this step with a checkpoint"
+    }
+}
 
 /// Whether this process is rank 0 of a job, or runs alone: the one that writes and reports.
 pub fn is_root(env: Option<&DistEnv>) -> bool {

@@ -3,10 +3,10 @@
 //! would set (`WORLD_SIZE`, `RANK`, `LOCAL_RANK`, `LOCAL_WORLD_SIZE`, `MASTER_ADDR=127.0.0.1`, a
 //! free `MASTER_PORT`), passes Ctrl-C/SIGTERM on to them once each, and waits.
 //!
-//! When a rank fails, the others fail too within the collective timeout (at once when the
-//! failed rank's connections close); those still running a minute later are sent SIGTERM, then
-//! SIGKILL. The command's status is that of the first rank that failed (130/143 after a stop
-//! request), and the message names it.
+//! When a rank fails, the others are sent SIGTERM at once (they fail by themselves too, at their
+//! next collective) and SIGKILL 30 s later; the message lists the failed ranks and their statuses.
+//! A requested stop (a signal to the launcher or to one rank: every rank saves and exits 130 or
+//! 143) ends the launcher with that status.
 use std::ffi::OsString;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus};
@@ -18,10 +18,8 @@ use anyhow::{bail, Context, Result};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-/// How long the other ranks may take to end by themselves after one failed.
-const GRACE: Duration = Duration::from_secs(60);
-/// How long a rank has after SIGTERM before SIGKILL.
-const KILL_AFTER: Duration = Duration::from_secs(10);
+/// How long the other ranks have, after one failed and they were sent SIGTERM, before SIGKILL.
+const KILL_AFTER: Duration = Duration::from_secs(30);
 
 /// Runs the data-parallel training of this command line with `n` local processes.
 pub fn run(n: usize) -> Result<()> {
@@ -47,22 +45,36 @@ pub fn run(n: usize) -> Result<()> {
         children.push(child);
     }
     tracing::info!(processes = n, master_port = %port, "data-parallel training on this machine");
-    let first_failure = wait_all(&mut children)?;
-    match first_failure {
-        None => Ok(()),
-        Some((rank, status)) => {
-            let sig = signalled.load(Ordering::SeqCst);
-            let code = status.code();
-            if sig != 0 && code.is_some_and(|c| c == 128 + sig) {
-                return Err(crate::exit::Interrupted((128 + sig) as u8).into());
-            }
-            bail!(
-                "rank {rank} of {n} failed ({}), and the run stopped; the checkpoints written \
-                 before are complete",
-                describe(status)
-            )
-        }
+    let statuses = wait_all(&mut children)?;
+    let stopped = |s: &ExitStatus| matches!(s.code(), Some(130 | 143));
+    let failed: Vec<(usize, ExitStatus)> = statuses
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|(_, s)| !s.success())
+        .collect();
+    if failed.is_empty() {
+        return Ok(());
     }
+    if failed.iter().all(|(_, s)| stopped(s)) {
+        // Stopped on request (a signal to the launcher or to one rank): every rank saved and
+        // ended together; rank 0 printed how to continue.
+        let sig = signalled.load(Ordering::SeqCst);
+        let code = match failed.iter().find(|(_, s)| s.code() == Some(128 + sig)) {
+            Some((_, s)) => s.code(),
+            None => failed[0].1.code(),
+        };
+        return Err(crate::exit::Interrupted(code.unwrap_or(130) as u8).into());
+    }
+    let list: Vec<String> = failed
+        .iter()
+        .map(|(rank, s)| format!("rank {rank} ({})", describe(*s)))
+        .collect();
+    bail!(
+        "{} of {n} failed; the run stopped (the lowest rank's error above is the cause, the \
+         others usually follow from it)",
+        list.join(", ")
+    )
 }
 
 /// The arguments without `--nproc-per-node N` / `--nproc-per-node=N`.
@@ -145,45 +157,45 @@ fn forward_signals(pids: Arc<Mutex<Vec<i32>>>) -> Result<Arc<AtomicI32>> {
     Ok(first)
 }
 
-/// Waits for every rank; returns the first that failed (by the time it was seen) and its status.
-fn wait_all(children: &mut [Child]) -> Result<Option<(usize, ExitStatus)>> {
+/// Waits for every rank and returns their statuses. Once one has failed (a status other than 0
+/// and the 130 / 143 of a requested stop), the others are sent SIGTERM at once, as torchrun does
+/// (they also fail by themselves at their next collective), and SIGKILL [`KILL_AFTER`] later.
+fn wait_all(children: &mut [Child]) -> Result<Vec<ExitStatus>> {
     let mut done: Vec<Option<ExitStatus>> = vec![None; children.len()];
-    let mut failure: Option<(usize, ExitStatus, Instant)> = None;
-    let mut termed = false;
+    let mut failed_at: Option<Instant> = None;
+    let mut killed = false;
     while done.iter().any(Option::is_none) {
+        let mut newly_failed = false;
         for (rank, child) in children.iter_mut().enumerate() {
             if done[rank].is_some() {
                 continue;
             }
             if let Some(status) = child.try_wait().context("waiting for a rank")? {
                 done[rank] = Some(status);
-                if !status.success() && failure.is_none() {
-                    failure = Some((rank, status, Instant::now()));
-                }
+                newly_failed |= !matches!(status.code(), Some(0 | 130 | 143));
             }
         }
-        if let Some((_, _, at)) = failure {
-            let waited = at.elapsed();
-            let signal = if waited > GRACE + KILL_AFTER {
-                Some(libc::SIGKILL)
-            } else if waited > GRACE && !termed {
-                termed = true;
-                Some(libc::SIGTERM)
-            } else {
-                None
-            };
-            if let Some(sig) = signal {
-                for (rank, child) in children.iter().enumerate() {
-                    if done[rank].is_none() {
-                        // SAFETY: as in forward_signals.
-                        unsafe { libc::kill(child.id() as i32, sig) };
-                    }
-                }
-            }
+        if newly_failed && failed_at.is_none() {
+            failed_at = Some(Instant::now());
+            signal_running(children, &done, libc::SIGTERM);
+        }
+        if failed_at.is_some_and(|t| t.elapsed() > KILL_AFTER) && !killed {
+            killed = true;
+            signal_running(children, &done, libc::SIGKILL);
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(failure.map(|(rank, status, _)| (rank, status)))
+    Ok(done.into_iter().flatten().collect())
+}
+
+/// Sends `signal` to the ranks still running.
+fn signal_running(children: &[Child], done: &[Option<ExitStatus>], signal: i32) {
+    for (child, status) in children.iter().zip(done) {
+        if status.is_none() {
+            // SAFETY: kill has no memory effects; a pid that already exited is ESRCH.
+            unsafe { libc::kill(child.id() as i32, signal) };
+        }
+    }
 }
 
 fn describe(status: ExitStatus) -> String {

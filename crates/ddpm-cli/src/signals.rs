@@ -3,7 +3,7 @@
 //! current step), a second one ends the process at once without saving (the temporary files of
 //! writes in progress are removed; finished files are untouched). The exit status is the shell's
 //! 128 + signal number: 130 after SIGINT, 143 after SIGTERM. In a data-parallel job (`WORLD_SIZE`
-//! set) signals within 5 s of the first count as the first (torchrun sends SIGTERM after the
+//! set) signals within 1 s of the first count as the first (torchrun sends SIGTERM after the
 //! terminal's SIGINT), and the ranks stop together at the end of the next log window.
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
@@ -12,9 +12,9 @@ use anyhow::{Context, Result};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-/// In a data-parallel job, a signal this soon after the first is the launcher passing the same
-/// request on, not a second one.
-const LAUNCHER_ECHO: std::time::Duration = std::time::Duration::from_secs(5);
+/// In a data-parallel job, a signal this soon after the first is a launcher passing the same
+/// request on (torchrun does within milliseconds), not a second one.
+const LAUNCHER_ECHO: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The stop request of a command, set by the first SIGINT or SIGTERM.
 #[derive(Debug, Clone)]

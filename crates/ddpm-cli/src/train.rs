@@ -60,7 +60,7 @@ pub struct TrainArgs {
     pub nproc_per_node: Option<u16>,
     /// Seconds a data-parallel rank waits for the others (rendezvous, every collective, rank 0's
     /// checkpoints and sample grids) before it fails naming the operation.
-    #[arg(long, value_name = "SECS", default_value_t = dist_job::DEFAULT_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "SECS", default_value_t = dist_job::DEFAULT_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(1..=dist_job::MAX_TIMEOUT_SECS))]
     dist_timeout: u64,
 }
 
@@ -145,7 +145,9 @@ fn resolve_config(args: &TrainArgs, threads: Option<usize>) -> Result<TrainConfi
         }
     }
     if let Some(data) = &args.data {
-        if args.resume.is_some() && data != &cfg.data.path {
+        // The run records its data as an absolute path.
+        let same = std::path::absolute(data).is_ok_and(|d| d == cfg.data.path);
+        if args.resume.is_some() && !same {
             bail!(
                 "--data {}: the run trains on {}; a resumed run keeps its data",
                 data.display(),
@@ -180,12 +182,15 @@ pub fn preset_data_path(preset: &str) -> PathBuf {
 }
 
 /// Trains; `threads` is the global `--threads` (it sets run.cpu_threads).
-pub fn run(args: TrainArgs, threads: Option<usize>) -> Result<()> {
+pub fn run(mut args: TrainArgs, threads: Option<usize>) -> Result<()> {
     if let Some(n) = args.nproc_per_node {
         return crate::launch::run(usize::from(n));
     }
-    let dir = args.run_dir()?;
     let dist = DistEnv::from_env()?;
+    if let Some(env) = &dist {
+        resume_after_restart(&mut args, env);
+    }
+    let dir = args.run_dir()?;
     let root = dist_job::is_root(dist.as_ref());
     if args.out.is_some() && root {
         crate::outputs::check_folder(&dir, "--out")?;
@@ -211,11 +216,7 @@ pub fn run(args: TrainArgs, threads: Option<usize>) -> Result<()> {
             .unwrap_or_default(),
         "device"
     );
-    let stop = crate::signals::stop_on_signals(if dist.is_some() {
-        "every rank stops at the end of this log window (run.log_every), with a checkpoint"
-    } else {
-        "stopping after this step with a checkpoint"
-    })?;
+    let stop = crate::signals::stop_on_signals(dist_job::stop_message(dist.is_some()))?;
     let opts = TrainOptions {
         progress: !args.no_progress && root,
         stop: stop.flag.clone(),
@@ -267,6 +268,28 @@ pub fn run(args: TrainArgs, threads: Option<usize>) -> Result<()> {
         return Err(stop.interrupted());
     }
     Ok(())
+}
+
+/// torchrun restarts a failed job (`--max-restarts`) with the same command line: a run that an
+/// earlier attempt created with `--out` is then continued, as `--resume` would.
+fn resume_after_restart(args: &mut TrainArgs, env: &DistEnv) {
+    let Some(out) = args.out.clone().filter(|_| env.restart_count > 0) else {
+        return;
+    };
+    if !out.join("config.toml").is_file() {
+        return;
+    }
+    tracing::warn!(
+        restart = env.restart_count,
+        run = %out.display(),
+        "torchrun restarted the job: continuing the run its first attempt created"
+    );
+    args.resume = Some(out);
+    args.out = None;
+    // The run's config.toml is what these resolved to.
+    args.preset = None;
+    args.config = None;
+    args.model = None;
 }
 
 /// The summary lines of a finished or stopped run.

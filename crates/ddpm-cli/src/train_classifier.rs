@@ -55,7 +55,7 @@ pub struct TrainClassifierArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub nproc_per_node: Option<u16>,
     /// Seconds a data-parallel rank waits for the others.
-    #[arg(long, value_name = "SECS", default_value_t = dist_job::DEFAULT_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "SECS", default_value_t = dist_job::DEFAULT_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(1..=dist_job::MAX_TIMEOUT_SECS))]
     dist_timeout: u64,
 }
 
@@ -146,7 +146,7 @@ pub fn run(args: TrainClassifierArgs) -> Result<()> {
     })?;
     let test = loader::load_images(data, "test")
         .with_context(|| format!("cannot read the test split of {}", data.display()))?;
-    let stop = crate::signals::stop_on_signals("stopping after this step with a checkpoint")?;
+    let stop = crate::signals::stop_on_signals(dist_job::stop_message(dist.is_some()))?;
     let opts = TrainOptions {
         progress: !args.no_progress && root,
         stop: stop.flag.clone(),

@@ -661,3 +661,132 @@ fn an_evaluation_split_among_ranks_scores_as_one_process() {
     assert!(score(&one).is_finite());
     assert_eq!(score(&one), score(&two));
 }
+
+#[test]
+fn ranks_started_with_other_settings_are_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), 4);
+    let (cwd0, cwd1) = (dir.path().join("rank0"), dir.path().join("rank1"));
+    std::fs::create_dir_all(&cwd0).unwrap();
+    std::fs::create_dir_all(&cwd1).unwrap();
+    let port = free_port();
+    let cfg = config.to_str().unwrap();
+    let args = ["train", "--no-progress", "--config", cfg, "--out", "run"];
+    let r0 = rank_command(&cwd0, 0, 2, port).args(args).spawn().unwrap();
+    let r1 = rank_command(&cwd1, 1, 2, port)
+        .args(args)
+        .args(["--set", "optim.lr=0.1"])
+        .spawn()
+        .unwrap();
+    let limit = Duration::from_secs(120);
+    for out in [
+        wait_output(r0, limit, "rank 0"),
+        wait_output(r1, limit, "rank 1"),
+    ] {
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{t}");
+        assert!(
+            t.contains("rank 1 failed: its config differs from rank 0's at `optim.lr`: 0.1 here"),
+            "{t}"
+        );
+    }
+    assert!(listing(&cwd0).is_empty(), "{:?}", listing(&cwd0));
+}
+
+#[test]
+fn a_rank_that_fails_first_stops_the_launcher_at_once_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), 4);
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "not a folder").unwrap();
+    let start = Instant::now();
+    let out = wait_output(
+        launcher(dir.path(), &config, &file)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+        Duration::from_secs(120),
+        "the launcher",
+    );
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("is a file, not a folder"), "{t}");
+    assert!(t.contains("rank 0 (exit status 1)"), "{t}");
+    // Rank 1, waiting for rank 0's store, was ended at once rather than after its timeout.
+    assert!(
+        start.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn torchrun_restarts_continue_the_run_the_first_attempt_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config_with(
+        dir.path(),
+        60,
+        &[
+            "data.batch_size=8",
+            "run.log_every=2",
+            "run.checkpoint_every=4",
+        ],
+    );
+    let cli_bin = env!("CARGO_BIN_EXE_ddpm-cli");
+    let run = dir.path().join("run");
+    let agent = Command::new(torchrun())
+        .current_dir(dir.path())
+        .args([
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "--max-restarts",
+            "1",
+        ])
+        .args(["--no-python", cli_bin, "train", "--no-progress", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&run)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !run.join("checkpoints/step_0000008").exists() {
+        assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SIGKILL rank 1 (found by its environment): torchrun restarts both ranks once.
+    let rank1 = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let has = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+            has(&cmdline, run.to_str().unwrap().as_bytes())
+                && has(&cmdline, b"ddpm-cli")
+                && environ.split(|&b| b == 0).any(|v| v == b"RANK=1")
+        })
+        .expect("rank 1's process");
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(rank1, libc::SIGKILL) };
+    let out = wait_output(agent, Duration::from_secs(300), "torchrun");
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("torchrun restarted the job: continuing the run"),
+        "{t}"
+    );
+    assert!(t.contains("finished"), "{t}");
+    let steps: Vec<u64> = RunDir::open(&run)
+        .unwrap()
+        .read_metrics()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["step"].as_u64())
+        .collect();
+    assert_eq!(steps, (1..=30).map(|i| 2 * i).collect::<Vec<_>>(), "{t}");
+}

@@ -688,9 +688,9 @@ struct Opened {
     last_loss: f64,
 }
 
-/// Opens the run ([`open_run`]) in a single process or on rank 0; in a data-parallel run, rank 0
-/// then publishes the state to start from (or its error) and every rank takes rank 0's weights
-/// and optimiser state.
+/// Opens the run ([`open_run`]) in a single process or on rank 0; in a data-parallel run, the
+/// ranks first agree that they run rank 0's config, rank 0 then publishes the state to start from
+/// (or its error), and every rank takes rank 0's weights and optimiser state.
 fn open_or_follow<T: TrainTask>(
     task: &mut T,
     target: &RunTarget,
@@ -708,6 +708,8 @@ fn open_or_follow<T: TrainTask>(
             last_loss: loss,
         });
     };
+    // Nothing is written before every rank is known to run the same config.
+    p.agree_config(&target.config_toml)?;
     let opened = if p.is_root() {
         let result = open_run(task, target, s);
         p.publish_start(result.as_ref().map(|o| &o.2).map_err(ToString::to_string))?;
@@ -1273,7 +1275,7 @@ fn log_window<T: TrainTask>(
     let local_bad = first_non_finite(metrics, &all);
     let (bad, stop) = match par {
         Some(p) => {
-            let agreed = p.agree(&mut all, local_stop, local_bad)?;
+            let agreed = p.agree(&mut all, metrics.len(), local_stop, local_bad)?;
             (agreed.non_finite.map(|(r, i)| (Some(r), i)), agreed.stop)
         }
         None => (local_bad.map(|i| (None, i)), false),

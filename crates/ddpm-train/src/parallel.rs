@@ -32,6 +32,8 @@ use crate::run_dir::TrainState;
 
 /// The store key under which rank 0 publishes how the run starts.
 const START_KEY: &str = "ddpm_train/start";
+/// The store key under which rank 0 publishes its resolved config.
+const CONFIG_KEY: &str = "ddpm_train/config";
 
 /// This process's part in a data-parallel run: a joined process group.
 #[derive(Debug)]
@@ -46,7 +48,8 @@ pub struct DataParallel {
 pub struct Agreement {
     /// Some rank was asked to stop.
     pub stop: bool,
-    /// The lowest rank with a non-finite value, and that value's index in the window.
+    /// Where the window's first non-finite value arose: the rank, and the value's index in the
+    /// window.
     pub non_finite: Option<(usize, usize)>,
 }
 
@@ -125,6 +128,28 @@ impl DataParallel {
         out
     }
 
+    /// Makes sure that every rank was started with rank 0's settings before anything is written:
+    /// rank 0 publishes its resolved config (`config_toml`), each other rank compares its own
+    /// with it ([`config_difference`]), and all ranks agree on the outcome
+    /// ([`DataParallel::check_all`]).
+    ///
+    /// # Errors
+    /// [`TrainError::RankFailed`] naming the lowest rank whose config differs and the first
+    /// differing key; [`TrainError::Dist`] when a peer fails.
+    pub fn agree_config(&self, config_toml: &str) -> Result<()> {
+        let verdict = if self.is_root() {
+            self.group.store_set(CONFIG_KEY, config_toml.as_bytes())?;
+            Ok(())
+        } else {
+            let root = self.group.store_get(CONFIG_KEY)?;
+            match config_difference(&String::from_utf8_lossy(&root), config_toml) {
+                Some(difference) => Err(difference),
+                None => Ok(()),
+            }
+        };
+        self.check_all("config", verdict)
+    }
+
     /// Rank 0: publishes the outcome of opening the run — the state to start from, or the
     /// error's text — for the other ranks ([`DataParallel::follow_start`]).
     ///
@@ -156,6 +181,36 @@ impl DataParallel {
         }
         serde_json::from_value(doc["state"].clone())
             .map_err(|e| failed(format!("unreadable start state: {e}")))
+    }
+
+    /// Every rank's verdict on a check it made for itself (`local`: `Err(message)` when it
+    /// failed), agreed in one all-reduce: all ranks fail together, with the message of the
+    /// lowest failing rank (read from the store), or all go on.
+    ///
+    /// # Errors
+    /// [`TrainError::RankFailed`] naming that rank and its message; [`TrainError::Dist`] when a
+    /// peer fails.
+    pub fn check_all(&self, what: &str, local: std::result::Result<(), String>) -> Result<()> {
+        let key = |rank: usize| format!("ddpm_train/check/{what}/{rank}");
+        let mut flags = Tensor::zeros(
+            [self.world_size() as i64],
+            (Kind::Float, self.group.device()),
+        );
+        if let Err(message) = &local {
+            self.group
+                .store_set(&key(self.rank()), message.as_bytes())?;
+            let _ = flags.get(self.rank() as i64).fill_(1.0);
+        }
+        self.group.all_reduce_sum(&mut flags)?;
+        let flags = Vec::<f32>::try_from(flags.to_device(Device::Cpu))?;
+        let Some(rank) = flags.iter().position(|&f| f > 0.0) else {
+            return Ok(());
+        };
+        let message = match local {
+            Err(message) if rank == self.rank() => message,
+            _ => String::from_utf8_lossy(&self.group.store_get(&key(rank))?).into_owned(),
+        };
+        Err(TrainError::RankFailed { rank, message })
     }
 
     /// Makes every tensor of the task's checkpoint groups (network variables, optimiser moments
@@ -200,15 +255,18 @@ impl DataParallel {
         Ok(())
     }
 
-    /// Ends a log window on every rank: `values` (this rank's window, `steps × M` row-major)
-    /// becomes the mean over ranks, and the ranks learn whether any of them was asked to stop
-    /// and which had a non-finite value first (`local_bad`: its index in `values`).
+    /// Ends a log window on every rank: `values` (this rank's window, `steps × per_step`
+    /// row-major) becomes the mean over ranks, and the ranks learn whether any of them was asked
+    /// to stop and where the first non-finite value arose (`local_bad`: its index in `values`):
+    /// the earliest step, then the lowest rank at that step — a NaN spreads to every rank
+    /// through the averaged gradients one step later.
     ///
     /// # Errors
     /// [`TrainError::Dist`] when a peer died or stalled past the timeout.
     pub fn agree(
         &self,
         values: &mut [f64],
+        per_step: usize,
         stop: bool,
         local_bad: Option<usize>,
     ) -> Result<Agreement> {
@@ -229,8 +287,9 @@ impl DataParallel {
             *v = s / w as f64;
         }
         let non_finite = (0..w)
-            .find(|r| sums[n + 1 + r] > 0.0)
-            .map(|r| (r, sums[n + 1 + r] as usize - 1));
+            .filter(|r| sums[n + 1 + r] > 0.0)
+            .map(|r| (r, sums[n + 1 + r] as usize - 1))
+            .min_by_key(|&(r, i)| (i / per_step.max(1), r));
         Ok(Agreement {
             stop: sums[n] > 0.0,
             non_finite,
@@ -278,5 +337,81 @@ impl DataParallel {
     /// [`TrainError::Dist`] when a peer failed.
     pub fn finish(&self) -> Result<()> {
         Ok(self.group.barrier()?)
+    }
+}
+
+/// Config keys that may differ between the ranks of one run: the device (`cuda:LOCAL_RANK`), the
+/// CPU threads and the data file's path (each machine its own mount).
+const PER_RANK_KEYS: [&str; 3] = ["run.device", "run.cpu_threads", "data.path"];
+
+/// The first setting (dotted key, in key order) in which two resolved configs differ, as a
+/// message naming both values; `None` when they agree apart from [`PER_RANK_KEYS`].
+pub fn config_difference(root: &str, here: &str) -> Option<String> {
+    fn flatten(
+        prefix: &str,
+        v: &toml::Value,
+        out: &mut std::collections::BTreeMap<String, String>,
+    ) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    flatten(&key, v, out);
+                }
+            }
+            other => {
+                out.insert(prefix.to_string(), other.to_string());
+            }
+        }
+    }
+    let parse = |text: &str| {
+        let mut out = std::collections::BTreeMap::new();
+        match text.parse::<toml::Value>() {
+            Ok(v) => flatten("", &v, &mut out),
+            Err(e) => {
+                out.insert("(config)".into(), format!("unreadable: {e}"));
+            }
+        }
+        out
+    };
+    let (a, b) = (parse(root), parse(here));
+    let keys: std::collections::BTreeSet<String> = a.keys().chain(b.keys()).cloned().collect();
+    let key = keys
+        .into_iter()
+        .filter(|k| !PER_RANK_KEYS.contains(&k.as_str()))
+        .find(|k| a.get(k) != b.get(k))?;
+    let show = |m: &std::collections::BTreeMap<String, String>| {
+        m.get(&key).cloned().unwrap_or_else(|| "(not set)".into())
+    };
+    Some(format!(
+        "its config differs from rank 0's at `{key}`: {} here, {} on rank 0 (every rank of a run \
+         must be started with the same settings)",
+        show(&b),
+        show(&a)
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::config_difference;
+
+    #[test]
+    fn configs_are_compared_key_by_key_except_per_rank_ones() {
+        let root = "[optim]\nlr = 0.0002\n[run]\ndevice = \"cuda:0\"\ncpu_threads = 1\n[data]\npath = \"/a/mnist.h5\"\n";
+        let same = "[run]\ndevice = \"cuda:1\"\ncpu_threads = 4\n[data]\npath = \"/b/mnist.h5\"\n[optim]\nlr = 0.0002\n";
+        assert_eq!(config_difference(root, same), None);
+        let other = same.replace("0.0002", "0.1");
+        let msg = config_difference(root, &other).unwrap();
+        assert!(
+            msg.contains("`optim.lr`: 0.1 here, 0.0002 on rank 0"),
+            "{msg}"
+        );
+        let missing = "[run]\ndevice = \"cuda:1\"\n";
+        let msg = config_difference(root, missing).unwrap();
+        assert!(msg.contains("`optim.lr`: (not set) here"), "{msg}");
     }
 }
