@@ -10,7 +10,6 @@
 use std::ffi::OsString;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus};
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,7 +35,7 @@ pub fn run(n: usize) -> Result<()> {
         Err(_) => free_port()?.to_string(),
     };
     let pids = Arc::new(Mutex::new(Vec::<i32>::new()));
-    let signalled = forward_signals(pids.clone())?;
+    forward_signals(pids.clone())?;
     let mut children = Vec::with_capacity(n);
     for rank in 0..n {
         let child = spawn_rank(&exe, &args, rank, n, &port)
@@ -58,13 +57,14 @@ pub fn run(n: usize) -> Result<()> {
     }
     if failed.iter().all(|(_, s)| stopped(s)) {
         // Stopped on request (a signal to the launcher or to one rank): every rank saved and
-        // ended together; rank 0 printed how to continue.
-        let sig = signalled.load(Ordering::SeqCst);
-        let code = match failed.iter().find(|(_, s)| s.code() == Some(128 + sig)) {
-            Some((_, s)) => s.code(),
-            None => failed[0].1.code(),
-        };
-        return Err(crate::exit::Interrupted(code.unwrap_or(130) as u8).into());
+        // ended together; rank 0 printed how to continue. A rank that got no signal itself ends
+        // with 130, so a SIGTERM anywhere shows as 143.
+        let code = failed
+            .iter()
+            .filter_map(|(_, s)| s.code())
+            .max()
+            .unwrap_or(130);
+        return Err(crate::exit::Interrupted(code as u8).into());
     }
     let list: Vec<String> = failed
         .iter()
@@ -138,23 +138,19 @@ fn spawn_rank(
     cmd.spawn()
 }
 
-/// Passes every SIGINT/SIGTERM the launcher gets on to the ranks; returns the first signal's
-/// number (0 until one came).
-fn forward_signals(pids: Arc<Mutex<Vec<i32>>>) -> Result<Arc<AtomicI32>> {
-    let first = Arc::new(AtomicI32::new(0));
+/// Passes every SIGINT/SIGTERM the launcher gets on to the ranks.
+fn forward_signals(pids: Arc<Mutex<Vec<i32>>>) -> Result<()> {
     let mut signals =
         Signals::new([SIGINT, SIGTERM]).context("cannot install the signal handler")?;
-    let seen = first.clone();
     std::thread::spawn(move || {
         for signal in signals.forever() {
-            let _ = seen.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst);
             for &pid in pids.lock().expect("pid list").iter() {
                 // SAFETY: kill has no memory effects; a pid that already exited is ESRCH.
                 unsafe { libc::kill(pid, signal) };
             }
         }
     });
-    Ok(first)
+    Ok(())
 }
 
 /// Waits for every rank and returns their statuses. Once one has failed (a status other than 0

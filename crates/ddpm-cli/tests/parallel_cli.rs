@@ -397,8 +397,11 @@ fn a_two_rank_run_resumes_with_one_or_two_ranks() {
     }
 }
 
-#[test]
-fn ctrl_c_to_the_launcher_stops_every_rank_with_a_checkpoint() {
+/// Starts `train --nproc-per-node 2` of a long run logging every 3 steps, waits for its first log
+/// record, sends `signal` to the launcher (`to_rank: None`) or to one rank, and returns the
+/// launcher's output; checks that every rank stopped at the end of a log window, where rank 0
+/// saved a checkpoint that verifies.
+fn stop_a_launched_run(signal: i32, to_rank: Option<usize>) -> Output {
     let dir = tempfile::tempdir().unwrap();
     let config = tiny_config_with(
         dir.path(),
@@ -421,13 +424,15 @@ fn ctrl_c_to_the_launcher_stops_every_rank_with_a_checkpoint() {
         assert!(start.elapsed() < Duration::from_secs(120), "no log record");
         std::thread::sleep(Duration::from_millis(20));
     }
+    let pid = match to_rank {
+        None => launcher.id() as i32,
+        Some(r) => rank_pid(&run, r),
+    };
     // SAFETY: kill has no memory effects.
-    unsafe { libc::kill(launcher.id() as i32, libc::SIGINT) };
+    unsafe { libc::kill(pid, signal) };
     let out = wait_output(launcher, Duration::from_secs(120), "the launcher");
     let t = text(&out);
-    assert_eq!(out.status.code(), Some(130), "{t}");
     assert!(t.contains("continue with: ddpm-cli train --resume"), "{t}");
-    // Both ranks stopped at the end of the same log window, where rank 0 saved the run.
     let ckpt = RunDir::open(&run)
         .unwrap()
         .latest_checkpoint()
@@ -436,6 +441,19 @@ fn ctrl_c_to_the_launcher_stops_every_rank_with_a_checkpoint() {
     let step = RunDir::read_state(&ckpt).unwrap().step;
     assert!(step > 0 && step % 3 == 0, "stopped at step {step}");
     ddpm_train::manifest::verify(&ckpt).unwrap();
+    out
+}
+
+#[test]
+fn sigterm_to_one_rank_stops_every_rank_with_a_checkpoint() {
+    let out = stop_a_launched_run(libc::SIGTERM, Some(1));
+    assert_eq!(out.status.code(), Some(143), "{}", text(&out));
+}
+
+#[test]
+fn ctrl_c_to_the_launcher_stops_every_rank_with_a_checkpoint() {
+    let out = stop_a_launched_run(libc::SIGINT, None);
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
 }
 
 #[test]
@@ -475,6 +493,25 @@ fn a_non_finite_loss_stops_every_rank_naming_the_rank_and_step() {
     };
     assert_eq!(what(&t0), what(&t1));
     assert!(what(&t0).contains(" on rank "), "{t0}");
+}
+
+/// The process of rank `rank` of the job training `run` (found by its command line and its
+/// environment in /proc).
+fn rank_pid(run: &Path, rank: usize) -> i32 {
+    let wanted = format!("RANK={rank}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let has = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+            has(&cmdline, run.to_str().unwrap().as_bytes())
+                && has(&cmdline, b"ddpm-cli")
+                && environ.split(|&b| b == 0).any(|v| v == wanted.as_bytes())
+        })
+        .unwrap_or_else(|| panic!("no process of rank {rank}"))
 }
 
 /// torchrun of the project's virtual environment (`cargo xtask` sets `VIRTUAL_ENV` and puts its
@@ -757,22 +794,9 @@ fn torchrun_restarts_continue_the_run_the_first_attempt_created() {
         assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint");
         std::thread::sleep(Duration::from_millis(20));
     }
-    // SIGKILL rank 1 (found by its environment): torchrun restarts both ranks once.
-    let rank1 = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .find(|pid| {
-            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let has = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
-            has(&cmdline, run.to_str().unwrap().as_bytes())
-                && has(&cmdline, b"ddpm-cli")
-                && environ.split(|&b| b == 0).any(|v| v == b"RANK=1")
-        })
-        .expect("rank 1's process");
+    // SIGKILL rank 1: torchrun restarts both ranks once.
     // SAFETY: kill has no memory effects.
-    unsafe { libc::kill(rank1, libc::SIGKILL) };
+    unsafe { libc::kill(rank_pid(&run, 1), libc::SIGKILL) };
     let out = wait_output(agent, Duration::from_secs(300), "torchrun");
     let t = text(&out);
     assert!(out.status.success(), "{t}");
