@@ -17,7 +17,7 @@ pub const MAX_TIMEOUT_SECS: u64 = 30 * 24 * 3600;
 /// of the log window in which the request arrived.
 pub fn stop_message(in_job: bool) -> &'static str {
     if in_job {
-        "every rank stops at the end of this log window (run.log_every), with a checkpoint"
+        "every rank stops at the end of this log window, with a checkpoint"
     } else {
         "stopping after this step with a checkpoint"
     }

@@ -44,7 +44,7 @@ pub fn run(n: usize) -> Result<()> {
         children.push(child);
     }
     tracing::info!(processes = n, master_port = %port, "data-parallel training on this machine");
-    let statuses = wait_all(&mut children)?;
+    let (statuses, first) = wait_all(&mut children)?;
     let stopped = |s: &ExitStatus| matches!(s.code(), Some(130 | 143));
     let failed: Vec<(usize, ExitStatus)> = statuses
         .iter()
@@ -70,11 +70,13 @@ pub fn run(n: usize) -> Result<()> {
         .iter()
         .map(|(rank, s)| format!("rank {rank} ({})", describe(*s)))
         .collect();
-    bail!(
-        "{} of {n} failed; the run stopped (the lowest rank's error above is the cause, the \
-         others usually follow from it)",
-        list.join(", ")
-    )
+    let cause = first.map_or(String::new(), |r| {
+        format!(
+            "; rank {r} failed first ({}), the others followed",
+            describe(statuses[r])
+        )
+    });
+    bail!("{} of {n} failed{cause}", list.join(", "))
 }
 
 /// The arguments without `--nproc-per-node N` / `--nproc-per-node=N`.
@@ -153,12 +155,14 @@ fn forward_signals(pids: Arc<Mutex<Vec<i32>>>) -> Result<()> {
     Ok(())
 }
 
-/// Waits for every rank and returns their statuses. Once one has failed (a status other than 0
-/// and the 130 / 143 of a requested stop), the others are sent SIGTERM at once, as torchrun does
-/// (they also fail by themselves at their next collective), and SIGKILL [`KILL_AFTER`] later.
-fn wait_all(children: &mut [Child]) -> Result<Vec<ExitStatus>> {
+/// Waits for every rank and returns their statuses and the rank that failed first. Once one has
+/// failed (a status other than 0 and the 130 / 143 of a requested stop), the others are sent
+/// SIGTERM at once, as torchrun does (they also fail by themselves at their next collective), and
+/// SIGKILL [`KILL_AFTER`] later.
+fn wait_all(children: &mut [Child]) -> Result<(Vec<ExitStatus>, Option<usize>)> {
     let mut done: Vec<Option<ExitStatus>> = vec![None; children.len()];
     let mut failed_at: Option<Instant> = None;
+    let mut first: Option<usize> = None;
     let mut killed = false;
     while done.iter().any(Option::is_none) {
         let mut newly_failed = false;
@@ -168,7 +172,10 @@ fn wait_all(children: &mut [Child]) -> Result<Vec<ExitStatus>> {
             }
             if let Some(status) = child.try_wait().context("waiting for a rank")? {
                 done[rank] = Some(status);
-                newly_failed |= !matches!(status.code(), Some(0 | 130 | 143));
+                if !matches!(status.code(), Some(0 | 130 | 143)) {
+                    newly_failed = true;
+                    first.get_or_insert(rank);
+                }
             }
         }
         if newly_failed && failed_at.is_none() {
@@ -181,7 +188,7 @@ fn wait_all(children: &mut [Child]) -> Result<Vec<ExitStatus>> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(done.into_iter().flatten().collect())
+    Ok((done.into_iter().flatten().collect(), first))
 }
 
 /// Sends `signal` to the ranks still running.

@@ -703,31 +703,46 @@ fn an_evaluation_split_among_ranks_scores_as_one_process() {
 fn ranks_started_with_other_settings_are_refused_before_anything_is_written() {
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path(), 4);
-    let (cwd0, cwd1) = (dir.path().join("rank0"), dir.path().join("rank1"));
-    std::fs::create_dir_all(&cwd0).unwrap();
-    std::fs::create_dir_all(&cwd1).unwrap();
-    let port = free_port();
-    let cfg = config.to_str().unwrap();
-    let args = ["train", "--no-progress", "--config", cfg, "--out", "run"];
-    let r0 = rank_command(&cwd0, 0, 2, port).args(args).spawn().unwrap();
-    let r1 = rank_command(&cwd1, 1, 2, port)
-        .args(args)
-        .args(["--set", "optim.lr=0.1"])
-        .spawn()
-        .unwrap();
-    let limit = Duration::from_secs(120);
-    for out in [
-        wait_output(r0, limit, "rank 0"),
-        wait_output(r1, limit, "rank 1"),
-    ] {
-        let t = text(&out);
-        assert_eq!(out.status.code(), Some(1), "{t}");
-        assert!(
-            t.contains("rank 1 failed: its config differs from rank 0's at `optim.lr`: 0.1 here"),
-            "{t}"
+    let fashion = common::mnist().with_file_name("fashion-mnist.h5");
+    let other_data = format!("data.path=\"{}\"", fashion.display());
+    let cases = [
+        (
+            vec!["--set", "optim.lr=0.1"],
+            "rank 1 failed: its config differs from rank 0's at `optim.lr`: 0.1 on rank 1",
+        ),
+        // data.path may differ between machines; the images may not.
+        (
+            vec!["--set", other_data.as_str()],
+            "rank 1 failed: its training images differ from rank 0's",
+        ),
+    ];
+    for (i, (extra, expected)) in cases.iter().enumerate() {
+        let (cwd0, cwd1) = (
+            dir.path().join(format!("r0-{i}")),
+            dir.path().join(format!("r1-{i}")),
         );
+        std::fs::create_dir_all(&cwd0).unwrap();
+        std::fs::create_dir_all(&cwd1).unwrap();
+        let port = free_port();
+        let cfg = config.to_str().unwrap();
+        let args = ["train", "--no-progress", "--config", cfg, "--out", "run"];
+        let r0 = rank_command(&cwd0, 0, 2, port).args(args).spawn().unwrap();
+        let r1 = rank_command(&cwd1, 1, 2, port)
+            .args(args)
+            .args(extra)
+            .spawn()
+            .unwrap();
+        let limit = Duration::from_secs(120);
+        for out in [
+            wait_output(r0, limit, "rank 0"),
+            wait_output(r1, limit, "rank 1"),
+        ] {
+            let t = text(&out);
+            assert_eq!(out.status.code(), Some(1), "{t}");
+            assert!(t.contains(expected), "{t}");
+        }
+        assert!(listing(&cwd0).is_empty(), "{:?}", listing(&cwd0));
     }
-    assert!(listing(&cwd0).is_empty(), "{:?}", listing(&cwd0));
 }
 
 #[test]

@@ -553,7 +553,7 @@ pub fn train<T: TrainTask>(
         mut state,
         mut last_checkpoint,
         mut last_loss,
-    } = open_or_follow(task, &target, s, par)?;
+    } = open_or_follow(task, &target, s, data, par)?;
     let n_data = s.data_limit.map_or(data.len(), |k| k.min(data.len()));
     let mut batches = BatchSampler::new(n_data, s.batch_size, s.seed);
     let bar = progress_bar(opts.progress && run.is_some(), s.steps, state.step);
@@ -695,6 +695,7 @@ fn open_or_follow<T: TrainTask>(
     task: &mut T,
     target: &RunTarget,
     s: &LoopSettings,
+    data: &ImageData,
     par: Option<&DataParallel>,
 ) -> Result<Opened> {
     let Some(p) = par else {
@@ -708,8 +709,8 @@ fn open_or_follow<T: TrainTask>(
             last_loss: loss,
         });
     };
-    // Nothing is written before every rank is known to run the same config.
-    p.agree_config(&target.config_toml)?;
+    // Nothing is written before every rank is known to run the same config on the same data.
+    p.agree_config(&target.config_toml, &data.fingerprint())?;
     let opened = if p.is_root() {
         let result = open_run(task, target, s);
         p.publish_start(result.as_ref().map(|o| &o.2).map_err(ToString::to_string))?;

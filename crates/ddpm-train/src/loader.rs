@@ -39,6 +39,27 @@ pub fn load_images(path: &Path, split: &str) -> Result<ImageData> {
 }
 
 impl ImageData {
+    /// A short fingerprint of the images and labels: their shape and a sha256 of every image and
+    /// label, in order (about 0.1 s for MNIST's 60,000 images). Data-parallel ranks compare it,
+    /// so that no rank trains on other data than rank 0.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for d in self.images.shape() {
+            h.update((*d as u64).to_le_bytes());
+        }
+        match self.images.as_slice() {
+            Some(bytes) => h.update(bytes),
+            None => self.images.iter().for_each(|b| h.update([*b])),
+        }
+        for l in self.labels.iter().flatten() {
+            h.update(l.to_le_bytes());
+        }
+        let (n, height, width, c) = self.images.dim();
+        let digest = hex::encode(h.finalize());
+        format!("{n} images {height}×{width}×{c}, sha256 {}", &digest[..16])
+    }
+
     /// Number of images.
     pub fn len(&self) -> usize {
         self.images.dim().0

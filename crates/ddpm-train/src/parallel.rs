@@ -128,22 +128,35 @@ impl DataParallel {
         out
     }
 
-    /// Makes sure that every rank was started with rank 0's settings before anything is written:
-    /// rank 0 publishes its resolved config (`config_toml`), each other rank compares its own
-    /// with it ([`config_difference`]), and all ranks agree on the outcome
-    /// ([`DataParallel::check_all`]).
+    /// Makes sure that every rank was started with rank 0's settings and data before anything is
+    /// written: rank 0 publishes its resolved config (`config_toml`) and its data's fingerprint
+    /// ([`crate::loader::ImageData::fingerprint`]), each other rank compares its own with them
+    /// ([`config_difference`]), and all ranks agree on the outcome ([`DataParallel::check_all`]).
     ///
     /// # Errors
-    /// [`TrainError::RankFailed`] naming the lowest rank whose config differs and the first
-    /// differing key; [`TrainError::Dist`] when a peer fails.
-    pub fn agree_config(&self, config_toml: &str) -> Result<()> {
+    /// [`TrainError::RankFailed`] naming the lowest rank whose config or data differs, and the
+    /// first differing key; [`TrainError::Dist`] when a peer fails.
+    pub fn agree_config(&self, config_toml: &str, data_fingerprint: &str) -> Result<()> {
         let verdict = if self.is_root() {
-            self.group.store_set(CONFIG_KEY, config_toml.as_bytes())?;
+            let doc = serde_json::json!({ "config": config_toml, "data": data_fingerprint });
+            self.group
+                .store_set(CONFIG_KEY, doc.to_string().as_bytes())?;
             Ok(())
         } else {
-            let root = self.group.store_get(CONFIG_KEY)?;
-            match config_difference(&String::from_utf8_lossy(&root), config_toml) {
+            let doc: serde_json::Value =
+                serde_json::from_slice(&self.group.store_get(CONFIG_KEY)?).unwrap_or_default();
+            let (root_config, root_data) = (
+                doc["config"].as_str().unwrap_or_default(),
+                doc["data"].as_str().unwrap_or_default(),
+            );
+            match config_difference(root_config, config_toml, self.rank()) {
                 Some(difference) => Err(difference),
+                None if root_data != data_fingerprint => Err(format!(
+                    "its training images differ from rank 0's: {data_fingerprint} on rank {}, \
+                     {root_data} on rank 0 (data.path may differ between machines, the data \
+                     may not)",
+                    self.rank()
+                )),
                 None => Ok(()),
             }
         };
@@ -344,9 +357,10 @@ impl DataParallel {
 /// CPU threads and the data file's path (each machine its own mount).
 const PER_RANK_KEYS: [&str; 3] = ["run.device", "run.cpu_threads", "data.path"];
 
-/// The first setting (dotted key, in key order) in which two resolved configs differ, as a
-/// message naming both values; `None` when they agree apart from [`PER_RANK_KEYS`].
-pub fn config_difference(root: &str, here: &str) -> Option<String> {
+/// The first setting (dotted key, in key order) in which the resolved config of rank `rank`
+/// (`here`) differs from rank 0's (`root`), as a message naming both values; `None` when they
+/// agree apart from [`PER_RANK_KEYS`].
+pub fn config_difference(root: &str, here: &str, rank: usize) -> Option<String> {
     fn flatten(
         prefix: &str,
         v: &toml::Value,
@@ -388,8 +402,8 @@ pub fn config_difference(root: &str, here: &str) -> Option<String> {
         m.get(&key).cloned().unwrap_or_else(|| "(not set)".into())
     };
     Some(format!(
-        "its config differs from rank 0's at `{key}`: {} here, {} on rank 0 (every rank of a run \
-         must be started with the same settings)",
+        "its config differs from rank 0's at `{key}`: {} on rank {rank}, {} on rank 0 (every rank \
+         of a run must be started with the same settings)",
         show(&b),
         show(&a)
     ))
@@ -403,15 +417,15 @@ mod tests {
     fn configs_are_compared_key_by_key_except_per_rank_ones() {
         let root = "[optim]\nlr = 0.0002\n[run]\ndevice = \"cuda:0\"\ncpu_threads = 1\n[data]\npath = \"/a/mnist.h5\"\n";
         let same = "[run]\ndevice = \"cuda:1\"\ncpu_threads = 4\n[data]\npath = \"/b/mnist.h5\"\n[optim]\nlr = 0.0002\n";
-        assert_eq!(config_difference(root, same), None);
+        assert_eq!(config_difference(root, same, 1), None);
         let other = same.replace("0.0002", "0.1");
-        let msg = config_difference(root, &other).unwrap();
+        let msg = config_difference(root, &other, 1).unwrap();
         assert!(
-            msg.contains("`optim.lr`: 0.1 here, 0.0002 on rank 0"),
+            msg.contains("`optim.lr`: 0.1 on rank 1, 0.0002 on rank 0"),
             "{msg}"
         );
         let missing = "[run]\ndevice = \"cuda:1\"\n";
-        let msg = config_difference(root, missing).unwrap();
-        assert!(msg.contains("`optim.lr`: (not set) here"), "{msg}");
+        let msg = config_difference(root, missing, 3).unwrap();
+        assert!(msg.contains("`optim.lr`: (not set) on rank 3"), "{msg}");
     }
 }
