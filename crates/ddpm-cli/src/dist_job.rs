@@ -66,5 +66,13 @@ pub fn join(
         "joining the data-parallel job"
     );
     let group = ProcessGroup::init(env, backend, Duration::from_secs(timeout_secs))?;
-    Ok(DataParallel::new(group))
+    let parallel = DataParallel::new(group);
+    // DDPM_DIST_BUCKET_KB: the gradient bucket size (PyTorch DDP's bucket_cap_mb), default 25 MB.
+    Ok(match std::env::var("DDPM_DIST_BUCKET_KB") {
+        Err(_) => parallel,
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(kb) if kb > 0 => parallel.with_bucket_bytes(kb << 10),
+            _ => anyhow::bail!("DDPM_DIST_BUCKET_KB={v:?}: expected a whole number of KiB ≥ 1"),
+        },
+    })
 }

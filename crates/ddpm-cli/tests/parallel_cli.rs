@@ -72,11 +72,18 @@ fn ok(out: &Output, what: &str) -> String {
     t
 }
 
-/// Runs `args` as a 2-rank job, rank 0 in `cwd0` and rank 1 in `cwd1`; returns both outputs.
-fn two_ranks(cwd0: &Path, cwd1: &Path, args: &[&str]) -> (Output, Output) {
+/// Runs `args` as a 2-rank job, rank 0 in `cwd0` and rank 1 in `cwd1`, with the variables `envs`;
+/// returns both outputs.
+fn two_ranks(cwd0: &Path, cwd1: &Path, args: &[&str], envs: &[(&str, &str)]) -> (Output, Output) {
     let port = free_port();
-    let r0 = rank_command(cwd0, 0, 2, port).args(args).spawn().unwrap();
-    let r1 = rank_command(cwd1, 1, 2, port).args(args).spawn().unwrap();
+    let spawn = |cwd: &Path, rank: usize| {
+        rank_command(cwd, rank, 2, port)
+            .args(args)
+            .envs(envs.iter().copied())
+            .spawn()
+            .unwrap()
+    };
+    let (r0, r1) = (spawn(cwd0, 0), spawn(cwd1, 1));
     let limit = Duration::from_secs(300);
     (
         wait_output(r0, limit, "rank 0"),
@@ -191,7 +198,7 @@ fn two_ranks_train_like_one_rank_and_only_rank_0_writes() {
     std::fs::create_dir_all(&cwd1).unwrap();
     let cfg = config.to_str().unwrap();
     let args = ["train", "--no-progress", "--config", cfg, "--out", "run"];
-    let (r0, r1) = two_ranks(&cwd0, &cwd1, &args);
+    let (r0, r1) = two_ranks(&cwd0, &cwd1, &args, &[]);
     let t0 = ok(&r0, "rank 0");
     ok(&r1, "rank 1");
     assert!(t0.contains("finished"), "{t0}");
@@ -218,6 +225,17 @@ fn two_ranks_train_like_one_rank_and_only_rank_0_writes() {
     assert!(!log.contains("rank=1"), "{log}");
     let records = RunDir::open(&two).unwrap().read_metrics().unwrap();
     assert!(records.iter().all(|r| r["world_size"] == 2), "{records:?}");
+    // The same with the gradients all-reduced in 1 KiB buckets (this tiny UNet's buffer is one
+    // bucket at the default 25 MB): the buckets in flight together sum to the same result.
+    let (b0, b1) = (dir.path().join("buckets0"), dir.path().join("buckets1"));
+    std::fs::create_dir_all(&b0).unwrap();
+    std::fs::create_dir_all(&b1).unwrap();
+    let (r0, r1) = two_ranks(&b0, &b1, &args, &[("DDPM_DIST_BUCKET_KB", "1")]);
+    ok(&r0, "rank 0 with 1 KiB buckets");
+    ok(&r1, "rank 1 with 1 KiB buckets");
+    let d = max_difference(&one, &b0.join("run"), peak_lr(&config));
+    eprintln!("2 ranks with 1 KiB buckets vs 1 rank: largest difference {d:e}");
+    assert!(d < 1e-5, "{d}");
 }
 
 #[test]
@@ -479,6 +497,7 @@ fn a_non_finite_loss_stops_every_rank_naming_the_rank_and_step() {
         &cwd0,
         &cwd1,
         &["train", "--no-progress", "--config", cfg, "--out", "run"],
+        &[],
     );
     let (t0, t1) = (text(&r0), text(&r1));
     for (t, out) in [(&t0, &r0), (&t1, &r1)] {

@@ -126,6 +126,31 @@ fn launch(args: &[String]) -> ExitCode {
 }
 
 /// Min and median of `times`, in seconds.
+/// Minimum and median seconds of `iters` runs of `reduce` on `buf` (after one warm-up run), each
+/// started together on every rank (a barrier) from `buf` filled with `rank + 1`, and checked.
+fn timed(
+    iters: usize,
+    g: &ProcessGroup,
+    buf: &mut Tensor,
+    rank: usize,
+    check: &dyn Fn(&Tensor),
+    mut reduce: impl FnMut(&mut Tensor),
+) -> (f64, f64) {
+    let mut times = Vec::new();
+    for i in 0..=iters {
+        let _ = buf.fill_((rank + 1) as f64);
+        g.barrier().expect("barrier");
+        let start = Instant::now();
+        reduce(buf);
+        let secs = start.elapsed().as_secs_f64();
+        check(buf);
+        if i > 0 {
+            times.push(secs);
+        }
+    }
+    stats(times)
+}
+
 fn stats(mut times: Vec<f64>) -> (f64, f64) {
     times.sort_by(f64::total_cmp);
     (times[0], times[times.len() / 2])
@@ -172,19 +197,9 @@ fn rank(args: &[String]) {
             );
         };
 
-        let mut times = Vec::new();
-        for i in 0..=iters {
-            let _ = buf.fill_((r + 1) as f64);
-            g.barrier().expect("barrier");
-            let start = Instant::now();
-            g.all_reduce_sum(&mut buf).expect("all_reduce_sum");
-            let secs = start.elapsed().as_secs_f64();
-            check(&buf);
-            if i > 0 {
-                times.push(secs);
-            }
-        }
-        let (min, med) = stats(times);
+        let (min, med) = timed(iters, &g, &mut buf, r, &check, |buf| {
+            g.all_reduce_sum(buf).expect("all_reduce_sum");
+        });
         say(format!(
             "{name}: {n} floats ({:.1} MB): one call {min:.4} s / {med:.4} s ({:.2} GB/s bus bandwidth)",
             bytes / 1e6,
@@ -192,11 +207,7 @@ fn rank(args: &[String]) {
         ));
 
         let bucket = ((bucket_mb * 1e6 / 4.0) as i64).max(1);
-        let mut times = Vec::new();
-        for i in 0..=iters {
-            let _ = buf.fill_((r + 1) as f64);
-            g.barrier().expect("barrier");
-            let start = Instant::now();
+        let (min, med) = timed(iters, &g, &mut buf, r, &check, |buf| {
             let mut slices: Vec<Tensor> = (0..n)
                 .step_by(bucket as usize)
                 .map(|s| buf.narrow(0, s, bucket.min(n - s)))
@@ -208,13 +219,7 @@ fn rank(args: &[String]) {
             for work in works {
                 work.wait().expect("wait");
             }
-            let secs = start.elapsed().as_secs_f64();
-            check(&buf);
-            if i > 0 {
-                times.push(secs);
-            }
-        }
-        let (min, med) = stats(times);
+        });
         say(format!(
             "{name}: {} slices of <= {bucket_mb} MB in flight: {min:.4} s / {med:.4} s",
             (n + bucket - 1) / bucket

@@ -867,6 +867,31 @@ fn small_unet(channels: Vec<i64>, layers: i64, attn_level: usize, groups: i64) -
     }
 }
 
+/// Every value of a TOML document by its dotted key (`optim.lr`, the keys `--set` addresses), in key
+/// order, written back as TOML.
+pub fn dotted_values(v: &toml::Value) -> std::collections::BTreeMap<String, String> {
+    fn walk(prefix: &str, v: &toml::Value, out: &mut std::collections::BTreeMap<String, String>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, v, out);
+                }
+            }
+            other => {
+                out.insert(prefix.to_string(), other.to_string());
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk("", v, &mut out);
+    out
+}
+
 impl TrainConfig {
     /// `mnist-cpu`: a DDPM small enough for a 2-core CPU (28 → 14 → 7, attention only at 7×7).
     pub fn mnist_cpu() -> Self {

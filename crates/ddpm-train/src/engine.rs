@@ -534,19 +534,8 @@ pub fn train<T: TrainTask>(
     data: &ImageData,
     opts: &TrainOptions,
 ) -> Result<TrainSummary> {
-    if s.grad_accum == 0 || s.batch_size % s.grad_accum != 0 {
-        return Err(TrainError::config(
-            "optim.grad_accum",
-            format!(
-                "{} does not divide data.batch_size {}",
-                s.grad_accum, s.batch_size
-            ),
-        ));
-    }
     let par = opts.parallel.as_ref();
-    if let Some(p) = par {
-        p.check_batch(s.batch_size, s.grad_accum)?;
-    }
+    check_batch_split(s, par)?;
     let Opened {
         run,
         _lock,
@@ -568,6 +557,13 @@ pub fn train<T: TrainTask>(
         (Some(ev), Some(run)) => best_so_far(run, ev.name(), &s.eval_setting)?,
         _ => None,
     };
+    let writer = run.as_ref().map(|run| Writer {
+        run,
+        target: &target,
+        s,
+        evaluator,
+        stop_flag: &opts.stop,
+    });
     while state.step < s.steps {
         let (images, labels) = data.gather(&batches.indices(state.step));
         let rec = train_step(
@@ -602,12 +598,7 @@ pub fn train<T: TrainTask>(
                 last_checkpoint: &last_checkpoint,
                 bar: bar.as_ref(),
             };
-            let (loss, agreed_stop) = log_window(task, &mut window, &ctx, par, local_stop)
-                .map_err(|e| e.at_step(state.step))?;
-            if let Some(loss) = loss {
-                last_loss = loss;
-            }
-            stop |= agreed_stop;
+            stop |= end_window(task, &mut window, &ctx, par, local_stop, &mut last_loss)?;
         }
         // A stop request skips the evaluation (it can take minutes); the resumed run goes on.
         let eval_start = Instant::now();
@@ -617,31 +608,18 @@ pub fn train<T: TrainTask>(
                 .transpose()?;
         let mut set_aside = eval_start.elapsed();
         // Ranks other than 0 write nothing: no checkpoint, grid or evaluation record.
-        if let Some(run) = &run {
-            if last || stop || every(state.step, s.checkpoint_every) {
-                last_checkpoint = Some(checkpoint(
-                    task,
-                    run,
-                    &target,
-                    s,
-                    &mut state,
-                    last_checkpoint,
-                )?);
-            }
-            let outputs_start = Instant::now();
-            // A stop request skips the grid (and one during the grid ends it).
-            if (every(state.step, s.sample_every) || (last && s.sample_num > 0)) && !stop {
-                write_grid(task, run, s, state.step, &opts.stop)?;
-            }
-            if let (Some(ev), Some(images)) = (evaluator, eval_images) {
-                let at = EvalPoint {
-                    run,
-                    target: &target,
-                    state: &state,
-                };
-                evaluate(task, ev, &at, s, &mut best, images, eval_start)?;
-            }
-            set_aside += outputs_start.elapsed();
+        if let Some(w) = &writer {
+            let end = StepEnd { last, stop };
+            set_aside += write_outputs(
+                task,
+                w,
+                end,
+                &mut state,
+                &mut last_checkpoint,
+                &mut best,
+                eval_images,
+                eval_start,
+            )?;
         }
         aside += set_aside;
         window.set_aside(set_aside);
@@ -659,23 +637,121 @@ pub fn train<T: TrainTask>(
     if let Some(p) = par {
         p.finish().map_err(|e| e.at_step(state.step))?;
     }
-    let checkpoint = match (last_checkpoint, &run) {
-        (Some(c), _) => c,
+    Ok(TrainSummary {
+        checkpoint: session_checkpoint(last_checkpoint, run.as_ref(), &target)?,
+        step: state.step,
+        last_loss,
+        elapsed_secs: state.elapsed_secs,
+        interrupted,
+    })
+}
+
+/// The checkpoint a session reports: the one it wrote last, else the run's newest (a resume of a
+/// finished run); on ranks other than 0, which write none, the run directory.
+fn session_checkpoint(
+    written: Option<PathBuf>,
+    run: Option<&RunDir>,
+    target: &RunTarget,
+) -> Result<PathBuf> {
+    match (written, run) {
+        (Some(c), _) => Ok(c),
         (None, Some(run)) => run
             .latest_checkpoint()?
             .ok_or_else(|| TrainError::Checkpoint {
                 path: run.path.clone(),
                 message: "no checkpoint was written".into(),
-            })?,
-        (None, None) => target.dir.to_path_buf(),
-    };
-    Ok(TrainSummary {
-        step: state.step,
-        last_loss,
-        elapsed_secs: state.elapsed_secs,
-        interrupted,
-        checkpoint,
-    })
+            }),
+        (None, None) => Ok(target.dir.to_path_buf()),
+    }
+}
+
+/// What rank 0 (or the single process) writes after a step, and where.
+struct Writer<'a> {
+    run: &'a RunDir,
+    target: &'a RunTarget<'a>,
+    s: &'a LoopSettings,
+    evaluator: Option<&'a dyn Evaluator>,
+    /// The stop request, which ends a grid being drawn.
+    stop_flag: &'a Arc<AtomicBool>,
+}
+
+/// How a step ended: the run's last step, and whether the run stops after it.
+#[derive(Clone, Copy)]
+struct StepEnd {
+    last: bool,
+    stop: bool,
+}
+
+/// After a step: the checkpoint when due (every `checkpoint_every` steps, at the end, on stop),
+/// the sample grid when due (not on stop), and the record of an evaluation whose images were
+/// drawn (`eval_images`, drawn since `eval_start`). Returns the time spent on the grid and the
+/// evaluation, which is not training time.
+#[allow(clippy::too_many_arguments)]
+fn write_outputs<T: TrainTask>(
+    task: &mut T,
+    w: &Writer,
+    end: StepEnd,
+    state: &mut TrainState,
+    last_checkpoint: &mut Option<PathBuf>,
+    best: &mut Option<f64>,
+    eval_images: Option<Option<Tensor>>,
+    eval_start: Instant,
+) -> Result<Duration> {
+    let s = w.s;
+    if end.last || end.stop || every(state.step, s.checkpoint_every) {
+        let previous = last_checkpoint.take();
+        *last_checkpoint = Some(checkpoint(task, w.run, w.target, s, state, previous)?);
+    }
+    let start = Instant::now();
+    // A stop request skips the grid (and one during the grid ends it).
+    if (every(state.step, s.sample_every) || (end.last && s.sample_num > 0)) && !end.stop {
+        write_grid(task, w.run, s, state.step, w.stop_flag)?;
+    }
+    if let (Some(ev), Some(images)) = (w.evaluator, eval_images) {
+        let at = EvalPoint {
+            run: w.run,
+            target: w.target,
+            state,
+        };
+        evaluate(task, ev, &at, s, best, images, eval_start)?;
+    }
+    Ok(start.elapsed())
+}
+
+/// Checks that `optim.grad_accum` divides the batch, and in a data-parallel run that the batch
+/// splits into the ranks' equal shares of `grad_accum` micro-batches.
+fn check_batch_split(s: &LoopSettings, par: Option<&DataParallel>) -> Result<()> {
+    if s.grad_accum == 0 || s.batch_size % s.grad_accum != 0 {
+        return Err(TrainError::config(
+            "optim.grad_accum",
+            format!(
+                "{} does not divide data.batch_size {}",
+                s.grad_accum, s.batch_size
+            ),
+        ));
+    }
+    match par {
+        Some(p) => p.check_batch(s.batch_size, s.grad_accum),
+        None => Ok(()),
+    }
+}
+
+/// [`log_window`] at a boundary step, naming the step in a communication error; updates
+/// `last_loss` and returns whether the ranks agreed to stop.
+fn end_window<T: TrainTask>(
+    task: &T,
+    window: &mut LogWindow,
+    ctx: &WindowContext,
+    par: Option<&DataParallel>,
+    local_stop: bool,
+    last_loss: &mut f64,
+) -> Result<bool> {
+    let (loss, stop) =
+        log_window(task, window, ctx, par, local_stop).map_err(|e| e.at_step(ctx.state.step))?;
+    if let Some(loss) = loss {
+        *last_loss = loss;
+    }
+    Ok(stop)
 }
 
 /// Where a training starts: the run (rank 0 and single processes only), its lock, the state and

@@ -141,23 +141,6 @@ fn toml_seed() -> String {
     TrainConfig::preset("mnist-cpu").unwrap().to_toml()
 }
 
-/// The dotted paths of every value of a TOML table (the keys that `--set` can address).
-fn toml_keys(prefix: &str, v: &toml::Value, out: &mut Vec<String>) {
-    match v {
-        toml::Value::Table(t) => {
-            for (k, v) in t {
-                let key = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                toml_keys(&key, v, out);
-            }
-        }
-        _ => out.push(prefix.to_string()),
-    }
-}
-
 /// Tiny images in every decoder path: grey and RGB PNG, RGB JPEG.
 fn image_seeds() -> Vec<(&'static str, Vec<u8>)> {
     let encode = |img: image::DynamicImage, format| {
@@ -368,8 +351,10 @@ proptest! {
         sets in prop::collection::vec((any::<prop::sample::Index>(), bad_token(), any::<bool>()), 1..4),
     ) {
         let base = TrainConfig::preset("mnist-cpu").unwrap();
-        let mut keys = Vec::new();
-        toml_keys("", &toml::Value::try_from(&base).unwrap(), &mut keys);
+        let keys: Vec<String> =
+            ddpm_train::config::dotted_values(&toml::Value::try_from(&base).unwrap())
+                .into_keys()
+                .collect();
         let overrides: Vec<String> = sets
             .iter()
             .map(|(i, v, odd)| {
