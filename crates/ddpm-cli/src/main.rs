@@ -17,6 +17,7 @@ mod info;
 mod launch;
 mod models;
 mod outputs;
+mod reproduce;
 mod run_log;
 mod sample;
 mod schedule;
@@ -67,6 +68,10 @@ enum Command {
     Visualize(visualize::VisualizeCommand),
     /// DDPM (per sampler) vs GAN vs VAE: FID, FID_cls, IS_cls, bits/dim, times → report.md/png.
     Compare(compare::CompareArgs),
+    /// The lecture's experiment end to end (DDPM vs GAN vs VAE on MNIST): train each model for a
+    /// wall-clock budget, score every row with one protocol beside its real-vs-real floor, write
+    /// results.json, results.md, results.png; a rerun continues where it stopped.
+    Reproduce(reproduce::ReproduceArgs),
     /// Benchmark a preset: training images/s, sampling evaluations/s, chain images/s, peak memory (JSON).
     Bench(bench::BenchArgs),
 }
@@ -133,6 +138,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Check(args) => check::run(args),
         Command::Visualize(cmd) => visualize::run(cmd),
         Command::Compare(args) => compare::run(args),
+        Command::Reproduce(args) => reproduce::run(args),
         Command::Bench(args) => bench::run(args, threads),
     }
 }
@@ -162,6 +168,7 @@ impl Command {
             | Command::Export(_)
             | Command::Visualize(_)
             | Command::Compare(_)
+            | Command::Reproduce(_)
             | Command::Bench(_) => true,
         }
     }

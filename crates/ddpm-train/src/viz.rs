@@ -11,7 +11,9 @@ use crate::error::Result;
 
 mod plot;
 
-pub use plot::{plot, tick_label, PlotPanel, PANEL_HEIGHT, PLOT_WIDTH, TITLE_HEIGHT};
+pub use plot::{
+    captioned, plot, tick_label, PlotPanel, CAPTION_LINE, PANEL_HEIGHT, PLOT_WIDTH, TITLE_HEIGHT,
+};
 
 /// Smallest side of a grid cell, pixels: smaller images are enlarged by an integer factor
 /// ([`upscale_factor`]), e.g. 28×28 digits ×4 to 112×112.
@@ -92,6 +94,20 @@ pub fn hstack(images: &[RgbImage], gap: u32) -> RgbImage {
     for i in images {
         image::imageops::overlay(&mut out, i, x as i64, 0);
         x += i.width() + gap;
+    }
+    out
+}
+
+/// Stacks images top to bottom, left-aligned, with `gap` white pixels between them.
+pub fn vstack(images: &[RgbImage], gap: u32) -> RgbImage {
+    let h = images.iter().map(|i| i.height()).sum::<u32>()
+        + gap * images.len().saturating_sub(1) as u32;
+    let w = images.iter().map(|i| i.width()).max().unwrap_or(1);
+    let mut out = RgbImage::from_pixel(w, h.max(1), Rgb([255, 255, 255]));
+    let mut y = 0;
+    for i in images {
+        image::imageops::overlay(&mut out, i, 0, y as i64);
+        y += i.height() + gap;
     }
     out
 }

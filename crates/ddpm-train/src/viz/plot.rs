@@ -130,6 +130,36 @@ pub fn plot(title: &str, x_label: &str, panels: &[PlotPanel]) -> RgbImage {
     RgbImage::from_raw(w, h, buf).expect("the buffer holds w × h RGB pixels")
 }
 
+/// Height of one caption line of [`captioned`], pixels.
+pub const CAPTION_LINE: u32 = 22;
+
+/// `img` with `lines` of text above it (black on white, 15 px DejaVu Sans, one line per entry,
+/// [`CAPTION_LINE`] pixels each), at least as wide as the widest line needs; e.g. a sample grid
+/// titled with its scores.
+pub fn captioned(img: &RgbImage, lines: &[String]) -> RgbImage {
+    register_font();
+    let style = (FONT, 15).into_font().color(&BLACK);
+    let text_w = lines
+        .iter()
+        .map(|l| style.font.box_size(l).map_or(0, |(w, _)| w + 8))
+        .max()
+        .unwrap_or(0);
+    let (w, cap_h) = (img.width().max(text_w), CAPTION_LINE * lines.len() as u32);
+    let h = cap_h + img.height();
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        for (i, line) in lines.iter().enumerate() {
+            root.draw_text(line, &style, (4, 3 + CAPTION_LINE as i32 * i as i32))
+                .expect("drawing into a bitmap with the embedded font");
+        }
+        root.present().expect("a bitmap buffer needs no I/O");
+    }
+    let mut out = RgbImage::from_raw(w, h, buf).expect("the buffer holds w × h RGB pixels");
+    image::imageops::overlay(&mut out, img, 0, cap_h as i64);
+    out
+}
+
 /// Draws one panel into `area`, linear or logarithmic in y.
 fn draw_panel(
     area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,

@@ -97,6 +97,35 @@ fn hstack_places_images_side_by_side_top_aligned() {
     assert_eq!(*s.get_pixel(5, 2), WHITE);
 }
 
+#[test]
+fn vstack_places_images_top_to_bottom_left_aligned() {
+    let a = RgbImage::from_pixel(3, 5, Rgb([1, 2, 3]));
+    let b = RgbImage::from_pixel(4, 2, Rgb([9, 9, 9]));
+    let s = vstack(&[a, b], 2);
+    assert_eq!(s.dimensions(), (4, 5 + 2 + 2));
+    assert_eq!(*s.get_pixel(2, 4), Rgb([1, 2, 3]));
+    assert_eq!(*s.get_pixel(3, 0), WHITE);
+    assert_eq!(*s.get_pixel(0, 6), WHITE);
+    assert_eq!(*s.get_pixel(3, 8), Rgb([9, 9, 9]));
+}
+
+#[test]
+fn captioned_writes_text_above_the_image_and_keeps_it_whole() {
+    let img = RgbImage::from_pixel(40, 30, Rgb([200, 0, 0]));
+    let lines = vec!["DDPM, DPM-Solver++ 20".to_string(), "FID 12.3".to_string()];
+    let out = captioned(&img, &lines);
+    let cap = CAPTION_LINE * 2;
+    assert_eq!(out.height(), cap + 30);
+    assert!(out.width() > 40, "widened for the text: {}", out.width());
+    assert!(dark_in_rows(&out, 0..CAPTION_LINE) > 20, "first line drawn");
+    assert!(dark_in_rows(&out, CAPTION_LINE..cap) > 10, "second line drawn");
+    for (x, y) in [(0, cap), (39, cap + 29)] {
+        assert_eq!(*out.get_pixel(x, y), Rgb([200, 0, 0]));
+    }
+    assert_eq!(*out.get_pixel(out.width() - 1, cap + 10), WHITE);
+    assert_eq!(captioned(&img, &[]).dimensions(), (40, 30));
+}
+
 fn is_dark(p: &Rgb<u8>) -> bool {
     p.0.iter().all(|&v| v < 100)
 }
