@@ -69,6 +69,17 @@ enum Cmd {
     Test,
     /// The README's main command: set-up, MNIST, a grid of real digits and a data summary.
     Quickstart,
+    /// The lecture's experiment end to end: set-up, MNIST, the FID Inception and the digit
+    /// classifier, then `ddpm-cli reproduce EXPERIMENT ARGS` in the release profile (train the
+    /// DDPM, GAN and VAE, score every row beside its real-vs-real floor, write results.json,
+    /// results.md, results.png). Running it again continues where it stopped.
+    Reproduce {
+        /// The experiment (`mnist`).
+        experiment: String,
+        /// Options of `ddpm-cli reproduce` (e.g. `--minutes-per-model 30 --out runs/r`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Run `cargo <ARGS>` with the project environment (e.g. `cargo xtask cargo build --release`).
     Cargo {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -119,6 +130,14 @@ fn main() -> Result<()> {
             release: true,
             ..ctx
         }),
+        Cmd::Reproduce { experiment, args } => reproduce(
+            &Ctx {
+                release: true,
+                ..ctx
+            },
+            &experiment,
+            &args,
+        ),
         Cmd::Cargo { args } => {
             venv::ensure(&ctx.venv())?;
             run(ctx.cargo().args(args))
@@ -251,13 +270,23 @@ fn quickstart(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-/// Images on each side of the quickstart's FID_cls.
-const SCORED: usize = 1000;
+/// `cargo xtask reproduce`: what the experiment needs, then the command itself.
+fn reproduce(ctx: &Ctx, experiment: &str, args: &[String]) -> Result<()> {
+    step("set-up (virtual environment with torch and cmake)");
+    venv::ensure(&ctx.venv())?;
+    step("MNIST");
+    fetch::fetch_dataset(ctx, &catalog::MNIST, None, false)?;
+    step("FID Inception weights");
+    fetch::fetch_weights(ctx, None, false)?;
+    ensure_classifier(ctx)?;
+    step(&format!(
+        "ddpm-cli reproduce {experiment} (Ctrl-C stops it with everything saved; the same command continues)"
+    ));
+    run(ctx.ddpm_cli(["reproduce", experiment]).args(args))
+}
 
-/// Trains the MNIST digit classifier when it is missing (resuming an interrupted one), draws
-/// [`SCORED`] digits with DPM-Solver++ and returns their FID_cls against the first [`SCORED`] test
-/// images, and that of as many training images (real vs real) for scale.
-fn quickstart_scores(ctx: &Ctx, run_dir: &Path, out: &Path) -> Result<(f64, f64)> {
+/// Trains the MNIST digit classifier of FID_cls when it is missing (resuming an interrupted one).
+fn ensure_classifier(ctx: &Ctx) -> Result<PathBuf> {
     let classifier = ctx.datasets().join("weights/classifier-mnist");
     if !classifier.join("model.safetensors").exists() {
         step("train the digit classifier of FID_cls (once; datasets/weights/classifier-mnist)");
@@ -267,6 +296,17 @@ fn quickstart_scores(ctx: &Ctx, run_dir: &Path, out: &Path) -> Result<(f64, f64)
         }
         run(&mut cmd)?;
     }
+    Ok(classifier)
+}
+
+/// Images on each side of the quickstart's FID_cls.
+const SCORED: usize = 1000;
+
+/// Trains the MNIST digit classifier when it is missing (resuming an interrupted one), draws
+/// [`SCORED`] digits with DPM-Solver++ and returns their FID_cls against the first [`SCORED`] test
+/// images, and that of as many training images (real vs real) for scale.
+fn quickstart_scores(ctx: &Ctx, run_dir: &Path, out: &Path) -> Result<(f64, f64)> {
+    let classifier = ensure_classifier(ctx)?;
     step(&format!(
         "sample {SCORED} digits with DPM-Solver++, 20 steps, and score them"
     ));

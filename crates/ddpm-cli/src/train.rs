@@ -234,6 +234,11 @@ pub fn run(mut args: TrainArgs, threads: Option<usize>) -> Result<()> {
         && models::latest_state(&dir)
             .ok()
             .is_some_and(|s| s.step == cfg.run.steps);
+    let limit_spent_before = resume
+        && cfg.run.time_limit_minutes > 0.0
+        && models::latest_state(&dir)
+            .ok()
+            .is_some_and(|s| s.elapsed_secs >= cfg.run.time_limit_minutes * 60.0);
     let summary = models::train(&dir, &cfg, resume, &opts)?;
     if !root {
         // Rank 0 reports the run.
@@ -244,8 +249,10 @@ pub fn run(mut args: TrainArgs, threads: Option<usize>) -> Result<()> {
     }
     let status = if summary.interrupted {
         "stopped"
-    } else if done_before {
+    } else if done_before || limit_spent_before {
         "already finished"
+    } else if summary.time_up {
+        "finished at its time limit"
     } else {
         "finished"
     };
@@ -299,7 +306,15 @@ fn print_summary(
     summary: &ddpm_train::engine::TrainSummary,
     status: &str,
 ) -> Result<()> {
-    if status == "already finished" {
+    if status == "already finished" && summary.time_up {
+        println!(
+            "{} has trained {:.1} of its run.time_limit_minutes = {}: nothing to train (raise it with \
+             --set run.time_limit_minutes=M to train further)",
+            dir.display(),
+            summary.elapsed_secs / 60.0,
+            cfg.run.time_limit_minutes
+        );
+    } else if status == "already finished" {
         println!(
             "{} is already at step {} = run.steps: nothing to train (give --steps N > {} to train \
              further)",

@@ -757,6 +757,10 @@ pub struct RunConfig {
     pub eval_network: Option<PathBuf>,
     /// Reference images of the evaluation: the first N of the training split.
     pub eval_reference_images: usize,
+    /// Training wall-clock minutes after which the run stops with a checkpoint, over all
+    /// sessions (grids and evaluations not counted); 0 = no limit. With a limit, `run.steps` is
+    /// an upper bound and the learning-rate schedule still runs over `run.steps`.
+    pub time_limit_minutes: f64,
 }
 
 /// The sample-quality metric of evaluations during training (`run.eval_metric`).
@@ -801,6 +805,7 @@ impl Default for RunConfig {
             eval_metric: EvalMetric::FidCls,
             eval_network: None,
             eval_reference_images: 10_000,
+            time_limit_minutes: 0.0,
         }
     }
 }
@@ -1181,6 +1186,13 @@ impl TrainConfig {
         }
         if self.run.log_every == 0 {
             return Err(TrainError::config("run.log_every", "must be ≥ 1"));
+        }
+        let limit = self.run.time_limit_minutes;
+        if !(limit.is_finite() && limit >= 0.0) {
+            return Err(TrainError::config(
+                "run.time_limit_minutes",
+                format!("must be a finite number ≥ 0 (0 = no limit), got {limit}"),
+            ));
         }
         if self.run.keep_checkpoints == 0 {
             return Err(TrainError::config("run.keep_checkpoints", "must be ≥ 1"));

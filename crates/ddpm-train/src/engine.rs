@@ -104,6 +104,9 @@ pub struct TrainSummary {
     pub elapsed_secs: f64,
     /// Whether the run stopped early on request.
     pub interrupted: bool,
+    /// Whether the run stopped at its time limit ([`LoopSettings::time_limit_secs`]), in this
+    /// session or an earlier one.
+    pub time_up: bool,
     /// The newest checkpoint.
     pub checkpoint: PathBuf,
 }
@@ -399,6 +402,10 @@ pub struct LoopSettings {
     /// How evaluations are made (sampler, sample and reference counts, network): scores made
     /// otherwise are not compared with each other.
     pub eval_setting: String,
+    /// Training wall-clock seconds after which the run stops with a checkpoint, counted like
+    /// [`TrainState::elapsed_secs`] over all sessions (grids and evaluations excluded); `None`:
+    /// no limit (`run.steps` ends the run).
+    pub time_limit_secs: Option<f64>,
 }
 
 impl LoopSettings {
@@ -564,7 +571,16 @@ pub fn train<T: TrainTask>(
         evaluator,
         stop_flag: &opts.stop,
     });
-    while state.step < s.steps {
+    let spent = |elapsed: f64| s.time_limit_secs.is_some_and(|l| elapsed >= l);
+    let mut time_up = spent(state.elapsed_secs);
+    if time_up && state.step < s.steps {
+        tracing::info!(
+            step = state.step,
+            elapsed_secs = state.elapsed_secs,
+            "the run's time limit is spent: no training"
+        );
+    }
+    while state.step < s.steps && !time_up {
         let (images, labels) = data.gather(&batches.indices(state.step));
         let rec = train_step(
             task,
@@ -582,12 +598,16 @@ pub fn train<T: TrainTask>(
         if let Some(b) = &bar {
             b.inc(1);
         }
-        let local_stop = opts.stop.load(Ordering::SeqCst);
+        // The time limit stops the run like a stop request (the ranks of a data-parallel run
+        // agree on it at the next boundary), but the run is then complete, not interrupted.
+        let now = elapsed_before + session_start.elapsed().saturating_sub(aside).as_secs_f64();
+        let local = (opts.stop.load(Ordering::SeqCst), spent(now));
         let last = state.step == s.steps;
         let boundary =
             last || every(state.step, s.checkpoint_every) || every(state.step, s.log_every);
         // One process stops at any step; the ranks of a data-parallel run agree at boundaries.
-        let mut stop = local_stop && par.is_none();
+        let mut stop = (local.0 || local.1) && par.is_none();
+        time_up = local.1 && !local.0 && par.is_none();
         if boundary || stop {
             state.elapsed_secs =
                 elapsed_before + session_start.elapsed().saturating_sub(aside).as_secs_f64();
@@ -598,7 +618,9 @@ pub fn train<T: TrainTask>(
                 last_checkpoint: &last_checkpoint,
                 bar: bar.as_ref(),
             };
-            stop |= end_window(task, &mut window, &ctx, par, local_stop, &mut last_loss)?;
+            let agreed = end_window(task, &mut window, &ctx, par, local, &mut last_loss)?;
+            stop |= agreed.stop;
+            time_up |= agreed.time_up;
         }
         // A stop request skips the evaluation (it can take minutes); the resumed run goes on.
         let eval_start = Instant::now();
@@ -624,8 +646,14 @@ pub fn train<T: TrainTask>(
         aside += set_aside;
         window.set_aside(set_aside);
         if stop && !last {
-            interrupted = true;
-            if run.is_some() {
+            interrupted = !time_up;
+            if run.is_some() && time_up {
+                tracing::info!(
+                    step = state.step,
+                    elapsed_secs = state.elapsed_secs,
+                    "time limit reached; checkpoint saved"
+                );
+            } else if run.is_some() {
                 tracing::warn!(step = state.step, "stopped on request; checkpoint saved");
             }
             break;
@@ -643,6 +671,7 @@ pub fn train<T: TrainTask>(
         last_loss,
         elapsed_secs: state.elapsed_secs,
         interrupted,
+        time_up,
     })
 }
 
@@ -743,15 +772,25 @@ fn end_window<T: TrainTask>(
     window: &mut LogWindow,
     ctx: &WindowContext,
     par: Option<&DataParallel>,
-    local_stop: bool,
+    local: (bool, bool),
     last_loss: &mut f64,
-) -> Result<bool> {
-    let (loss, stop) =
-        log_window(task, window, ctx, par, local_stop).map_err(|e| e.at_step(ctx.state.step))?;
+) -> Result<Stops> {
+    let (loss, stops) =
+        log_window(task, window, ctx, par, local).map_err(|e| e.at_step(ctx.state.step))?;
     if let Some(loss) = loss {
         *last_loss = loss;
     }
-    Ok(stop)
+    Ok(stops)
+}
+
+/// What the ranks of a data-parallel run agreed at the end of a log window (nothing in a single
+/// process, which decides alone).
+#[derive(Debug, Clone, Copy, Default)]
+struct Stops {
+    /// Some rank was asked to stop or reached the time limit.
+    stop: bool,
+    /// Some rank reached the time limit and none was asked to stop.
+    time_up: bool,
 }
 
 /// Where a training starts: the run (rank 0 and single processes only), its lock, the state and
@@ -1337,25 +1376,30 @@ struct WindowContext<'a> {
 }
 
 /// Ends the log window: in a data-parallel run (`par`) the ranks first average their windows and
-/// agree on stopping ([`DataParallel::agree`], with this rank's `local_stop`); then one
-/// `metrics.jsonl` record (where there is a run), a log line and the progress message. Returns
-/// the window's loss (the task's first metric) and whether the ranks agreed to stop.
+/// agree on stopping ([`DataParallel::agree`], with this rank's `local`: asked to stop, time
+/// limit reached); then one `metrics.jsonl` record (where there is a run), a log line and the
+/// progress message. Returns the window's loss (the task's first metric) and what the ranks
+/// agreed.
 fn log_window<T: TrainTask>(
     task: &T,
     window: &mut LogWindow,
     ctx: &WindowContext,
     par: Option<&DataParallel>,
-    local_stop: bool,
-) -> Result<(Option<f64>, bool)> {
+    local: (bool, bool),
+) -> Result<(Option<f64>, Stops)> {
     let metrics = task.metrics();
     let mut all = window.read()?;
     let local_bad = first_non_finite(metrics, &all);
     let (bad, stop) = match par {
         Some(p) => {
-            let agreed = p.agree(&mut all, metrics.len(), local_stop, local_bad)?;
-            (agreed.non_finite.map(|(r, i)| (Some(r), i)), agreed.stop)
+            let agreed = p.agree(&mut all, metrics.len(), local, local_bad)?;
+            let stops = Stops {
+                stop: agreed.stop,
+                time_up: agreed.time_up,
+            };
+            (agreed.non_finite.map(|(r, i)| (Some(r), i)), stops)
         }
-        None => (local_bad.map(|i| (None, i)), false),
+        None => (local_bad.map(|i| (None, i)), Stops::default()),
     };
     let step = ctx.state.step;
     let Some(w) = window.finish(metrics, all, bad, step, ctx.last_checkpoint)? else {

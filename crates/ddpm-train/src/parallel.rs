@@ -52,8 +52,10 @@ pub struct DataParallel {
 /// What the ranks agreed on at the end of a log window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Agreement {
-    /// Some rank was asked to stop.
+    /// Some rank was asked to stop, or reached the run's time limit.
     pub stop: bool,
+    /// Some rank reached the run's time limit (and none was asked to stop).
+    pub time_up: bool,
     /// Where the window's first non-finite value arose: the rank, and the value's index in the
     /// window.
     pub non_finite: Option<(usize, usize)>,
@@ -303,7 +305,7 @@ impl DataParallel {
 
     /// Ends a log window on every rank: `values` (this rank's window, `steps × per_step`
     /// row-major) becomes the mean over ranks, and the ranks learn whether any of them was asked
-    /// to stop and where the first non-finite value arose (`local_bad`: its index in `values`):
+    /// to stop (`stop.0`) or reached the time limit (`stop.1`) and where the first non-finite value arose (`local_bad`: its index in `values`):
     /// the earliest step, then the lowest rank at that step — a NaN spreads to every rank
     /// through the averaged gradients one step later.
     ///
@@ -313,15 +315,16 @@ impl DataParallel {
         &self,
         values: &mut [f64],
         per_step: usize,
-        stop: bool,
+        (stop, time_up): (bool, bool),
         local_bad: Option<usize>,
     ) -> Result<Agreement> {
         let (n, w) = (values.len(), self.world_size());
-        let mut payload = vec![0.0f64; n + 1 + w];
+        let mut payload = vec![0.0f64; n + 2 + w];
         payload[..n].copy_from_slice(values);
         payload[n] = f64::from(u8::from(stop));
+        payload[n + 1] = f64::from(u8::from(time_up));
         if let Some(i) = local_bad {
-            payload[n + 1 + self.rank()] = (i + 1) as f64;
+            payload[n + 2 + self.rank()] = (i + 1) as f64;
         }
         let mut t = Tensor::from_slice(&payload);
         if self.group.device() != Device::Cpu {
@@ -333,11 +336,13 @@ impl DataParallel {
             *v = s / w as f64;
         }
         let non_finite = (0..w)
-            .filter(|r| sums[n + 1 + r] > 0.0)
-            .map(|r| (r, sums[n + 1 + r] as usize - 1))
+            .filter(|r| sums[n + 2 + r] > 0.0)
+            .map(|r| (r, sums[n + 2 + r] as usize - 1))
             .min_by_key(|&(r, i)| (i / per_step.max(1), r));
+        let (asked, timed_out) = (sums[n] > 0.0, sums[n + 1] > 0.0);
         Ok(Agreement {
-            stop: sums[n] > 0.0,
+            stop: asked || timed_out,
+            time_up: timed_out && !asked,
             non_finite,
         })
     }

@@ -493,3 +493,43 @@ fn evaluation_scores_images_of_the_runs_shape() {
     train_ddpm(&dir.path().join("run"), &cfg, false, &opts).unwrap();
     assert_eq!(*calls.calls.borrow(), vec![vec![3, 28, 28, 1]]);
 }
+
+#[test]
+fn a_time_limit_ends_the_run_with_a_checkpoint_and_a_resume_trains_no_further() {
+    let _rng = common::torch_rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let mut cfg = common::tiny_config(1_000_000);
+    cfg.run.checkpoint_every = 0;
+    cfg.run.time_limit_minutes = 0.02; // 1.2 s of training
+    let opts = TrainOptions::default();
+    let s = train_ddpm(&run, &cfg, false, &opts).unwrap();
+    assert!(s.time_up && !s.interrupted, "{s:?}");
+    assert!(s.step > 1 && s.step < 1_000_000, "{}", s.step);
+    assert!(
+        s.elapsed_secs >= 1.2 && s.elapsed_secs < 60.0,
+        "{}",
+        s.elapsed_secs
+    );
+    assert!(
+        s.checkpoint.ends_with(format!("step_{:07}", s.step)),
+        "{s:?}"
+    );
+    let state = RunDir::read_state(&s.checkpoint).unwrap();
+    assert_eq!(state.step, s.step);
+    let records = || RunDir::open(&run).unwrap().read_metrics().unwrap().len();
+    let before = records();
+    // The budget is spent: a resume takes no step and writes nothing.
+    let again = train_ddpm(&run, &cfg, true, &opts).unwrap();
+    assert!(again.time_up && !again.interrupted);
+    assert_eq!((again.step, records()), (s.step, before));
+    // A larger limit trains on from there.
+    cfg.run.time_limit_minutes = 0.03;
+    let more = train_ddpm(&run, &cfg, true, &opts).unwrap();
+    assert!(more.time_up && more.step > s.step, "{more:?} after {s:?}");
+    assert!(more.elapsed_secs >= 1.8);
+    // A bad limit is refused by key.
+    cfg.run.time_limit_minutes = f64::NAN;
+    let err = train_ddpm(&dir.path().join("bad"), &cfg, false, &opts).unwrap_err();
+    assert!(err.to_string().contains("run.time_limit_minutes"), "{err}");
+}

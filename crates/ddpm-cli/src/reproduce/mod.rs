@@ -155,7 +155,8 @@ fn open_plan(dir: &Path, wanted: &Plan, force: bool) -> Result<()> {
 fn forget_changed(dir: &Path, old: &Plan, new: &Plan) -> Result<()> {
     let remove = |p: PathBuf| -> Result<()> {
         if p.is_dir() {
-            std::fs::remove_dir_all(&p).with_context(|| format!("cannot remove {}", p.display()))?;
+            std::fs::remove_dir_all(&p)
+                .with_context(|| format!("cannot remove {}", p.display()))?;
         } else if p.exists() {
             std::fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;
         }

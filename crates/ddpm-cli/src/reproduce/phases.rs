@@ -3,11 +3,9 @@
 //! bits/dim, then the results files. A progress line before each phase says which it is, how long
 //! the command has run and about how long is left.
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use ddpm_metrics::{images_to_nchw_tensor, ImageSource, NllOptions};
 use ddpm_train::config::TrainConfig;
 use ddpm_train::engine::TrainOptions;
@@ -111,17 +109,26 @@ pub fn run_all(plan: &Plan, dir: &Path, device: Device, stop: &StopRequest) -> R
     let mut progress = Progress::new(3 + 2 + ROWS.len() + 2);
     for (name, kind, cfg) in plan.models.iter() {
         let left = left_secs(plan, dir, &progress, Some(name));
-        progress.phase(&format!("training the {}", kind.name().to_uppercase()), left);
+        progress.phase(
+            &format!("training the {}", kind.name().to_uppercase()),
+            left,
+        );
         train_model(plan, &dir.join(name), cfg, device, stop)?;
     }
     let left = left_secs(plan, dir, &progress, None);
-    progress.phase("the reference side (classifier and Inception of the test digits)", left);
+    progress.phase(
+        "the reference side (classifier and Inception of the test digits)",
+        left,
+    );
     let scorer = Scorer::new(plan, dir, device)?;
     if let Some(s) = scorer.inception_secs_per_image.get() {
         progress.inception_secs = s;
     }
     let left = left_secs(plan, dir, &progress, None);
-    progress.phase("the real-vs-real floors (training digits scored like samples)", left);
+    progress.phase(
+        "the real-vs-real floors (training digits scored like samples)",
+        left,
+    );
     let mut floors = Vec::new();
     for row in &ROWS {
         floors.push(floor(plan, dir, &scorer, row.samples(&plan.protocol))?);
@@ -129,11 +136,20 @@ pub fn run_all(plan: &Plan, dir: &Path, device: Device, stop: &StopRequest) -> R
     let mut rows = Vec::new();
     for row in &ROWS {
         let left = left_secs(plan, dir, &progress, None);
-        progress.phase(&format!("{} {}: samples and scores", row.model, row.sampler), left);
-        rows.push((*row, score_row(plan, dir, row, &scorer, device, stop, &mut progress)?));
+        progress.phase(
+            &format!("{} {}: samples and scores", row.model, row.sampler),
+            left,
+        );
+        rows.push((
+            *row,
+            score_row(plan, dir, row, &scorer, device, stop, &mut progress)?,
+        ));
     }
     let left = left_secs(plan, dir, &progress, None);
-    progress.phase("bits/dim of the DDPM (its variational bound) and the VAE", left);
+    progress.phase(
+        "bits/dim of the DDPM (its variational bound) and the VAE",
+        left,
+    );
     let bpd = (
         model_bpd(plan, dir, "ddpm", device)?,
         model_bpd(plan, dir, "vae", device)?,
@@ -185,8 +201,8 @@ fn left_secs(plan: &Plan, dir: &Path, pr: &Progress, from: Option<&str>) -> f64 
     secs
 }
 
-/// Trains (or continues) one model: on a budget, until its training wall clock reaches it; else
-/// until the config's `run.steps`. A signal stops it with a checkpoint and ends the command.
+/// Trains (or continues) one model until its `run.time_limit_minutes` (or, without one, its
+/// `run.steps`). A signal stops it with a checkpoint and ends the command.
 fn train_model(
     plan: &Plan,
     run: &Path,
@@ -195,63 +211,28 @@ fn train_model(
     stop: &StopRequest,
 ) -> Result<()> {
     let resume = run.join("config.toml").is_file();
-    let left = budget_left(plan, run);
-    let finished = match left {
+    let finished = match budget_left(plan, run) {
         Some(secs) => secs <= 0.0,
         None => models::latest_state(run).is_ok_and(|s| s.step >= cfg.run.steps),
     };
     if finished {
-        eprintln!("  {}: trained (its budget is spent)", run.display());
+        eprintln!("  {}: trained", run.display());
         return Ok(());
     }
-    let train_flag = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicBool::new(false));
-    let watcher = watch(
-        stop.flag.clone(),
-        train_flag.clone(),
-        done.clone(),
-        left.map(Duration::from_secs_f64),
-    );
     let opts = TrainOptions {
         progress: true,
-        stop: train_flag,
+        stop: stop.flag.clone(),
         evaluator: crate::train_eval::evaluator(cfg, device)?,
         parallel: None,
     };
-    let result = models::train(run, cfg, resume, &opts);
-    done.store(true, Ordering::SeqCst);
-    let _ = watcher.join();
-    let summary = result?;
-    if stop.flag.load(Ordering::SeqCst) {
+    if models::train(run, cfg, resume, &opts)?.interrupted {
         eprintln!(
             "stopped training {}; run the same command again to continue",
             run.display()
         );
         return Err(stop.interrupted());
     }
-    if summary.interrupted && left.is_none() {
-        bail!("{}: training stopped before run.steps", run.display());
-    }
     Ok(())
-}
-
-/// A thread that sets `train` when `signal` is set or `budget` has passed, until `done`.
-fn watch(
-    signal: Arc<AtomicBool>,
-    train: Arc<AtomicBool>,
-    done: Arc<AtomicBool>,
-    budget: Option<Duration>,
-) -> std::thread::JoinHandle<()> {
-    let start = Instant::now();
-    std::thread::spawn(move || {
-        while !done.load(Ordering::SeqCst) {
-            let over = budget.is_some_and(|b| start.elapsed() >= b);
-            if over || signal.load(Ordering::SeqCst) {
-                train.store(true, Ordering::SeqCst);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    })
 }
 
 /// The real-vs-real floor at a row's n: the first n training digits scored like samples.
@@ -329,13 +310,18 @@ fn draw_images(
                 _ => m.diffusion.num_timesteps().to_string(),
             };
             let mut draw = |n: usize, seed: u64| {
-                let d = crate::compare::sample::sample_ddpm(&m, &spec, n, p.batch_size, seed, device)?;
+                let d =
+                    crate::compare::sample::sample_ddpm(&m, &spec, n, p.batch_size, seed, device)?;
                 Ok(crate::compare::sample::crop_to(d.images, hw))
             };
             draw_row(dir, row, p, &mut draw, &stop.flag, &stopped, report)
         }
         Source::Gan | Source::Vae => {
-            let name = if row.source == Source::Gan { "gan" } else { "vae" };
+            let name = if row.source == Source::Gan {
+                "gan"
+            } else {
+                "vae"
+            };
             let m = models::load_baseline(&dir.join(name), device)?;
             let mut draw = |n: usize, seed: u64| {
                 let t = models::sample_baseline(&m, n, p.batch_size, seed, device);

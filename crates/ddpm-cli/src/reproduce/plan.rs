@@ -216,6 +216,7 @@ impl Plan {
                 .with_context(|| format!("--device {}", inp.device))?;
             if minutes > 0.0 {
                 c.run.steps = BUDGETED_STEPS;
+                c.run.time_limit_minutes = minutes;
             }
             let set = overrides_for(inp.set, name)?;
             let mut c = c.with_overrides(&set)?;
@@ -382,6 +383,7 @@ mod tests {
         assert_eq!(p.protocol, Protocol::cpu());
         for (_, _, c) in p.models.iter() {
             assert_eq!(c.run.steps, BUDGETED_STEPS);
+            assert_eq!(c.run.time_limit_minutes, CPU_MINUTES_PER_MODEL);
             assert_eq!(c.data.path, PathBuf::from("datasets/mnist.h5"));
         }
         assert!(p.models.ddpm.run.eval_every > 0);
@@ -398,9 +400,18 @@ mod tests {
         let set = vec!["gan:optim.lr=0.001".to_string()];
         let b = Plan::resolve(&inputs(&set, Some(5.0))).unwrap();
         let d = a.differences(&b);
-        assert_eq!(d.len(), 2, "{d:?}");
-        assert!(d[0].starts_with("minutes_per_model: 30.0 → 5.0"), "{d:?}");
-        assert!(d[1].starts_with("models.gan.optim.lr: "), "{d:?}");
+        assert!(
+            d.contains(&"minutes_per_model: 30.0 → 5.0".to_string()),
+            "{d:?}"
+        );
+        assert!(
+            d.iter().any(|l| l.starts_with("models.gan.optim.lr: ")),
+            "{d:?}"
+        );
+        assert!(
+            d.contains(&"models.vae.run.time_limit_minutes: 30.0 → 5.0".to_string()),
+            "{d:?}"
+        );
         assert!(a.differences(&a).is_empty());
         assert_eq!(a.models.ddpm.optim.lr, b.models.ddpm.optim.lr);
     }
@@ -408,17 +419,26 @@ mod tests {
     #[test]
     fn bad_inputs_are_named() {
         let err = Plan::resolve(&inputs(&[], Some(-1.0))).unwrap_err();
-        assert!(format!("{err:#}").contains("--minutes-per-model -1"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("--minutes-per-model -1"),
+            "{err:#}"
+        );
         let set = vec!["unet:optim.lr=1".to_string()];
         let err = Plan::resolve(&inputs(&set, None)).unwrap_err();
-        assert!(format!("{err:#}").contains("unknown model `unet`"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("unknown model `unet`"),
+            "{err:#}"
+        );
         let set = vec!["optim.lrr=1".to_string()];
         let err = Plan::resolve(&inputs(&set, None)).unwrap_err();
         assert!(format!("{err:#}").contains("optim.lrr"), "{err:#}");
         let mut inp = inputs(&[], None);
         inp.protocol.fid_samples = Some(1);
         let err = Plan::resolve(&inp).unwrap_err();
-        assert!(format!("{err:#}").contains("protocol.fid_samples = 1"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("protocol.fid_samples = 1"),
+            "{err:#}"
+        );
     }
 
     #[test]

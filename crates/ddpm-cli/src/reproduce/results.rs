@@ -98,7 +98,14 @@ pub struct Results {
 pub fn write_all(plan: &Plan, dir: &Path, out: &Outcome, machine: String) -> Result<Results> {
     let mut rows = Vec::new();
     for ((spec, r), floor) in out.rows.iter().zip(&out.floors) {
-        rows.push(result_row(dir, spec, &r.scores, r.sample_s_per_image, floor, &out.bpd)?);
+        rows.push(result_row(
+            dir,
+            spec,
+            &r.scores,
+            r.sample_s_per_image,
+            floor,
+            &out.bpd,
+        )?);
     }
     let results = Results {
         experiment: plan.experiment.clone(),
@@ -227,7 +234,10 @@ pub fn markdown(r: &Results) -> String {
     s.push_str(&protocol_text(r));
     s.push_str("\n## The DDPM during training\n\nFID_cls of DPM-Solver++ 20 samples from the EMA weights against training digits (`run.eval_every`; see `curve.png`):\n\n| step | minutes | FID_cls |\n|---:|---:|---:|\n");
     for c in &r.ddpm_curve {
-        s.push_str(&format!("| {} | {:.1} | {:.3} |\n", c.step, c.minutes, c.fid_cls));
+        s.push_str(&format!(
+            "| {} | {:.1} | {:.3} |\n",
+            c.step, c.minutes, c.fid_cls
+        ));
     }
     s
 }
@@ -304,7 +314,10 @@ fn picture(plan: &Plan, dir: &Path, r: &Results) -> Result<image::RgbImage> {
     // Two rows of three: the real digits and the DDPM's rows, then the DDPM's last row and the
     // baselines.
     let (top, bottom) = tiles.split_at(tiles.len().div_ceil(2));
-    Ok(viz::vstack(&[viz::hstack(top, 16), viz::hstack(bottom, 16)], 16))
+    Ok(viz::vstack(
+        &[viz::hstack(top, 16), viz::hstack(bottom, 16)],
+        16,
+    ))
 }
 
 fn curve_plot(points: &[CurvePoint]) -> image::RgbImage {

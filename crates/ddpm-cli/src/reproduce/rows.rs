@@ -235,17 +235,23 @@ mod tests {
         let mut calls = Vec::new();
         let mut draw = |count: usize, seed: u64| -> Result<Tensor> {
             calls.push((count, seed));
-            Ok(Tensor::full([count as i64, 2, 2, 1], seed as i64 % 200, (tch::Kind::Uint8, tch::Device::Cpu)))
+            Ok(Tensor::full(
+                [count as i64, 2, 2, 1],
+                seed as i64 % 200,
+                (tch::Kind::Uint8, tch::Device::Cpu),
+            ))
         };
         let stop = AtomicBool::new(false);
         let stopped = || anyhow::anyhow!("stopped");
-        let (all, _) = draw_row(dir.path(), row, &p, &mut draw, &stop, &stopped, |_, _| {}).unwrap();
+        let (all, _) =
+            draw_row(dir.path(), row, &p, &mut draw, &stop, &stopped, |_, _| {}).unwrap();
         assert_eq!(all.dim(), (7, 2, 2, 1));
         assert_eq!(calls.iter().map(|c| c.0).collect::<Vec<_>>(), [3, 3, 1]);
         let seeds: Vec<u64> = calls.iter().map(|c| c.1).collect();
         // A second pass reads the chunks back: no drawing, the same images.
         let mut none = |_: usize, _: u64| -> Result<Tensor> { panic!("drawn again") };
-        let (again, _) = draw_row(dir.path(), row, &p, &mut none, &stop, &stopped, |_, _| {}).unwrap();
+        let (again, _) =
+            draw_row(dir.path(), row, &p, &mut none, &stop, &stopped, |_, _| {}).unwrap();
         assert_eq!(again, all);
         // A missing chunk is drawn again from the same seed; a stop request stops before it.
         std::fs::remove_file(dir.path().join("samples/gan/chunk-001.json")).unwrap();
@@ -256,9 +262,14 @@ mod tests {
         let mut redo = Vec::new();
         let mut draw = |count: usize, seed: u64| -> Result<Tensor> {
             redo.push(seed);
-            Ok(Tensor::full([count as i64, 2, 2, 1], seed as i64 % 200, (tch::Kind::Uint8, tch::Device::Cpu)))
+            Ok(Tensor::full(
+                [count as i64, 2, 2, 1],
+                seed as i64 % 200,
+                (tch::Kind::Uint8, tch::Device::Cpu),
+            ))
         };
-        let (third, _) = draw_row(dir.path(), row, &p, &mut draw, &stop, &stopped, |_, _| {}).unwrap();
+        let (third, _) =
+            draw_row(dir.path(), row, &p, &mut draw, &stop, &stopped, |_, _| {}).unwrap();
         assert_eq!(redo, [seeds[1]]);
         assert_eq!(third, all);
     }

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use ddpm_metrics::refstats::{reference_stats, source_description};
 use ddpm_metrics::domain::{fid_cls, is_cls, ClassifierOutputs, DomainClassifier};
+use ddpm_metrics::refstats::{reference_stats, source_description};
 use ddpm_metrics::samples::MAX_INCEPTION_BATCH;
 use ddpm_metrics::{frechet_distance, EvalOptions, FeatureStats, ImageSource, Inception};
 use ndarray::{s, ArrayView4};
@@ -117,11 +117,7 @@ impl Scorer {
 
     /// Runs `f` (an Inception pass over `n` images) and updates the measured speed when it
     /// took long enough to be a computation rather than a cache read.
-    fn timed<T>(
-        &self,
-        n: usize,
-        f: impl FnOnce() -> ddpm_metrics::Result<T>,
-    ) -> Result<T> {
+    fn timed<T>(&self, n: usize, f: impl FnOnce() -> ddpm_metrics::Result<T>) -> Result<T> {
         let start = Instant::now();
         let out = f()?;
         let per = start.elapsed().as_secs_f64() / n.max(1) as f64;

@@ -170,6 +170,7 @@ pub fn train_classifier(
         eval_every: 0,
         eval_samples: 0,
         eval_setting: String::new(),
+        time_limit_secs: None,
     };
     let target = RunTarget {
         dir,

@@ -52,6 +52,8 @@ pub fn loop_settings(cfg: &TrainConfig) -> LoopSettings {
         sample_num: cfg.run.sample_num,
         eval_every: cfg.run.eval_every,
         eval_samples: cfg.run.eval_samples,
+        time_limit_secs: (cfg.run.time_limit_minutes > 0.0)
+            .then_some(cfg.run.time_limit_minutes * 60.0),
         eval_setting: format!(
             "{} samples with {}, {} reference images of {}:{}, network {}",
             cfg.run.eval_samples,

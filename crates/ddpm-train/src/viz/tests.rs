@@ -118,7 +118,10 @@ fn captioned_writes_text_above_the_image_and_keeps_it_whole() {
     assert_eq!(out.height(), cap + 30);
     assert!(out.width() > 40, "widened for the text: {}", out.width());
     assert!(dark_in_rows(&out, 0..CAPTION_LINE) > 20, "first line drawn");
-    assert!(dark_in_rows(&out, CAPTION_LINE..cap) > 10, "second line drawn");
+    assert!(
+        dark_in_rows(&out, CAPTION_LINE..cap) > 10,
+        "second line drawn"
+    );
     for (x, y) in [(0, cap), (39, cap + 29)] {
         assert_eq!(*out.get_pixel(x, y), Rgb([200, 0, 0]));
     }
