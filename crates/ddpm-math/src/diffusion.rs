@@ -382,6 +382,20 @@ impl GaussianDiffusion {
             .map_collect(|&a, &l| a.ln() - l)
     }
 
+    /// The min-SNR-γ weights `[T]` of the MSE term for this diffusion's mean type and `ᾱ` table
+    /// ([`min_snr_weights`](crate::losses::min_snr_weights); Hang et al. 2023). A respaced diffusion's
+    /// weight at step `k` is that of the original index it keeps, since both have the same `ᾱ`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if `gamma` is not a finite number `> 0`.
+    pub fn min_snr_weights(&self, gamma: f64) -> Result<Array1<f64>> {
+        let ac = self
+            .alphas_cumprod
+            .as_slice()
+            .expect("tables are contiguous");
+        crate::losses::min_snr_weights(ac, self.mean_type, gamma)
+    }
+
     /// The `(variance, log-variance)` tables of a fixed variance type, or `None` for a learned one.
     pub fn fixed_variance_tables(&self) -> Option<(&Array1<f64>, &Array1<f64>)> {
         match self.var_type {

@@ -7,7 +7,8 @@
 //! - [`diffusion`]: the modelling choices ([`ModelMeanType`], [`ModelVarType`], [`LossType`]) and
 //!   [`GaussianDiffusion`], which precomputes every per-timestep table once and implements `q_sample`,
 //!   `q_posterior_mean_variance`, `p_mean_variance`, the DDPM and DDIM steps, `prior_bpd` and `vb_terms_bpd`;
-//! - [`losses`]: `normal_kl`, `approx_standard_normal_cdf`, `discretized_gaussian_log_likelihood`;
+//! - [`losses`]: `normal_kl`, `approx_standard_normal_cdf`, `discretized_gaussian_log_likelihood`, and the
+//!   min-SNR-γ weights of the MSE term (`min_snr_weights`);
 //! - [`respace`]: [`space_timesteps`] and [`SpacedDiffusion`];
 //! - [`resample`]: timestep samplers for the variational bound ([`UniformSampler`],
 //!   [`LossSecondMomentSampler`]).

@@ -1,10 +1,12 @@
-//! Gaussian KL divergences and the discretised Gaussian decoder likelihood used by the variational bound.
+//! Gaussian KL divergences and the discretised Gaussian decoder likelihood used by the variational bound,
+//! and the per-timestep min-SNR-γ weights of the MSE term of `L_simple`.
 //!
-//! Each function comes as a scalar (`f64 → f64`) and as an elementwise array version (`*_array`) whose
-//! arguments must all have the same shape. All values are in nats.
+//! Each likelihood function comes as a scalar (`f64 → f64`) and as an elementwise array version (`*_array`)
+//! whose arguments must all have the same shape. All likelihood values are in nats.
 
-use ndarray::{Array, ArrayBase, Data, Dimension, Zip};
+use ndarray::{Array, Array1, ArrayBase, Data, Dimension, Zip};
 
+use crate::diffusion::ModelMeanType;
 use crate::error::{Error, Result};
 
 /// Probabilities below this are clamped before the logarithm in the decoder likelihood.
@@ -107,6 +109,75 @@ pub fn discretized_gaussian_log_likelihood(x: f64, mean: f64, log_scale: f64) ->
     prob.max(LOG_PROB_FLOOR).ln()
 }
 
+/// The default `γ` of min-SNR-γ weighting, the value Hang et al. (2023) recommend across schedules and targets.
+pub const MIN_SNR_DEFAULT_GAMMA: f64 = 5.0;
+
+/// The per-timestep weights `w_t` of the MSE term of `L_simple` under min-SNR-γ weighting
+/// (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy", arXiv:2303.09556, §3.4).
+///
+/// With `SNR_t = ᾱ_t/(1 − ᾱ_t)`, the paper weights the `x_0`-space error by `min(SNR_t, γ)`. Since
+/// `‖ε − ε̂‖² = SNR_t·‖x_0 − x̂_0‖²` and `‖v − v̂‖² = (SNR_t + 1)·‖x_0 − x̂_0‖²` at the same `x_t`, the same
+/// loss on the network's own target is
+///
+/// - ε-prediction: `w_t = min(SNR_t, γ)/SNR_t = min(1, γ/SNR_t)` ∈ `(0, 1]`, exactly `1` where `SNR_t ≤ γ`;
+/// - `x_0`-prediction: `w_t = min(SNR_t, γ)`;
+/// - v-prediction: `w_t = min(SNR_t, γ)/(SNR_t + 1) = min(ᾱ_t, γ(1 − ᾱ_t))`.
+///
+/// They are evaluated by the case `SNR_t ≤ γ` (ε: `1`; `x_0`: `SNR_t`; v: `ᾱ_t`) or `SNR_t > γ` (ε: `γ/SNR_t`;
+/// `x_0`: `γ`; v: `γ(1 − ᾱ_t)`), which is exact at the ends `ᾱ_t = 0` (zero terminal SNR: ε weight `1`, `x_0`
+/// and v weights `0`) and `ᾱ_t = 1` (ε and v weights `0`, `x_0` weight `γ`). As `γ → ∞` the ε weights tend to
+/// `1`, i.e. plain `L_simple`.
+///
+/// # Shapes
+/// `alphas_cumprod: [T]` (the `ᾱ` table of a diffusion, respaced or not) → `[T]`, indexed like it.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] if `gamma` is not a finite number `> 0`, or if some `ᾱ_t` is not in `[0, 1]`.
+///
+/// # Example
+/// ```
+/// use ddpm_math::losses::min_snr_weights;
+/// use ddpm_math::ModelMeanType;
+/// // SNR = [9, 1, 1/9]: only the first timestep is above γ = 5.
+/// let w = min_snr_weights(&[0.9, 0.5, 0.1], ModelMeanType::Epsilon, 5.0)?;
+/// assert!((w[0] - 5.0 / 9.0).abs() < 1e-15);
+/// assert_eq!((w[1], w[2]), (1.0, 1.0));
+/// # Ok::<(), ddpm_math::Error>(())
+/// ```
+pub fn min_snr_weights(
+    alphas_cumprod: &[f64],
+    mean_type: ModelMeanType,
+    gamma: f64,
+) -> Result<Array1<f64>> {
+    if !(gamma.is_finite() && gamma > 0.0) {
+        return Err(Error::InvalidArgument {
+            name: "gamma",
+            value: gamma,
+            reason: "min-SNR-γ needs a finite γ > 0",
+        });
+    }
+    if let Some(&bad) = alphas_cumprod.iter().find(|a| !(0.0..=1.0).contains(*a)) {
+        return Err(Error::InvalidArgument {
+            name: "alphas_cumprod",
+            value: bad,
+            reason: "every ᾱ_t must lie in [0, 1]",
+        });
+    }
+    let weight = |a: f64| {
+        // `SNR_t` is `+∞` at `ᾱ_t = 1` and `0` at `ᾱ_t = 0`; the branches are exact at both.
+        let snr = a / (1.0 - a);
+        match (mean_type, snr <= gamma) {
+            (ModelMeanType::Epsilon, true) => 1.0,
+            (ModelMeanType::Epsilon, false) => gamma / snr,
+            (ModelMeanType::StartX, true) => snr,
+            (ModelMeanType::StartX, false) => gamma,
+            (ModelMeanType::V, true) => a,
+            (ModelMeanType::V, false) => gamma * (1.0 - a),
+        }
+    };
+    Ok(alphas_cumprod.iter().map(|&a| weight(a)).collect())
+}
+
 pub(crate) fn same_shape(name: &'static str, got: &[usize], expected: &[usize]) -> Result<()> {
     if got == expected {
         Ok(())
@@ -151,6 +222,42 @@ mod tests {
             let sum = approx_standard_normal_cdf(x) + approx_standard_normal_cdf(-x);
             assert!((sum - 1.0).abs() < 1e-15);
             assert!(approx_standard_normal_cdf(x + 0.07) >= approx_standard_normal_cdf(x));
+        }
+    }
+
+    #[test]
+    fn min_snr_weights_at_the_ends_and_errors() {
+        let ends = [1.0, 0.0];
+        let eps = min_snr_weights(&ends, ModelMeanType::Epsilon, 5.0).unwrap();
+        assert_eq!(eps, array![0.0, 1.0]);
+        let x0 = min_snr_weights(&ends, ModelMeanType::StartX, 5.0).unwrap();
+        assert_eq!(x0, array![5.0, 0.0]);
+        let v = min_snr_weights(&ends, ModelMeanType::V, 5.0).unwrap();
+        assert_eq!(v, array![0.0, 0.0]);
+        // SNR = 1 ≤ γ: ε weight 1, x_0 weight SNR, v weight SNR/(SNR + 1) = ᾱ.
+        let mid = [0.5];
+        assert_eq!(
+            min_snr_weights(&mid, ModelMeanType::StartX, 5.0).unwrap()[0],
+            1.0
+        );
+        assert_eq!(
+            min_snr_weights(&mid, ModelMeanType::V, 5.0).unwrap()[0],
+            0.5
+        );
+        for gamma in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert!(matches!(
+                min_snr_weights(&mid, ModelMeanType::Epsilon, gamma),
+                Err(Error::InvalidArgument { name: "gamma", .. })
+            ));
+        }
+        for bad in [1.5, -0.1, f64::NAN] {
+            assert!(matches!(
+                min_snr_weights(&[0.5, bad], ModelMeanType::Epsilon, 5.0),
+                Err(Error::InvalidArgument {
+                    name: "alphas_cumprod",
+                    ..
+                })
+            ));
         }
     }
 

@@ -347,3 +347,30 @@ fn dpm_solver_matches_numpy() {
         }
     }
 }
+
+/// min-SNR-γ weights for every mean type, against `min_snr_weights()` in gen_golden.py (which
+/// evaluates `min(SNR, γ)/SNR`, `min(SNR, γ)` and `min(SNR, γ)/(SNR + 1)` as written).
+#[test]
+fn min_snr_weights_match_numpy() {
+    let golden = load("min_snr.json");
+    let cases = golden["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 33, "cases in min_snr.json");
+    for c in cases {
+        let (schedule, t_len, gamma) = (
+            c["schedule"].as_str().unwrap(),
+            c["num_timesteps"].as_u64().unwrap() as usize,
+            num(&c["gamma"]),
+        );
+        let mean_type = match c["mean_type"].as_str().unwrap() {
+            "epsilon" => ModelMeanType::Epsilon,
+            "start_x" => ModelMeanType::StartX,
+            "v" => ModelMeanType::V,
+            other => panic!("unknown mean type {other}"),
+        };
+        let what = format!("{schedule} T={t_len} {mean_type:?} γ={gamma}");
+        let d = diffusion(schedule, t_len);
+        let ac = d.alphas_cumprod().as_slice().unwrap();
+        let w = ddpm_math::losses::min_snr_weights(ac, mean_type, gamma).unwrap();
+        assert_close(&what, w.as_slice().unwrap(), &floats(&c["weights"]));
+    }
+}

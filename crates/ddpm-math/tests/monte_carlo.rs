@@ -1,5 +1,6 @@
 //! Monte Carlo checks of the derivations done by hand in the lecture: the closed-form marginal `q(x_t | x_0)`,
-//! the posterior `q(x_{t−1} | x_t, x_0)` as a normalised Bayes product, and the analytic Gaussian KL.
+//! the posterior `q(x_{t−1} | x_t, x_0)` as a normalised Bayes product, the analytic Gaussian KL, and the
+//! expectation of the min-SNR-γ weighted `L_simple`.
 //!
 //! Every test is seeded, and every tolerance is `Z = 5` standard errors derived from the sample size.
 
@@ -8,7 +9,7 @@ use ddpm_math::{
     BetaSchedule, GaussianDiffusion, LossSecondMomentSampler, LossType, ModelMeanType,
     ModelVarType, ScheduleSampler,
 };
-use ndarray::array;
+use ndarray::{array, Array1, Array2};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
@@ -264,4 +265,68 @@ fn importance_sampler_draws_with_its_probabilities() {
     for (&t, &weight) in draw.timesteps.iter().zip(&draw.weights) {
         assert!((weight * t_len as f64 * p[t] - 1.0).abs() < 1e-12);
     }
+}
+
+/// The batch mean of the per-sample losses `w_t·‖ε − ε̂‖²/d` estimates `(1/T) Σ_t w_t E‖ε − ε̂‖²/d`, with `t`
+/// uniform or drawn by the importance sampler and reweighted by `1/(T p_t)`; with `ε̂ = ε + δ_t z` (a per-t
+/// error of scale `δ_t`, `z ∼ N(0, I)`) that is `(1/T) Σ_t w_t δ_t²`. The min-SNR weights (γ = 5) move it well
+/// below the `L_simple` expectation `(1/T) Σ_t δ_t²`.
+#[test]
+fn min_snr_weighted_l_simple_has_the_weighted_expectation() {
+    let d = linear_100();
+    let t_len = d.num_timesteps();
+    let w = d.min_snr_weights(5.0).unwrap();
+    let delta = |t: usize| 1.2 - t as f64 / t_len as f64;
+    let expected_plain = (0..t_len).map(|t| delta(t).powi(2)).sum::<f64>() / t_len as f64;
+    let expected_min_snr = (0..t_len).map(|t| w[t] * delta(t).powi(2)).sum::<f64>() / t_len as f64;
+    let (n, dims) = (20_000, 4);
+    let mut rng = StdRng::seed_from_u64(2023);
+    let uniform: Vec<usize> = (0..n)
+        .map(|_| rand::Rng::gen_range(&mut rng, 0..t_len))
+        .collect();
+    let mut sampler = LossSecondMomentSampler::new(t_len);
+    let all: Vec<usize> = (0..t_len).collect();
+    let warm_losses: Vec<f64> = all.iter().map(|&t| 1.0 + (t % 7) as f64).collect();
+    for _ in 0..10 {
+        sampler.update_with_losses(&all, &warm_losses).unwrap();
+    }
+    let importance = sampler.sample(n, &mut rng).unwrap();
+    let cases = [
+        ("uniform t", uniform, vec![1.0; n]),
+        (
+            "importance-sampled t",
+            importance.timesteps,
+            importance.weights,
+        ),
+    ];
+    for (name, t, is_weights) in cases {
+        let x0 = Array2::from_shape_fn((n, dims), |(i, j)| {
+            ((i * 7 + j * 3) % 11) as f64 / 5.0 - 1.0
+        });
+        let noise = Array2::from_shape_fn((n, dims), |_| normal(&mut rng));
+        let out = Array2::from_shape_fn((n, dims), |(i, j)| {
+            noise[[i, j]] + delta(t[i]) * normal(&mut rng)
+        });
+        let mse = d.training_losses(&out, &x0, &t, &noise).unwrap().loss;
+        for (what, weights, truth) in [
+            ("L_simple", Array1::ones(t_len), expected_plain),
+            ("min-SNR L_simple", w.clone(), expected_min_snr),
+        ] {
+            let per_sample: Vec<f64> = (0..n)
+                .map(|i| is_weights[i] * weights[t[i]] * mse[i])
+                .collect();
+            let (mean, var) = mean_var(&per_sample);
+            assert_within(
+                &format!("{what}, {name}"),
+                mean,
+                truth,
+                (var / n as f64).sqrt(),
+            );
+        }
+    }
+    // The weighting matters: the 13 first of the 100 steps have SNR > 5 (and the largest errors here).
+    assert!(
+        expected_min_snr < 0.85 * expected_plain,
+        "{expected_min_snr} vs {expected_plain}"
+    );
 }

@@ -1,6 +1,7 @@
-//! Property tests (proptest) of the closed-form invariants: schedules, tables, KL, the decoder, respacing, DDIM.
+//! Property tests (proptest) of the closed-form invariants: schedules, tables, KL, the decoder, respacing, DDIM,
+//! min-SNR-γ weights.
 
-use ddpm_math::losses::{discretized_gaussian_log_likelihood, normal_kl};
+use ddpm_math::losses::{discretized_gaussian_log_likelihood, min_snr_weights, normal_kl};
 use ddpm_math::{
     space_timesteps, BetaSchedule, GaussianDiffusion, LossType, ModelMeanType, ModelVarType,
     SpacedDiffusion,
@@ -178,5 +179,67 @@ proptest! {
                 prop_assert!((a - b).abs() <= 1e-12 * scale * 10.0, "{}: {} vs {}", name, a, b);
             }
         }
+    }
+    #[test]
+    fn min_snr_epsilon_weights_lie_in_zero_one_and_are_one_where_snr_is_at_most_gamma(
+        schedule in named_schedule(), t_len in 40usize..2000, gamma in 0.01f64..100.0,
+    ) {
+        let d = diffusion(schedule.betas(t_len).unwrap());
+        let w = d.min_snr_weights(gamma).unwrap();
+        for (t, (&wt, &a)) in w.iter().zip(d.alphas_cumprod()).enumerate() {
+            prop_assert!(wt > 0.0 && wt <= 1.0, "{} w[{}] = {}", schedule, t, wt);
+            let snr = a / (1.0 - a);
+            prop_assert_eq!(wt == 1.0, snr <= gamma, "{} t = {}: SNR {}, γ {}, w {}", schedule, t, snr, gamma, wt);
+        }
+    }
+
+    #[test]
+    fn min_snr_epsilon_weights_grow_with_t_and_become_l_simple_as_gamma_grows(
+        betas in user_betas(), gamma in 0.01f64..100.0,
+    ) {
+        // ᾱ decreases in t, so SNR does, and min(1, γ/SNR) cannot decrease.
+        let d = diffusion(Array1::from(betas));
+        let w = d.min_snr_weights(gamma).unwrap();
+        for t in 1..w.len() {
+            prop_assert!(w[t] >= w[t - 1], "w[{}] = {} < w[{}] = {}", t, w[t], t - 1, w[t - 1]);
+        }
+        // γ above every SNR of the table: all ones, plain L_simple.
+        let all_ones = d.min_snr_weights(1e300).unwrap();
+        prop_assert!(all_ones.iter().all(|&x| x == 1.0), "{:?}", all_ones);
+    }
+
+    #[test]
+    fn min_snr_weights_of_every_target_are_one_x0_space_loss(
+        betas in user_betas(), frac in 0.0f64..1.0, gamma in 0.1f64..50.0,
+        x0 in proptest::collection::vec(-1.0f64..1.0, 3),
+        eps in proptest::collection::vec(-3.0f64..3.0, 3),
+        err in proptest::collection::vec(0.1f64..2.0, 3),
+    ) {
+        // w_ε·‖ε − ε̂‖² = w_v·‖v − v̂‖² = min(SNR, γ)·‖x_0 − x̂_0‖² for the x̂_0 each output implies.
+        let d = diffusion(Array1::from(betas));
+        let t = ((d.num_timesteps() - 1) as f64 * frac) as usize;
+        let row = |v: &[f64]| Array2::from_shape_vec((1, 3), v.to_vec()).unwrap();
+        let (x0, eps, err) = (row(&x0), row(&eps), row(&err));
+        let x_t = d.q_sample(&x0, &[t], &eps).unwrap();
+        let ac = d.alphas_cumprod().as_slice().unwrap();
+        let w = |m| min_snr_weights(ac, m, gamma).unwrap()[t];
+        let sq = |a: &Array2<f64>, b: &Array2<f64>| (a - b).mapv(|x| x * x).sum();
+        let snr = ac[t] / (1.0 - ac[t]);
+        let eps_hat = &eps + &err;
+        let x0_from_eps = d.predict_xstart_from_eps(&x_t, &[t], &eps_hat).unwrap();
+        let v = d.predict_v(&x0, &[t], &eps).unwrap();
+        let v_hat = &v + &err;
+        let x0_from_v = d.predict_xstart_from_v(&x_t, &[t], &v_hat).unwrap();
+        for (name, weighted, x0_hat) in [
+            ("ε", w(ModelMeanType::Epsilon) * sq(&eps, &eps_hat), &x0_from_eps),
+            ("v", w(ModelMeanType::V) * sq(&v, &v_hat), &x0_from_v),
+        ] {
+            let x0_space = snr.min(gamma) * sq(&x0, x0_hat);
+            prop_assert!(
+                (weighted - x0_space).abs() <= 1e-9 * x0_space.abs().max(weighted.abs()),
+                "{} t = {}: {} vs x0-space {}", name, t, weighted, x0_space
+            );
+        }
+        prop_assert_eq!(w(ModelMeanType::StartX), snr.min(gamma));
     }
 }

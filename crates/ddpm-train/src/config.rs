@@ -494,6 +494,18 @@ fn rekey(key: &str, e: TrainError) -> TrainError {
     }
 }
 
+/// How the MSE term of the loss is weighted across timesteps (`diffusion.loss_weighting`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LossWeighting {
+    /// Every timestep weighs 1 (`L_simple` of Ho et al. 2020).
+    #[default]
+    None,
+    /// min-SNR-γ (Hang et al. 2023), γ = `diffusion.min_snr_gamma`.
+    #[serde(alias = "min-snr")]
+    MinSnr,
+}
+
 /// The diffusion process and objective.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -515,6 +527,12 @@ pub struct DiffusionConfig {
     pub loss_type: LossType,
     /// For `vlb`: draw t by the loss-second-moment importance sampler (else uniformly).
     pub importance_sampling: bool,
+    /// Per-timestep weights on the MSE term of `simple` and `hybrid` (not on the vb term): `none`
+    /// or `min_snr` (min-SNR-γ, Hang et al. 2023: `min(SNR_t, γ)/SNR_t` for ε, `min(SNR_t, γ)` for
+    /// x0, `min(SNR_t, γ)/(SNR_t + 1)` for v, with `SNR_t = ᾱ_t/(1 − ᾱ_t)`).
+    pub loss_weighting: LossWeighting,
+    /// γ of `min_snr` (finite, > 0; checked also when unused).
+    pub min_snr_gamma: f64,
     /// Sampling clamps x̂₀ to `[−clip_sample_range, clip_sample_range]` (diffusers' `clip_sample`;
     /// DDPM clips to the data range [−1, 1]).
     pub clip_sample: bool,
@@ -538,6 +556,8 @@ impl Default for DiffusionConfig {
             var_type: ModelVarType::FixedLarge,
             loss_type: LossType::Simple,
             importance_sampling: false,
+            loss_weighting: LossWeighting::None,
+            min_snr_gamma: ddpm_math::losses::MIN_SNR_DEFAULT_GAMMA,
             clip_sample: true,
             clip_sample_range: 1.0,
             thresholding: false,
@@ -557,6 +577,38 @@ impl DiffusionConfig {
         self.sampling()?;
         GaussianDiffusion::new(betas, self.mean_type, self.var_type, self.loss_type)
             .map_err(|e| TrainError::config("diffusion", e.to_string()))
+    }
+
+    /// The per-timestep weights `[T]` of the MSE term of `d` (built from this config), indexed like
+    /// its tables, or `None` for `loss_weighting = "none"`; errors name the `diffusion.*` key.
+    pub fn mse_weights(&self, d: &GaussianDiffusion) -> Result<Option<ndarray::Array1<f64>>> {
+        self.check_loss_weighting(d.loss_type())?;
+        match self.loss_weighting {
+            LossWeighting::None => Ok(None),
+            LossWeighting::MinSnr => d
+                .min_snr_weights(self.min_snr_gamma)
+                .map(Some)
+                .map_err(|e| TrainError::config("diffusion.min_snr_gamma", e.to_string())),
+        }
+    }
+
+    /// `min_snr_gamma` is a finite number > 0, and a weighting other than `none` has an MSE term
+    /// to weight (`vlb` has none).
+    fn check_loss_weighting(&self, loss_type: LossType) -> Result<()> {
+        let gamma = self.min_snr_gamma;
+        if !(gamma.is_finite() && gamma > 0.0) {
+            return Err(TrainError::config(
+                "diffusion.min_snr_gamma",
+                format!("must be a positive finite number, got {gamma}"),
+            ));
+        }
+        if self.loss_weighting != LossWeighting::None && loss_type == LossType::Vlb {
+            return Err(TrainError::config(
+                "diffusion.loss_weighting",
+                "weights the MSE term of loss_type simple or hybrid; vlb has none",
+            ));
+        }
+        Ok(())
     }
 
     /// For training: the run's own sample grids must be able to sample it (an ε-model on a
@@ -649,8 +701,17 @@ pub struct OptimConfig {
     pub grad_accum: usize,
     /// Clip the global gradient norm to this value (0 = off).
     pub grad_clip: f64,
-    /// EMA decay of the parameters (0 = no EMA).
+    /// EMA decay of the parameters (0 = no EMA); with `ema_warmup`, the largest decay.
     pub ema_decay: f64,
+    /// Warm the EMA decay up: at optimiser step k (counted from 0 over the whole run, resumes
+    /// included) it is `min(ema_decay, 1 − (1 + k/ema_inv_gamma)^(−ema_power))` (diffusers'
+    /// `EMAModel` with `use_ema_warmup`), so the average forgets the random initial weights.
+    pub ema_warmup: bool,
+    /// `inv_gamma` of the warm-up (finite, > 0): the step scale of the warm-up.
+    pub ema_inv_gamma: f64,
+    /// `power` of the warm-up (finite, > 0): 2/3 suits runs of a million steps or more, 3/4 shorter
+    /// ones (decay 0.999 at about 10K steps, 0.9999 at about 215K).
+    pub ema_power: f64,
 }
 
 impl Default for OptimConfig {
@@ -667,6 +728,9 @@ impl Default for OptimConfig {
             grad_accum: 1,
             grad_clip: 1.0,
             ema_decay: 0.9999,
+            ema_warmup: false,
+            ema_inv_gamma: 1.0,
+            ema_power: 0.75,
         }
     }
 }
@@ -1127,6 +1191,8 @@ impl TrainConfig {
         };
         positive("optim.lr", o.lr)?;
         positive("optim.eps", o.eps)?;
+        positive("optim.ema_inv_gamma", o.ema_inv_gamma)?;
+        positive("optim.ema_power", o.ema_power)?;
         for (key, v) in [
             ("optim.beta1", o.beta1),
             ("optim.beta2", o.beta2),
@@ -1298,6 +1364,7 @@ impl TrainConfig {
                  and only a conditional run may set it",
             ));
         }
+        self.diffusion.check_loss_weighting(d.loss_type())?;
         if self.diffusion.importance_sampling && d.loss_type() != LossType::Vlb {
             return Err(TrainError::config(
                 "diffusion.importance_sampling",
@@ -1708,5 +1775,97 @@ mod tests {
             assert_eq!(c, want, "{kind:?}");
             c.validate().unwrap();
         }
+    }
+
+    /// `diffusion.loss_weighting`, `diffusion.min_snr_gamma` and the `optim.ema_*` warm-up keys:
+    /// defaults that leave old runs unchanged, dotted keys, aliases, and validation naming the key.
+    #[test]
+    fn loss_weighting_and_ema_warmup_keys() {
+        let base = TrainConfig::preset("mnist-cpu").unwrap();
+        let (d, o) = (&base.diffusion, &base.optim);
+        assert_eq!(
+            (d.loss_weighting, d.min_snr_gamma),
+            (LossWeighting::None, 5.0)
+        );
+        assert_eq!(
+            (o.ema_warmup, o.ema_inv_gamma, o.ema_power),
+            (false, 1.0, 0.75)
+        );
+        let keys = dotted_values(&toml::Value::try_from(&base).unwrap());
+        for (key, value) in [
+            ("diffusion.loss_weighting", "\"none\""),
+            ("diffusion.min_snr_gamma", "5.0"),
+            ("optim.ema_warmup", "false"),
+            ("optim.ema_inv_gamma", "1.0"),
+            ("optim.ema_power", "0.75"),
+        ] {
+            assert_eq!(keys.get(key).map(String::as_str), Some(value), "{key}");
+        }
+        for spelling in ["min_snr", "min-snr"] {
+            let c = base
+                .with_overrides(&[format!("diffusion.loss_weighting={spelling}")])
+                .unwrap();
+            assert_eq!(c.diffusion.loss_weighting, LossWeighting::MinSnr);
+            assert!(c.to_toml().contains("loss_weighting = \"min_snr\""));
+            let built = c.diffusion.build().unwrap();
+            let w = c.diffusion.mse_weights(&built).unwrap().unwrap();
+            assert_eq!(w, built.min_snr_weights(5.0).unwrap());
+        }
+        assert_eq!(
+            base.diffusion
+                .mse_weights(&base.diffusion.build().unwrap())
+                .unwrap(),
+            None
+        );
+        let err = base
+            .with_overrides(&["diffusion.loss_weighting=p2".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("config `diffusion.loss_weighting`"), "{err}");
+        for (o, key, value) in [
+            (
+                "diffusion.min_snr_gamma=0.0",
+                "diffusion.min_snr_gamma",
+                "0",
+            ),
+            (
+                "diffusion.min_snr_gamma=-2.5",
+                "diffusion.min_snr_gamma",
+                "-2.5",
+            ),
+            (
+                "diffusion.min_snr_gamma=inf",
+                "diffusion.min_snr_gamma",
+                "inf",
+            ),
+            ("optim.ema_inv_gamma=0.0", "optim.ema_inv_gamma", "0"),
+            ("optim.ema_power=-0.5", "optim.ema_power", "-0.5"),
+            ("optim.ema_power=nan", "optim.ema_power", "NaN"),
+        ] {
+            let c = base.with_overrides(&[o.to_string()]).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(value), "{o}: {err}");
+        }
+        // L_vlb has no MSE term to weight.
+        let c = base
+            .with_overrides(&[
+                "diffusion.var_type=learned-range".into(),
+                "diffusion.loss_type=vlb".into(),
+                "model.unet.out_channels=2".into(),
+                "diffusion.loss_weighting=min_snr".into(),
+            ])
+            .unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("diffusion.loss_weighting"), "{err}");
+        let c = base
+            .with_overrides(&[
+                "diffusion.loss_weighting=min_snr".into(),
+                "diffusion.min_snr_gamma=1.5".into(),
+                "optim.ema_warmup=true".into(),
+                "optim.ema_power=0.6667".into(),
+                "data.path=\"x.h5\"".into(),
+            ])
+            .unwrap();
+        c.validate().unwrap();
     }
 }

@@ -366,6 +366,43 @@ impl Adam {
     }
 }
 
+/// The EMA decay as a function of the optimiser step (`optim.ema_decay` and the `optim.ema_*`
+/// warm-up keys).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EmaDecay {
+    /// The decay, or with a warm-up its largest value, in `[0, 1)`.
+    pub max_decay: f64,
+    /// The warm-up `(inv_gamma, power)`, both finite and `> 0`, or `None` for a constant decay.
+    pub warmup: Option<(f64, f64)>,
+}
+
+impl EmaDecay {
+    /// The decay of `cfg`: `ema_decay`, warmed up when `ema_warmup` is set.
+    pub fn of(cfg: &OptimConfig) -> Self {
+        Self {
+            max_decay: cfg.ema_decay,
+            warmup: cfg.ema_warmup.then_some((cfg.ema_inv_gamma, cfg.ema_power)),
+        }
+    }
+
+    /// The decay of the EMA update after optimiser step `k` (0 for the run's first step):
+    /// `max_decay`, or with a warm-up [`ema_warmup_decay`]`(k, …)` capped at `max_decay`.
+    pub fn at(&self, k: usize) -> f64 {
+        match self.warmup {
+            None => self.max_decay,
+            Some((inv_gamma, power)) => ema_warmup_decay(k, inv_gamma, power).min(self.max_decay),
+        }
+    }
+}
+
+/// The warmed-up EMA decay `1 − (1 + k/inv_gamma)^(−power)` at optimiser step `k` (counted from 0),
+/// clamped to `≥ 0`: 0 at `k = 0` (the average starts as the weights after the first step), rising
+/// towards 1 (the warm-up of Karras' and diffusers' `EMAModel`, e.g. `power = 3/4` reaches 0.999 at
+/// `k ≈ 10⁴` with `inv_gamma = 1`). `inv_gamma` (steps) and `power` are finite and `> 0`.
+pub fn ema_warmup_decay(k: usize, inv_gamma: f64, power: f64) -> f64 {
+    (1.0 - (1.0 + k as f64 / inv_gamma).powf(-power)).max(0.0)
+}
+
 /// Exponential moving average of parameters: θ̄ ← d θ̄ + (1 − d) θ. Buffers are not averaged.
 pub struct Ema {
     /// Decay d.
@@ -501,6 +538,46 @@ mod tests {
         assert!(other.exp_avg[0].equal(&adam.exp_avg[0]));
         let bad = vec![("step".to_string(), Tensor::from_slice(&[1i64]))];
         assert!(other.load_state(&bad).unwrap_err().contains("tensors"));
+    }
+
+    #[test]
+    fn ema_warmup_decay_starts_at_zero_rises_and_is_capped() {
+        assert_eq!(ema_warmup_decay(0, 1.0, 0.75), 0.0);
+        let k10 = 1.0 - 11f64.powf(-0.75);
+        assert!((ema_warmup_decay(10, 1.0, 0.75) - k10).abs() < 1e-15);
+        assert!((k10 - 0.834_440).abs() < 1e-6, "{k10}");
+        // inv_gamma scales the steps: k/inv_gamma is what counts.
+        assert_eq!(
+            ema_warmup_decay(20, 2.0, 0.75),
+            ema_warmup_decay(10, 1.0, 0.75)
+        );
+        let mut prev = -1.0;
+        for k in (0..200_000).step_by(997) {
+            let d = ema_warmup_decay(k, 1.0, 0.75);
+            assert!(d > prev && (0.0..1.0).contains(&d), "k = {k}: {d}");
+            prev = d;
+        }
+        // 1 − (1 + k)^(−3/4) = 0.999 at k + 1 = 10⁴.
+        assert!((ema_warmup_decay(9_999, 1.0, 0.75) - 0.999).abs() < 1e-12);
+        let warm = EmaDecay {
+            max_decay: 0.995,
+            warmup: Some((1.0, 0.75)),
+        };
+        assert_eq!(warm.at(0), 0.0);
+        assert!((warm.at(10) - k10).abs() < 1e-15);
+        // (1 + k)^(−3/4) ≤ 0.005 from k + 1 ≥ 200^(4/3) ≈ 1169.6 on: the cap holds from k = 1169.
+        assert_eq!(warm.at(1_169), 0.995);
+        assert!(warm.at(1_168) < 0.995);
+        assert_eq!(warm.at(10_000_000), 0.995);
+        let constant = EmaDecay {
+            max_decay: 0.995,
+            warmup: None,
+        };
+        assert_eq!((constant.at(0), constant.at(10)), (0.995, 0.995));
+        let mut cfg = OptimConfig::default();
+        assert_eq!(EmaDecay::of(&cfg).warmup, None);
+        cfg.ema_warmup = true;
+        assert_eq!(EmaDecay::of(&cfg).warmup, Some((1.0, 0.75)));
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub struct DeviceTables {
     posterior_mean_coef2: Tensor,
     fixed_large_variance: Tensor,
     fixed_large_log_variance: Tensor,
+    /// Per-step weights of the MSE term (min-SNR-γ), when the loss has any.
+    mse_weights: Option<Tensor>,
 }
 
 fn to_device(a: &ndarray::Array1<f64>, device: Device, kind: Kind) -> Tensor {
@@ -96,7 +98,31 @@ impl DeviceTables {
             posterior_mean_coef2: to_device(d.posterior_mean_coef2(), device, kind),
             fixed_large_variance: to_device(d.fixed_large_variance(), device, kind),
             fixed_large_log_variance: to_device(d.fixed_large_log_variance(), device, kind),
+            mse_weights: None,
         }
+    }
+
+    /// These tables with per-step weights `[T]` of the MSE term (e.g. ddpm-math's
+    /// `min_snr_weights`, indexed like the tables), applied by
+    /// [`training_losses`](crate::objective::training_losses); `None` removes them.
+    ///
+    /// # Panics
+    /// If `weights` does not have one value per step.
+    pub fn with_mse_weights(mut self, weights: Option<&ndarray::Array1<f64>>) -> Self {
+        let kind = self.alphas_cumprod.kind();
+        let device = self.alphas_cumprod.device();
+        self.mse_weights = weights.map(|w| {
+            assert_eq!(w.len(), self.num_timesteps, "one MSE weight per step");
+            to_device(w, device, kind)
+        });
+        self
+    }
+
+    /// The MSE weights of the timesteps `t: [N]` as `[N]` (float), or `None` when unweighted.
+    pub fn mse_weight(&self, t: &Tensor) -> Option<Tensor> {
+        self.mse_weights
+            .as_ref()
+            .map(|w| w.index_select(0, t).to_kind(Kind::Float))
     }
 
     /// Tables of an unrespaced diffusion.

@@ -9,6 +9,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use ddpm_math::{LossType, ModelVarType};
+use ddpm_train::config::LossWeighting;
 use ddpm_train::engine::TrainOptions;
 use ddpm_train::run_dir::RunDir;
 use ddpm_train::tasks::train_ddpm;
@@ -241,6 +242,45 @@ fn hybrid_and_vlb_objectives_train_and_resume_exactly() {
         &full.join("checkpoints/step_0000006/model.safetensors"),
         &split.join("checkpoints/step_0000006/model.safetensors"),
     );
+}
+
+/// min-SNR-γ weighting and the EMA warm-up change what is trained (the loss, the EMA) and still
+/// resume exactly: the warm-up's decay follows the global step that the checkpoint restores.
+#[test]
+fn min_snr_weighting_and_ema_warmup_train_and_resume_exactly() {
+    let _rng = common::torch_rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = |steps: usize| {
+        let mut c = common::tiny_config(steps);
+        c.diffusion.loss_weighting = LossWeighting::MinSnr;
+        c.optim.ema_warmup = true;
+        c
+    };
+    let opts = TrainOptions::default();
+    let run = |name: &str| dir.path().join(name);
+    // The first warm-up decay is 0: after one step the EMA is the weights.
+    train_ddpm(&run("one"), &cfg(1), false, &opts).unwrap();
+    let one = run("one").join("checkpoints/step_0000001");
+    assert_same(&one.join("model.safetensors"), &one.join("ema.safetensors"));
+    train_ddpm(&run("plain"), &common::tiny_config(6), false, &opts).unwrap();
+    let s = train_ddpm(&run("full"), &cfg(6), false, &opts).unwrap();
+    assert!(s.last_loss.is_finite() && s.last_loss > 0.0);
+    let losses = |name: &str| -> Vec<f64> {
+        let records = RunDir::open(&run(name)).unwrap().read_metrics().unwrap();
+        records
+            .iter()
+            .map(|r| r["loss"].as_f64().unwrap())
+            .collect()
+    };
+    let (plain, weighted) = (losses("plain"), losses("full"));
+    assert_eq!(plain.len(), weighted.len());
+    assert!(
+        plain.iter().zip(&weighted).all(|(a, b)| a != b),
+        "the weighting changes every logged loss: {weighted:?} vs {plain:?}"
+    );
+    train_ddpm(&run("split"), &cfg(4), false, &opts).unwrap();
+    train_ddpm(&run("split"), &cfg(6), true, &opts).unwrap();
+    common::assert_same_checkpoint(&run("full"), &run("split"), 6);
 }
 
 #[test]

@@ -14,6 +14,7 @@ It rewrites the *.json files next to this script:
     likelihood.json           normal_kl, approx_standard_normal_cdf, discretized_gaussian_log_likelihood
     reverse_cosine_1000.json  p_mean_variance and vb_bpd for every mean and variance type
     dpm_solver.json           DPM-Solver++ (2M) points, orders, step coefficients and a toy chain (see dpm_solver)
+    min_snr.json              min-SNR-γ weights of the MSE term for every mean type (see min_snr_weights)
 
 Non-finite floats are written as the strings "inf", "-inf"
 and "nan" (JSON has no such numbers). Transcendental functions of scalars use Python's `math` module, so that
@@ -272,6 +273,22 @@ def dpm_solver_chain(case):
     return dict(x_start=list(DPM_CHAIN_START), m=ms, x=x)
 
 
+# ---------------------------------------------------------------------------------------------- min-SNR-γ
+def min_snr_weights(abar, mean_type, gamma):
+    """Hang et al. 2023: min(SNR, γ) on the x0 error, i.e. min(SNR, γ)/SNR (ε), min(SNR, γ) (x0) and
+    min(SNR, γ)/(SNR + 1) (v), with SNR = ᾱ/(1 − ᾱ). At SNR = 0 (ᾱ = 0) the ε weight is its limit 1."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        snr = abar / (1.0 - abar)
+        clamped = np.minimum(snr, gamma)
+        if mean_type == "epsilon":
+            return np.where(snr > 0, clamped / snr, 1.0)
+        if mean_type == "start_x":
+            return clamped
+        if mean_type == "v":
+            return clamped / (snr + 1.0)
+    raise ValueError(mean_type)
+
+
 # ---------------------------------------------------------------------------------------------- output
 def enc(v):
     if isinstance(v, np.ndarray):
@@ -358,6 +375,18 @@ def main():
         case["dpm_solver_chain"] = dpm_solver_chain(case)
         dpm.append(case)
     dump("dpm_solver.json", {"cases": dpm})
+
+    # min-SNR-γ weights for every mean type: the default γ = 5 at T = 1000, and three γ at T = 40 (jsd has ᾱ = 0
+    # at its last step).
+    snr_cases = []
+    for sched, T, gammas in [("linear", 1000, (5.0,)), ("cosine", 1000, (5.0,)), ("linear", 40, (1.0, 5.0, 20.0)),
+                             ("cosine", 40, (1.0, 5.0, 20.0)), ("jsd", 40, (1.0, 5.0, 20.0))]:
+        abar = tables(schedule(sched, T))["alphas_cumprod"]
+        for mean_type in ("epsilon", "start_x", "v"):
+            for gamma in gammas:
+                snr_cases.append(dict(schedule=sched, num_timesteps=T, mean_type=mean_type, gamma=gamma,
+                                      weights=min_snr_weights(abar, mean_type, gamma)))
+    dump("min_snr.json", {"cases": snr_cases})
 
 
 if __name__ == "__main__":

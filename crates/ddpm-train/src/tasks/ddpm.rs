@@ -1,7 +1,9 @@
 //! The DDPM as a training task (Ho et al. 2020, Algorithm 1; Nichol & Dhariwal 2021 for L_hybrid,
 //! L_vlb and its importance sampler): per image a timestep t and noise ε, x_t = √ᾱ_t x_0 +
 //! √(1 − ᾱ_t) ε, the UNet's output, the loss of `diffusion.loss_type`; Adam with clipping, then
-//! the EMA of the weights. Checkpoint groups: `model`, `ema`, `optim`.
+//! the EMA of the weights (its decay warmed up by the global step when `optim.ema_warmup` is set,
+//! so a resumed run uses the same decays). The MSE term is weighted per timestep when
+//! `diffusion.loss_weighting` says so. Checkpoint groups: `model`, `ema`, `optim`.
 use ddpm_math::{
     GaussianDiffusion, LossSecondMomentSampler, LossType, LossWeights, ScheduleSampler,
 };
@@ -22,7 +24,7 @@ use crate::engine::{
 use crate::error::{Result, TrainError};
 use crate::loader::ImageData;
 use crate::objective::training_losses;
-use crate::optim::{named_trainables, Adam, Ema};
+use crate::optim::{named_trainables, Adam, Ema, EmaDecay};
 use crate::parallel::DataParallel;
 use crate::run_dir::TrainState;
 use crate::sampler::{to_uint8_nhwc, Sampler};
@@ -126,6 +128,9 @@ pub struct DdpmTask {
     pub model: DdpmModel,
     adam: Adam,
     ema: Ema,
+    ema_decay: EmaDecay,
+    /// The global step being taken (0-based; set by `prepare`, restored with the run's state).
+    step: usize,
     is_sampler: Option<LossSecondMomentSampler>,
     metrics: StepMetrics,
     /// Per-sample losses and timesteps of the step's micro-batches.
@@ -155,7 +160,8 @@ impl DdpmTask {
         Ok(Self {
             cfg: cfg.clone(),
             device,
-            tables: DeviceTables::full(&diffusion, device),
+            tables: DeviceTables::full(&diffusion, device)
+                .with_mse_weights(cfg.diffusion.mse_weights(&diffusion)?.as_ref()),
             weights: diffusion.loss_weights(),
             autocast: super::uses_bf16(cfg, device),
             null_class: cfg.unet()?.num_class_embeds.map(|n| n - 1),
@@ -163,6 +169,8 @@ impl DdpmTask {
             model,
             adam,
             ema,
+            ema_decay: EmaDecay::of(&cfg.optim),
+            step: 0,
             is_sampler,
             metrics: StepMetrics::default(),
             per_sample: Vec::new(),
@@ -251,6 +259,7 @@ impl TrainTask for DdpmTask {
     }
 
     fn prepare(&mut self, x0: Tensor, labels: Tensor, step: usize) -> Result<DdpmBatch> {
+        self.step = step;
         let n = x0.size()[0];
         let (t, is_weights) = self.draw_t(n, step)?;
         let noise = x0.randn_like();
@@ -323,7 +332,9 @@ impl TrainTask for DdpmTask {
         probe.mark("grad_norm_clip");
         self.adam.step(lr);
         probe.mark("adam");
-        if self.cfg.optim.ema_decay > 0.0 {
+        let decay = self.ema_decay.at(self.step);
+        if decay > 0.0 {
+            self.ema.decay = decay;
             self.ema.update(self.adam.params());
         } else {
             self.ema.copy_from(self.adam.params());
