@@ -61,10 +61,10 @@ pub struct ReproduceArgs {
     /// Samples (and test images) of FID_cls and IS_cls [default: 10000].
     #[arg(long, value_name = "N")]
     pub cls_samples: Option<usize>,
-    /// Samples of the ancestral row [default: 1000 on a CPU, 10000 on CUDA].
+    /// Samples of the ancestral row [default: 500 on a CPU, 10000 on CUDA].
     #[arg(long, value_name = "N")]
     pub ancestral_samples: Option<usize>,
-    /// Test images of bits/dim [default: 200 on a CPU, 1000 on CUDA].
+    /// Test images of bits/dim [default: 100 on a CPU, 1000 on CUDA].
     #[arg(long, value_name = "N")]
     pub nll_images: Option<usize>,
     /// Samples per chunk file [default: 1000].

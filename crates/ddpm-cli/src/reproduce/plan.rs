@@ -52,11 +52,11 @@ impl Protocol {
     }
 
     /// The CPU plan: the same FID and FID_cls sample counts; ancestral sampling (1000 network
-    /// calls per image) on 1000 samples and bits/dim on 200 test images, stated in the results.
+    /// calls per image) on 500 samples and bits/dim on 100 test images, stated in the results.
     pub fn cpu() -> Self {
         Self {
-            ancestral_samples: 1000,
-            nll_images: 200,
+            ancestral_samples: 500,
+            nll_images: 100,
             batch_size: 250,
             ..Self::full()
         }
@@ -297,7 +297,7 @@ impl Plan {
 /// from the preset's measured speed) or over the preset's steps (CUDA).
 fn curve_settings(c: &mut TrainConfig, minutes: f64, classifier: &Path) {
     let steps = if minutes > 0.0 {
-        // mnist-cpu trains about 10 steps/s on 2 cores; the curve needs only a rough spacing.
+        // mnist-cpu trains about 3 steps/s on 2 idle cores; the curve needs only a rough spacing.
         (minutes * 60.0 * CPU_STEPS_PER_SEC) as usize
     } else {
         c.run.steps
@@ -311,7 +311,7 @@ fn curve_settings(c: &mut TrainConfig, minutes: f64, classifier: &Path) {
 }
 
 /// mnist-cpu's training speed on 2 cores (steps/s), for spacing the curve's points only.
-const CPU_STEPS_PER_SEC: f64 = 10.0;
+const CPU_STEPS_PER_SEC: f64 = 3.0;
 
 /// `n` rounded to a multiple of `m` (at least `m`).
 fn round_to(n: usize, m: usize) -> usize {
@@ -448,8 +448,8 @@ mod tests {
         for (_, _, c) in p.models.iter() {
             assert_eq!(c.run.log_every, 10);
         }
-        // 1 minute at 10 steps/s over 8 points: every 75 steps, rounded up to the log window.
-        assert_eq!(p.models.ddpm.run.eval_every, 80);
+        // 1 minute at 3 steps/s over 8 points: every 22 steps, rounded up to the log window.
+        assert_eq!(p.models.ddpm.run.eval_every, 30);
         let set = vec!["ddpm:run.eval_every=7".to_string()];
         let p = Plan::resolve(&inputs(&set, Some(1.0))).unwrap();
         assert_eq!(p.models.ddpm.run.eval_every, 7, "--set wins over the curve");
