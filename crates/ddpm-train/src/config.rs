@@ -757,6 +757,9 @@ pub struct RunConfig {
     pub eval_network: Option<PathBuf>,
     /// Reference images of the evaluation: the first N of the training split.
     pub eval_reference_images: usize,
+    /// Write TensorBoard event files in `RUN/tensorboard/` (every metrics record, evaluation,
+    /// sample grid and the resolved config); rank 0 only.
+    pub tensorboard: bool,
 }
 
 /// The sample-quality metric of evaluations during training (`run.eval_metric`).
@@ -801,6 +804,7 @@ impl Default for RunConfig {
             eval_metric: EvalMetric::FidCls,
             eval_network: None,
             eval_reference_images: 10_000,
+            tensorboard: true,
         }
     }
 }
