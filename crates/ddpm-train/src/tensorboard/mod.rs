@@ -79,22 +79,14 @@ impl EventWriter {
     }
 
     /// Writes every field of a `metrics.jsonl` record except `step` as a scalar at the record's
-    /// step (a `null`, which is how JSON writes a non-finite value, as NaN; text and other
-    /// non-numbers are left out).
+    /// step ([`record_scalars`]).
     pub fn record(&self, record: &Json) -> Result<()> {
-        let (Some(map), Some(step)) = (record.as_object(), record["step"].as_u64()) else {
+        let Some(step) = record["step"].as_u64() else {
             return Ok(());
         };
-        let values: Vec<(&str, f64)> = map
-            .iter()
-            .filter(|(k, _)| k.as_str() != "step")
-            .filter_map(|(k, v)| match v {
-                Json::Number(n) => n.as_f64().map(|x| (k.as_str(), x)),
-                Json::Null => Some((k.as_str(), f64::NAN)),
-                _ => None,
-            })
-            .collect();
-        self.scalars(step as usize, &values)
+        let values = record_scalars(record);
+        let refs: Vec<(&str, f64)> = values.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        self.scalars(step as usize, &refs)
     }
 
     /// One event at `step` with a scalar per `(tag, value)` (stored as f32, as TensorBoard does).
@@ -174,6 +166,33 @@ impl Drop for EventWriter {
             tracing::warn!(error = %e, "the TensorBoard event file could not be flushed");
         }
     }
+}
+
+/// The scalars of a `metrics.jsonl` record, `step` left out: a number under its key, a list of
+/// numbers (`loss_q`, the loss by quarter of t) as `key/0`, `key/1`, …, and `null` (how JSON
+/// writes a non-finite value) as NaN; text and other values are left out.
+pub fn record_scalars(record: &Json) -> Vec<(String, f64)> {
+    let number = |v: &Json| match v {
+        Json::Number(n) => n.as_f64(),
+        Json::Null => Some(f64::NAN),
+        _ => None,
+    };
+    let Some(map) = record.as_object() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (k, v) in map.iter().filter(|(k, _)| k.as_str() != "step") {
+        match v {
+            Json::Array(items) => out.extend(
+                items
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, x)| Some((format!("{k}/{i}"), number(x)?))),
+            ),
+            v => out.extend(number(v).map(|x| (k.clone(), x))),
+        }
+    }
+    out
 }
 
 /// A summary event payload of one value.

@@ -12,7 +12,7 @@ fn summary(e: &Event) -> &Summary {
 fn a_session_writes_scalars_images_and_text_that_read_back() {
     let dir = tempfile::tempdir().unwrap();
     let w = EventWriter::create(dir.path(), None).unwrap();
-    w.record(&json!({"step": 5, "loss": 0.25, "lr": 1e-4, "bad": null, "note": "x"}))
+    w.record(&json!({"step": 5, "loss": 0.25, "lr": 1e-4, "bad": null, "note": "x", "q": [1, 2]}))
         .unwrap();
     w.image(
         5,
@@ -33,7 +33,7 @@ fn a_session_writes_scalars_images_and_text_that_read_back() {
     let scalars = summary(&events[1]);
     assert_eq!(events[1].step, 5);
     let tags: Vec<&str> = scalars.value.iter().map(|v| v.tag.as_str()).collect();
-    assert_eq!(tags, ["bad", "loss", "lr"]);
+    assert_eq!(tags, ["bad", "loss", "lr", "q/0", "q/1"]);
     match scalars.value[0].kind {
         Some(Kind::SimpleValue(v)) => assert!(v.is_nan()),
         ref k => panic!("{k:?}"),
