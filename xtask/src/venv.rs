@@ -1,5 +1,6 @@
 //! The project-local Python virtual environment that provides libtorch (torch==2.11.0, which
-//! tch 0.24 requires exactly) and cmake (for the static HDF5 build).
+//! tch 0.24 requires exactly), cmake (for the static HDF5 build) and tensorboard (whose reader the
+//! tests of ddpm-rs's event files use).
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -7,14 +8,17 @@ use anyhow::{bail, Context, Result};
 
 /// The torch version tch 0.24 is built for.
 pub const TORCH_VERSION: &str = "2.11.0";
-/// pip requirements of the environment: torch, cmake, and the two CUDA header wheels that
+/// The tensorboard version whose `EventAccumulator` reads the event files in the tests.
+const TENSORBOARD_VERSION: &str = "2.21.0";
+/// pip requirements of the environment: torch, cmake, the two CUDA header wheels that
 /// ddpm-dist's NCCL build needs besides the torch wheel's own (`crt/host_config.h`, `nv/target`;
-/// ~3 MB).
-const REQUIREMENTS: [&str; 4] = [
+/// ~3 MB), and tensorboard (~20 MB with its dependencies).
+const REQUIREMENTS: [&str; 5] = [
     "torch==2.11.0",
     "cmake>=3.20",
     "nvidia-cuda-crt==13.0.*",
     "nvidia-cuda-cccl==13.0.*",
+    "tensorboard==2.21.0",
 ];
 /// Files of the header wheels, relative to site-packages.
 const NCCL_BUILD_HEADERS: [&str; 2] = [
@@ -55,6 +59,16 @@ fn torch_version(python: &Path) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// Whether the environment's python imports tensorboard [`TENSORBOARD_VERSION`].
+fn tensorboard_ok(python: &Path) -> bool {
+    Command::new(python)
+        .args(["-c", "import tensorboard; print(tensorboard.__version__)"])
+        .output()
+        .is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == TENSORBOARD_VERSION
+        })
+}
+
 fn cmake_ok(venv: &Path) -> bool {
     Command::new(venv.join("bin/cmake"))
         .arg("--version")
@@ -81,7 +95,7 @@ pub fn ensure(venv: &Path) -> Result<PathBuf> {
     if python.exists() {
         if let Some(v) = torch_version(&python) {
             has_torch = v.split('+').next() == Some(TORCH_VERSION);
-            if has_torch && cmake_ok(venv) && nccl_headers_ok(venv) {
+            if has_torch && cmake_ok(venv) && nccl_headers_ok(venv) && tensorboard_ok(&python) {
                 return Ok(python);
             }
             eprintln!(

@@ -50,6 +50,9 @@ pub struct TrainClassifierArgs {
     /// No progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// Write no TensorBoard event files (`train.tensorboard = false` in the run's config).
+    #[arg(long)]
+    no_tensorboard: bool,
     /// Data-parallel on this machine: N processes, as for `ddpm-cli train` (--batch-size is the
     /// global batch). Under torchrun, leave this out.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -112,6 +115,7 @@ fn run_config(args: &TrainClassifierArgs) -> Result<(PathBuf, bool, ClassifierRu
             batch_size: args.batch_size.unwrap_or(defaults.batch_size),
             lr: args.lr.unwrap_or(defaults.lr),
             seed: args.seed.unwrap_or(defaults.seed),
+            tensorboard: !args.no_tensorboard,
             ..defaults
         },
     };

@@ -2,7 +2,8 @@
 //! each, started as torchrun starts them (its variables) or by `train --nproc-per-node 2`.
 //!
 //! * A 2-rank run of 20 steps equals the 1-rank run with the same global batch (model, EMA and
-//!   Adam moments within 1e-5; the logged losses too), and rank 1 wrote nothing.
+//!   Adam moments within 1e-5; the logged losses too), and rank 1 wrote nothing (the run holds
+//!   one TensorBoard event stream, rank 0's).
 //! * A killed rank makes the other exit non-zero with an error naming the rank and the step;
 //!   every checkpoint on disk stays valid.
 //! * A 2-rank run resumed with 1 rank or with 2 ranks ends where the uninterrupted run ends.
@@ -13,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use ddpm_nets::checkpoint::read_tensors;
 use ddpm_train::run_dir::RunDir;
+use ddpm_train::tensorboard::proto::{Event, What};
+use ddpm_train::tensorboard::{event_files, read_events};
 
 mod common;
 use common::{cli, listing, text, tiny_config_with};
@@ -160,6 +163,11 @@ fn losses(run: &Path) -> Vec<f64> {
         .collect()
 }
 
+/// Whether `e` is a summary with a value tagged `tag`.
+fn has_tag(e: &Event, tag: &str) -> bool {
+    matches!(&e.what, Some(What::Summary(s)) if s.value.iter().any(|v| v.tag == tag))
+}
+
 /// `train --nproc-per-node 2 --config CONFIG --out RUN` in `dir`.
 fn launcher(dir: &Path, config: &Path, run: &Path) -> Command {
     let mut c = cli(dir);
@@ -220,6 +228,16 @@ fn two_ranks_train_like_one_rank_and_only_rank_0_writes() {
     // and the run holds the files of a 1-rank run, no more.
     assert!(listing(&cwd1).is_empty(), "{:?}", listing(&cwd1));
     assert_eq!(listing(&one), listing(&two));
+    // One event stream, rank 0's: one file, each logged step once.
+    let events = event_files(&two.join("tensorboard")).unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let logged: Vec<i64> = read_events(&events[0])
+        .unwrap()
+        .iter()
+        .filter(|e| has_tag(e, "loss"))
+        .map(|e| e.step)
+        .collect();
+    assert_eq!(logged, [5, 10, 15, 20]);
     let log = std::fs::read_to_string(two.join("train.log")).unwrap();
     assert!(log.contains("world_size=2"), "{log}");
     assert!(!log.contains("rank=1"), "{log}");

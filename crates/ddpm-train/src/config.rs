@@ -825,6 +825,9 @@ pub struct RunConfig {
     /// sessions (grids and evaluations not counted); 0 = no limit. With a limit, `run.steps` is
     /// an upper bound and the learning-rate schedule still runs over `run.steps`.
     pub time_limit_minutes: f64,
+    /// Write TensorBoard event files in `RUN/tensorboard/` (every metrics record, evaluation,
+    /// sample grid and the resolved config); rank 0 only.
+    pub tensorboard: bool,
 }
 
 /// The sample-quality metric of evaluations during training (`run.eval_metric`).
@@ -870,6 +873,7 @@ impl Default for RunConfig {
             eval_network: None,
             eval_reference_images: 10_000,
             time_limit_minutes: 0.0,
+            tensorboard: true,
         }
     }
 }

@@ -3,8 +3,9 @@
 //! checkpoint and how it draws a sample grid; [`train`] owns everything else: the step counter,
 //! the seeded batches, the learning-rate schedule, gradient accumulation, the log window with its
 //! one host read-back every `run.log_every` steps, NaN/inf detection naming the step, stop on
-//! request, checkpoint cadence and keep-N, restore for `--resume`, sample grids, `metrics.jsonl`,
-//! the loss plot and the progress bar.
+//! request, checkpoint cadence and keep-N, restore for `--resume`, sample grids, `metrics.jsonl`
+//! and its TensorBoard copy ([`crate::tensorboard`], every record through `append_record`), the
+//! loss plot and the progress bar.
 //!
 //! One step ([`train_step`], also what `ddpm-cli bench` times) is split like improved-diffusion's
 //! `run_step` → `forward_backward` → `optimize`:
@@ -26,6 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::run_lock::RunLock;
+use crate::tensorboard::EventWriter;
 
 /// Set once a training of this process has opened its run (lock held, checkpoint restored):
 /// from then on its log belongs in the run directory (see [`session_started`]).
@@ -399,6 +401,8 @@ pub struct LoopSettings {
     pub eval_every: usize,
     /// Images per evaluation.
     pub eval_samples: usize,
+    /// Write TensorBoard event files in `RUN/tensorboard/` (rank 0 or the single process).
+    pub tensorboard: bool,
     /// How evaluations are made (sampler, sample and reference counts, network): scores made
     /// otherwise are not compared with each other.
     pub eval_setting: String,
@@ -546,6 +550,7 @@ pub fn train<T: TrainTask>(
     let Opened {
         run,
         _lock,
+        events,
         mut state,
         mut last_checkpoint,
         mut last_loss,
@@ -566,6 +571,7 @@ pub fn train<T: TrainTask>(
     };
     let writer = run.as_ref().map(|run| Writer {
         run,
+        events: events.as_ref(),
         target: &target,
         s,
         evaluator,
@@ -613,6 +619,7 @@ pub fn train<T: TrainTask>(
                 elapsed_before + session_start.elapsed().saturating_sub(aside).as_secs_f64();
             let ctx = WindowContext {
                 run: run.as_ref(),
+                events: events.as_ref(),
                 state: &state,
                 lr: rec.lr,
                 last_checkpoint: &last_checkpoint,
@@ -662,6 +669,9 @@ pub fn train<T: TrainTask>(
     if let Some(b) = bar {
         b.finish();
     }
+    if let Some(ev) = &events {
+        ev.flush()?;
+    }
     if let Some(p) = par {
         p.finish().map_err(|e| e.at_step(state.step))?;
     }
@@ -697,6 +707,7 @@ fn session_checkpoint(
 /// What rank 0 (or the single process) writes after a step, and where.
 struct Writer<'a> {
     run: &'a RunDir,
+    events: Option<&'a EventWriter>,
     target: &'a RunTarget<'a>,
     s: &'a LoopSettings,
     evaluator: Option<&'a dyn Evaluator>,
@@ -734,11 +745,12 @@ fn write_outputs<T: TrainTask>(
     let start = Instant::now();
     // A stop request skips the grid (and one during the grid ends it).
     if (every(state.step, s.sample_every) || (end.last && s.sample_num > 0)) && !end.stop {
-        write_grid(task, w.run, s, state.step, w.stop_flag)?;
+        write_grid(task, w.run, w.events, s, state.step, w.stop_flag)?;
     }
     if let (Some(ev), Some(images)) = (w.evaluator, eval_images) {
         let at = EvalPoint {
             run: w.run,
+            events: w.events,
             target: w.target,
             state,
         };
@@ -798,6 +810,8 @@ struct Stops {
 struct Opened {
     run: Option<RunDir>,
     _lock: Option<RunLock>,
+    /// The session's TensorBoard event file (where the run has one and this process writes).
+    events: Option<EventWriter>,
     state: TrainState,
     last_checkpoint: Option<PathBuf>,
     last_loss: f64,
@@ -814,36 +828,30 @@ fn open_or_follow<T: TrainTask>(
     par: Option<&DataParallel>,
 ) -> Result<Opened> {
     let Some(p) = par else {
-        let (run, lock, state, ckpt, loss) = open_run(task, target, s)?;
+        let opened = open_run(task, target, s)?;
         SESSION_STARTED.store(true, Ordering::SeqCst);
-        return Ok(Opened {
-            run: Some(run),
-            _lock: Some(lock),
-            state,
-            last_checkpoint: ckpt,
-            last_loss: loss,
-        });
+        return Ok(opened);
     };
     // Nothing is written before every rank is known to run the same config on the same data.
     p.agree_config(&target.config_toml, &data.fingerprint())?;
     let opened = if p.is_root() {
         let result = open_run(task, target, s);
-        p.publish_start(result.as_ref().map(|o| &o.2).map_err(ToString::to_string))?;
-        let (run, lock, state, ckpt, loss) = result?;
+        p.publish_start(
+            result
+                .as_ref()
+                .map(|o| &o.state)
+                .map_err(ToString::to_string),
+        )?;
+        let opened = result?;
         SESSION_STARTED.store(true, Ordering::SeqCst);
-        Opened {
-            run: Some(run),
-            _lock: Some(lock),
-            state,
-            last_checkpoint: ckpt,
-            last_loss: loss,
-        }
+        opened
     } else {
         let state = p.follow_start()?;
         task.restore_extra(&state)?;
         Opened {
             run: None,
             _lock: None,
+            events: None,
             state,
             last_checkpoint: None,
             last_loss: f64::NAN,
@@ -874,13 +882,9 @@ fn every(step: usize, period: usize) -> bool {
 
 /// Creates the run directory, or opens it when resuming, restores the newest checkpoint and only
 /// then rewrites its config (a refused resume leaves the run as it was); writes the task's
-/// further files. Returns the run, the state to continue from, its checkpoint and the loss of the
-/// last logged window.
-fn open_run<T: TrainTask>(
-    task: &mut T,
-    target: &RunTarget,
-    s: &LoopSettings,
-) -> Result<(RunDir, RunLock, TrainState, Option<PathBuf>, f64)> {
+/// further files and opens the session's event file ([`open_events`]). Returns the run, its lock,
+/// the state to continue from, its checkpoint and the loss of the last logged window.
+fn open_run<T: TrainTask>(task: &mut T, target: &RunTarget, s: &LoopSettings) -> Result<Opened> {
     let (run, lock, state, ckpt) = if target.resume {
         let run = RunDir::open(target.dir)?;
         let lock = RunLock::acquire(&run.path)?;
@@ -912,7 +916,33 @@ fn open_run<T: TrainTask>(
         .rev()
         .find_map(|r| r[loss_name].as_f64())
         .unwrap_or(f64::NAN);
-    Ok((run, lock, state, ckpt, last_loss))
+    let events = s
+        .tensorboard
+        .then(|| open_events(&run, target, &state))
+        .transpose()?;
+    Ok(Opened {
+        run: Some(run),
+        _lock: Some(lock),
+        events,
+        state,
+        last_checkpoint: ckpt,
+        last_loss,
+    })
+}
+
+/// Opens this session's event file in `RUN/tensorboard/` and writes the resolved config as text
+/// at the session's first step. A resumed session starts at the step after its checkpoint's (at
+/// 0 when there was none): its event file first purges what earlier sessions recorded from that
+/// step on, the steps after the checkpoint that an interrupted session logged and that this one
+/// logs again.
+fn open_events(run: &RunDir, target: &RunTarget, state: &TrainState) -> Result<EventWriter> {
+    let first = if state.step == 0 { 0 } else { state.step + 1 };
+    let events = EventWriter::create(&run.tensorboard_dir(), target.resume.then_some(first))?;
+    let text = format!("```toml\n{}\n```", target.config_toml.trim_end());
+    events.text(first, "config", &text)?;
+    events.flush()?;
+    tracing::info!(file = %events.path().display(), "TensorBoard event file");
+    Ok(events)
 }
 
 /// Restores the newest checkpoint of `run` into `task` (step 0 when there is none yet; the log
@@ -1067,6 +1097,7 @@ fn best_so_far(run: &RunDir, metric: &str, setting: &str) -> Result<Option<f64>>
 /// Where an evaluation happens: the run, what started it and its state.
 struct EvalPoint<'a> {
     run: &'a RunDir,
+    events: Option<&'a EventWriter>,
     target: &'a RunTarget<'a>,
     state: &'a TrainState,
 }
@@ -1128,12 +1159,13 @@ fn evaluate<T: TrainTask>(
         .map_err(|message| TrainError::Eval { step, message })?;
     let secs = start.elapsed().as_secs_f64();
     let name = ev.name();
-    at.run.append_metrics(&json!({
+    let record = json!({
         "step": step,
         name: value,
         "eval_samples": s.eval_samples,
         "eval_secs": secs,
-    }))?;
+    });
+    append_record(at.run, at.events, &record)?;
     let improved = value.is_finite() && best.is_none_or(|b| value < b);
     tracing::info!(
         step,
@@ -1175,10 +1207,12 @@ fn plot_eval(run: &RunDir, metric: &str) -> Result<()> {
     viz::save_png(&img, &run.path.join("eval.png"))
 }
 
-/// Draws and writes `samples/step_N.png`.
+/// Draws and writes `samples/step_N.png`, and the grid as the image `samples` at its step in the
+/// event file.
 fn write_grid<T: TrainTask>(
     task: &T,
     run: &RunDir,
+    events: Option<&EventWriter>,
     s: &LoopSettings,
     step: usize,
     stop: &Arc<AtomicBool>,
@@ -1200,6 +1234,10 @@ fn write_grid<T: TrainTask>(
     let path = run.path.join("samples").join(format!("step_{step}.png"));
     let img = viz::grid_nhwc(&images, (n as f64).sqrt().ceil() as usize);
     viz::save_png(&img, &path)?;
+    if let Some(ev) = events {
+        ev.image(step, "samples", &img)?;
+        ev.flush()?;
+    }
     tracing::info!(path = %path.display(), "sample grid");
     Ok(())
 }
@@ -1369,6 +1407,8 @@ fn first_non_finite(metrics: &[Metric], all: &[f64]) -> Option<usize> {
 struct WindowContext<'a> {
     /// The run (`None` on ranks other than 0, which write nothing).
     run: Option<&'a RunDir>,
+    /// Its event file, when it logs to TensorBoard.
+    events: Option<&'a EventWriter>,
     state: &'a TrainState,
     lr: f64,
     last_checkpoint: &'a Option<PathBuf>,
@@ -1420,7 +1460,7 @@ fn log_window<T: TrainTask>(
             let per_step = p.take_reduce_secs() / w.steps as f64;
             record.insert("allreduce_s_per_step".into(), json!(per_step));
         }
-        run.append_metrics(&Value::Object(record))?;
+        append_record(run, ctx.events, &Value::Object(record))?;
     }
     let line = metrics_line(metrics, &w.means);
     tracing::info!(step, steps = w.steps, lr = %format_args!("{:.4e}", ctx.lr), metrics = %line, "train");
@@ -1428,6 +1468,18 @@ fn log_window<T: TrainTask>(
         b.set_message(format!("{line} | {img_per_s:.1} img/s"));
     }
     Ok((w.means.first().copied(), stop))
+}
+
+/// The one place where records are logged: appends `record` to `metrics.jsonl` and, where the
+/// run logs to TensorBoard, writes each of its fields as a scalar at its step and flushes the
+/// event file (once per log window or evaluation).
+fn append_record(run: &RunDir, events: Option<&EventWriter>, record: &Value) -> Result<()> {
+    run.append_metrics(record)?;
+    if let Some(ev) = events {
+        ev.record(record)?;
+        ev.flush()?;
+    }
+    Ok(())
 }
 
 /// `name value | name value` of the plotted and checked metrics.

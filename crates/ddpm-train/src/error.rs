@@ -83,6 +83,17 @@ pub enum TrainError {
         /// What is wrong.
         message: String,
     },
+    /// A TensorBoard event file that does not read back: a record that fails its CRC-32C check,
+    /// is cut short or is not an event.
+    #[error("{path}: {message} (record at byte {offset})")]
+    EventFile {
+        /// The event file.
+        path: PathBuf,
+        /// The offset of the record.
+        offset: u64,
+        /// What is wrong.
+        message: String,
+    },
     /// Another rank of a data-parallel run failed, and this one stops with it.
     #[error("rank {rank} failed: {message}")]
     RankFailed {

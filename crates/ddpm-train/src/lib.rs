@@ -6,7 +6,7 @@
 //! seeded training batches; [`tables`] is the one place where ddpm-math's f64 tables become device
 //! tensors; [`objective`] and [`sampler`] are the training losses and reverse processes on tensors;
 //! [`engine`] is the one training loop, which drives the [`tasks`] (DDPM, GAN, VAE, digit
-//! classifier) with [`optim`] (Adam/AdamW, EMA) and writes [`run_dir`] (checkpoints, logs), on one
+//! classifier) with [`optim`] (Adam/AdamW, EMA) and writes [`run_dir`] (checkpoints, logs) and [`tensorboard`] event files, on one
 //! process or as one of several ([`parallel`]: data-parallel over ddpm-dist's c10d process group);
 //! [`baselines`] loads and samples the GAN and VAE, [`classifier`] saves, loads and scores the
 //! digit classifier of the domain metrics, and [`bench`] times the engine's step; [`h5images`] reads and writes the HDF5 image
@@ -37,6 +37,7 @@ pub mod sampler;
 pub mod scheduler_config;
 pub mod tables;
 pub mod tasks;
+pub mod tensorboard;
 pub mod viz;
 
 pub use config::TrainConfig;

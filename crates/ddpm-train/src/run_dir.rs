@@ -7,6 +7,7 @@
 //! RUN_DIR/train.log              tracing output (set up by the CLI)
 //! RUN_DIR/samples/step_N.png     sample grids;  RUN_DIR/loss.png  loss curve
 //! RUN_DIR/checkpoints/step_N/    {model,ema,optim}.safetensors + state.json + config.toml
+//! RUN_DIR/tensorboard/           TensorBoard event files, one per session (crate::tensorboard)
 //! ```
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -153,6 +154,11 @@ impl RunDir {
     /// The run's resolved config.
     pub fn config(&self) -> Result<TrainConfig> {
         TrainConfig::from_file(&self.path.join("config.toml"))
+    }
+
+    /// `tensorboard/`, the folder of the run's TensorBoard event files.
+    pub fn tensorboard_dir(&self) -> PathBuf {
+        self.path.join("tensorboard")
     }
 
     /// `checkpoints/`.

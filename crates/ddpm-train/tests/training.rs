@@ -437,6 +437,24 @@ fn eval_records(run: &Path) -> Vec<(u64, f64)> {
         .collect()
 }
 
+/// The `(step, value)` of the scalar `tag` in the run's event files.
+fn event_scalars(run: &Path, tag: &str) -> Vec<(i64, f32)> {
+    use ddpm_train::tensorboard::proto::{Kind, What};
+    let mut out = Vec::new();
+    for file in ddpm_train::tensorboard::event_files(&run.join("tensorboard")).unwrap() {
+        for e in ddpm_train::tensorboard::read_events(&file).unwrap() {
+            if let Some(What::Summary(s)) = &e.what {
+                for v in s.value.iter().filter(|v| v.tag == tag) {
+                    if let Some(Kind::SimpleValue(x)) = v.kind {
+                        out.push((e.step, x));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 #[test]
 fn evaluation_records_scores_keeps_the_best_checkpoint_and_leaves_training_unchanged() {
     let _rng = common::torch_rng_lock();
@@ -460,6 +478,11 @@ fn evaluation_records_scores_keeps_the_best_checkpoint_and_leaves_training_uncha
     );
     assert_eq!(
         eval_records(&evaluated),
+        vec![(2, 5.0), (4, 3.0), (6, 4.0), (8, 3.5)]
+    );
+    // Each evaluation is a scalar of the event file too, at its step.
+    assert_eq!(
+        event_scalars(&evaluated, "fid_test"),
         vec![(2, 5.0), (4, 3.0), (6, 4.0), (8, 3.5)]
     );
     // Evaluation draws from the torch generator but never changes the training.

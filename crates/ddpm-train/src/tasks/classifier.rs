@@ -44,6 +44,8 @@ pub struct ClassifierTrainConfig {
     pub log_every: usize,
     /// Steps between checkpoints of the run (0: only at the end and on stop).
     pub checkpoint_every: usize,
+    /// Write TensorBoard event files in `RUN/tensorboard/` (rank 0 only).
+    pub tensorboard: bool,
 }
 
 impl Default for ClassifierTrainConfig {
@@ -60,6 +62,7 @@ impl Default for ClassifierTrainConfig {
             test_limit: None,
             log_every: 100,
             checkpoint_every: 0,
+            tensorboard: true,
         }
     }
 }
@@ -171,6 +174,7 @@ pub fn train_classifier(
         eval_samples: 0,
         eval_setting: String::new(),
         time_limit_secs: None,
+        tensorboard: cfg.tensorboard,
     };
     let target = RunTarget {
         dir,

@@ -66,6 +66,7 @@ pub fn loop_settings(cfg: &TrainConfig) -> LoopSettings {
                 .as_ref()
                 .map_or("(default)".into(), |p| p.display().to_string()),
         ),
+        tensorboard: cfg.run.tensorboard,
     }
 }
 
