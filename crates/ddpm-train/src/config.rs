@@ -966,7 +966,12 @@ pub fn dotted_values(v: &toml::Value) -> std::collections::BTreeMap<String, Stri
 }
 
 impl TrainConfig {
-    /// `mnist-cpu`: a DDPM small enough for a 2-core CPU (28 → 14 → 7, attention only at 7×7).
+    /// `mnist-cpu`: a DDPM small enough for a 2-core CPU (28 → 14 → 7, attention only at 7×7),
+    /// with the short-run recipe: min-SNR-5 loss weighting (Hang et al. 2023) and an EMA whose
+    /// decay warms up to 0.999 (`1 − (1 + k)^−0.75`, as diffusers' EMAModel). Side by side on 2
+    /// cores for 5 minutes (≈460 steps each, one thread each), FID_cls of 1000 DPM-Solver++ 20
+    /// samples against 1000 test digits was 274 with it against 356 for plain L_simple with EMA
+    /// 0.995.
     pub fn mnist_cpu() -> Self {
         let mut unet = small_unet(vec![32, 64, 64], 1, 2, 8);
         unet.dropout = 0.0;
@@ -977,7 +982,9 @@ impl TrainConfig {
         c.data.batch_size = 64;
         c.optim.lr = 1e-3;
         c.optim.warmup_steps = 200;
-        c.optim.ema_decay = 0.995;
+        c.optim.ema_decay = 0.999;
+        c.optim.ema_warmup = true;
+        c.diffusion.loss_weighting = LossWeighting::MinSnr;
         c.run.steps = 3000;
         c.run.device = DeviceSpec::Cpu;
         c.run.log_every = 50;
