@@ -308,11 +308,19 @@ fn print_summary(
 ) -> Result<()> {
     if status == "already finished" && summary.time_up {
         println!(
-            "{} has trained {:.1} of its run.time_limit_minutes = {}: nothing to train (raise it with \
-             --set run.time_limit_minutes=M to train further)",
+            "{} has trained {:.0} s, its run.time_limit_minutes = {}: nothing to train (raise it \
+             with --set run.time_limit_minutes=M to train further)",
             dir.display(),
-            summary.elapsed_secs / 60.0,
+            summary.elapsed_secs,
             cfg.run.time_limit_minutes
+        );
+    } else if summary.time_up {
+        println!(
+            "finished {} at its time limit ({} min of training) at step {}, last loss {:.5}",
+            dir.display(),
+            cfg.run.time_limit_minutes,
+            summary.step,
+            summary.last_loss
         );
     } else if status == "already finished" {
         println!(

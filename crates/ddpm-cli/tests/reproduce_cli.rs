@@ -9,14 +9,6 @@ use serde_json::Value;
 
 mod common;
 
-fn random_classifier(dir: &Path) {
-    use ddpm_nets::classifier::{Classifier, ClassifierConfig};
-    tch::manual_seed(3);
-    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-    let net = Classifier::new(vs.root(), &ClassifierConfig::default()).unwrap();
-    ddpm_nets::checkpoint::save_model(dir, net.config(), &vs).unwrap();
-}
-
 fn inception() -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../datasets/weights/fid-inception-pool3.pt");
@@ -189,7 +181,7 @@ fn check_results(out: &Path) -> Value {
 fn reproduce_runs_end_to_end_continues_after_sigterm_and_kill_and_guards_its_plan() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    random_classifier(&d.join("clf"));
+    common::random_classifier(&d.join("clf"));
     // SIGTERM while the DDPM trains: it stops with a checkpoint (status 143).
     let child = start_until(reproduce(d, MINUTES, &[]), d, "a DDPM checkpoint", |o| {
         has_checkpoint(&o.join("ddpm"))

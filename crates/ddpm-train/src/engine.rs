@@ -558,10 +558,7 @@ pub fn train<T: TrainTask>(
     let n_data = s.data_limit.map_or(data.len(), |k| k.min(data.len()));
     let mut batches = BatchSampler::new(n_data, s.batch_size, s.seed);
     let bar = progress_bar(opts.progress && run.is_some(), s.steps, state.step);
-    let session_start = Instant::now();
-    // Time spent on grids and evaluations, which is not training time.
-    let mut aside = Duration::ZERO;
-    let elapsed_before = state.elapsed_secs;
+    let mut clock = TrainClock::start(state.elapsed_secs, s.time_limit_secs);
     let mut window = LogWindow::new(s.log_every);
     let mut interrupted = false;
     let evaluator = opts.evaluator.as_deref().filter(|_| s.eval_every > 0);
@@ -577,15 +574,7 @@ pub fn train<T: TrainTask>(
         evaluator,
         stop_flag: &opts.stop,
     });
-    let spent = |elapsed: f64| s.time_limit_secs.is_some_and(|l| elapsed >= l);
-    let mut time_up = spent(state.elapsed_secs);
-    if time_up && state.step < s.steps {
-        tracing::info!(
-            step = state.step,
-            elapsed_secs = state.elapsed_secs,
-            "the run's time limit is spent: no training"
-        );
-    }
+    let mut time_up = clock.spent_before(&state, s.steps);
     while state.step < s.steps && !time_up {
         let (images, labels) = data.gather(&batches.indices(state.step));
         let rec = train_step(
@@ -606,8 +595,10 @@ pub fn train<T: TrainTask>(
         }
         // The time limit stops the run like a stop request (the ranks of a data-parallel run
         // agree on it at the next boundary), but the run is then complete, not interrupted.
-        let now = elapsed_before + session_start.elapsed().saturating_sub(aside).as_secs_f64();
-        let local = (opts.stop.load(Ordering::SeqCst), spent(now));
+        let local = (
+            opts.stop.load(Ordering::SeqCst),
+            clock.spent(clock.elapsed()),
+        );
         let last = state.step == s.steps;
         let boundary =
             last || every(state.step, s.checkpoint_every) || every(state.step, s.log_every);
@@ -615,8 +606,7 @@ pub fn train<T: TrainTask>(
         let mut stop = (local.0 || local.1) && par.is_none();
         time_up = local.1 && !local.0 && par.is_none();
         if boundary || stop {
-            state.elapsed_secs =
-                elapsed_before + session_start.elapsed().saturating_sub(aside).as_secs_f64();
+            state.elapsed_secs = clock.elapsed();
             let ctx = WindowContext {
                 run: run.as_ref(),
                 events: events.as_ref(),
@@ -629,39 +619,24 @@ pub fn train<T: TrainTask>(
             stop |= agreed.stop;
             time_up |= agreed.time_up;
         }
-        // A stop request skips the evaluation (it can take minutes); the resumed run goes on.
-        let eval_start = Instant::now();
-        let eval_images =
-            (every(state.step, s.eval_every) && !stop && (par.is_some() || evaluator.is_some()))
-                .then(|| draw_eval_images(task, s, par, &opts.stop))
-                .transpose()?;
-        let mut set_aside = eval_start.elapsed();
-        // Ranks other than 0 write nothing: no checkpoint, grid or evaluation record.
-        if let Some(w) = &writer {
-            let end = StepEnd { last, stop };
-            set_aside += write_outputs(
-                task,
-                w,
-                end,
-                &mut state,
-                &mut last_checkpoint,
-                &mut best,
-                eval_images,
-                eval_start,
-            )?;
-        }
-        aside += set_aside;
+        // A run at its time limit ends as one at run.steps does (checkpoint, grid).
+        let end = StepEnd {
+            last: last || time_up,
+            stop: stop && !time_up,
+        };
+        let set_aside = evaluate_and_write(
+            task,
+            (s, par, opts),
+            writer.as_ref(),
+            end,
+            (&mut state, &mut last_checkpoint, &mut best),
+        )?;
+        clock.aside += set_aside;
         window.set_aside(set_aside);
-        if stop && !last {
+        if time_up || (stop && !last) {
             interrupted = !time_up;
-            if run.is_some() && time_up {
-                tracing::info!(
-                    step = state.step,
-                    elapsed_secs = state.elapsed_secs,
-                    "time limit reached; checkpoint saved"
-                );
-            } else if run.is_some() {
-                tracing::warn!(step = state.step, "stopped on request; checkpoint saved");
+            if run.is_some() && !last {
+                report_stop(&state, time_up);
             }
             break;
         }
@@ -683,6 +658,103 @@ pub fn train<T: TrainTask>(
         interrupted,
         time_up,
     })
+}
+
+/// The training clock of a session: seconds of training over all sessions (grids and
+/// evaluations set aside), and the run's time limit.
+struct TrainClock {
+    start: Instant,
+    before: f64,
+    /// Time spent on grids and evaluations, which is not training time.
+    aside: Duration,
+    limit: Option<f64>,
+}
+
+impl TrainClock {
+    /// A clock at `before` seconds of earlier sessions' training.
+    fn start(before: f64, limit: Option<f64>) -> Self {
+        Self {
+            start: Instant::now(),
+            before,
+            aside: Duration::ZERO,
+            limit,
+        }
+    }
+
+    /// Training seconds so far, all sessions.
+    fn elapsed(&self) -> f64 {
+        self.before
+            + self
+                .start
+                .elapsed()
+                .saturating_sub(self.aside)
+                .as_secs_f64()
+    }
+
+    /// Whether `elapsed` training seconds reach the time limit.
+    fn spent(&self, elapsed: f64) -> bool {
+        self.limit.is_some_and(|l| elapsed >= l)
+    }
+
+    /// Whether the limit was spent before this session (a resumed run then trains no step).
+    fn spent_before(&self, state: &TrainState, steps: usize) -> bool {
+        let spent = self.spent(state.elapsed_secs);
+        if spent && state.step < steps {
+            tracing::info!(
+                step = state.step,
+                elapsed_secs = state.elapsed_secs,
+                "the run's time limit is spent: no training"
+            );
+        }
+        spent
+    }
+}
+
+/// After a step: the evaluation's images when one is due (all ranks draw; a stop request skips
+/// it — it can take minutes — and the resumed run goes on), then on rank 0 (`writer`) the
+/// checkpoint, grid and evaluation record ([`write_outputs`]). Returns the time spent, which is
+/// not training time.
+fn evaluate_and_write<T: TrainTask>(
+    task: &mut T,
+    (s, par, opts): (&LoopSettings, Option<&DataParallel>, &TrainOptions),
+    writer: Option<&Writer>,
+    end: StepEnd,
+    (state, last_checkpoint, best): (&mut TrainState, &mut Option<PathBuf>, &mut Option<f64>),
+) -> Result<Duration> {
+    let eval_start = Instant::now();
+    let evaluating = opts.evaluator.is_some() && s.eval_every > 0;
+    let eval_images =
+        (every(state.step, s.eval_every) && !end.stop && (par.is_some() || evaluating))
+            .then(|| draw_eval_images(task, s, par, &opts.stop))
+            .transpose()?;
+    let mut set_aside = eval_start.elapsed();
+    // Ranks other than 0 write nothing: no checkpoint, grid or evaluation record.
+    if let Some(w) = writer {
+        set_aside += write_outputs(
+            task,
+            w,
+            end,
+            state,
+            last_checkpoint,
+            best,
+            eval_images,
+            eval_start,
+        )?;
+    }
+    Ok(set_aside)
+}
+
+/// The log line of a run that stops before `run.steps`: at its time limit, or on request.
+fn report_stop(state: &TrainState, time_up: bool) {
+    if time_up {
+        tracing::info!(
+            step = state.step,
+            elapsed_secs = state.elapsed_secs,
+            "time limit reached; checkpoint saved"
+        );
+    } else {
+        tracing::warn!(step = state.step, "stopped on request; checkpoint saved");
+    }
 }
 
 /// The checkpoint a session reports: the one it wrote last, else the run's newest (a resume of a

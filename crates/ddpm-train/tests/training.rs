@@ -580,6 +580,8 @@ fn a_time_limit_ends_the_run_with_a_checkpoint_and_a_resume_trains_no_further() 
     );
     let state = RunDir::read_state(&s.checkpoint).unwrap();
     assert_eq!(state.step, s.step);
+    // It ends as a run at run.steps does: with the final grid.
+    assert!(run.join(format!("samples/step_{}.png", s.step)).exists());
     let records = || RunDir::open(&run).unwrap().read_metrics().unwrap().len();
     let before = records();
     // The budget is spent: a resume takes no step and writes nothing.

@@ -39,8 +39,8 @@ pub struct ReproduceArgs {
     /// The folder of the experiment (created; an existing one is continued).
     #[arg(long, default_value = "runs/reproduce-mnist")]
     pub out: PathBuf,
-    /// Go on although the plan changed: runs whose model config changed start again, every
-    /// evaluation is redone.
+    /// Go on although the plan changed: runs whose model config changed start again (a new
+    /// budget alone keeps them), every evaluation is redone.
     #[arg(long)]
     pub force: bool,
     /// Device: auto, cpu, cuda, cuda:N.
@@ -101,9 +101,16 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         shape: &shape,
     })?;
     let dir = &args.out;
+    if dir.exists() && !dir.is_dir() {
+        anyhow::bail!(crate::usage!(
+            "--out {}: a file, not a folder",
+            dir.display()
+        ));
+    }
+    check_inputs(&wanted, device)?;
     open_plan(dir, &wanted, args.force)?;
     let stop = crate::signals::stop_on_signals(
-        "stopping after this training step (with a checkpoint) or this chunk of samples",
+        "stopping at the next training step (with a checkpoint) or the end of this chunk or evaluation",
     )?;
     let start = std::time::Instant::now();
     let outcome = phases::run_all(&wanted, dir, device, &stop)?;
@@ -117,13 +124,38 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
     Ok(())
 }
 
+/// What would otherwise fail only after hours of training: the classifier and the Inception load,
+/// and the test split holds the protocol's images.
+fn check_inputs(plan: &Plan, device: tch::Device) -> Result<()> {
+    crate::weights::load_classifier(&plan.classifier, device, "--classifier DIR")?;
+    crate::weights::load_inception(&plan.inception, device, "--inception FILE")?;
+    let p = &plan.protocol;
+    let need = p.cls_samples.max(p.fid_samples).max(p.nll_images);
+    let test = ddpm_metrics::ImageSource::Split {
+        path: plan.data.clone(),
+        split: "test".into(),
+    };
+    let have = test.load(Some(need))?.dim().0;
+    if have < need {
+        anyhow::bail!(crate::usage!(
+            "{test}: {have} test images; --cls-samples, --fid-samples and --nll-images need {need}"
+        ));
+    }
+    Ok(())
+}
+
 /// Creates `dir` with the plan, or checks the stored one: a different plan is a usage error
 /// naming the changed keys, unless `force`, which removes what the change invalidates (runs whose
 /// config changed, all evaluations) and stores the new plan.
 fn open_plan(dir: &Path, wanted: &Plan, force: bool) -> Result<()> {
     let stored = Plan::read(dir)?;
     match stored {
-        None if dir.exists() && std::fs::read_dir(dir)?.next().is_some() => {
+        None if dir.exists()
+            && std::fs::read_dir(dir)
+                .with_context(|| format!("--out {}", dir.display()))?
+                .next()
+                .is_some() =>
+        {
             anyhow::bail!(crate::usage!(
                 "--out {}: a folder that is not a reproduction (no plan.toml); pass an empty or new folder",
                 dir.display()
@@ -150,8 +182,10 @@ fn open_plan(dir: &Path, wanted: &Plan, force: bool) -> Result<()> {
     wanted.write(dir)
 }
 
-/// Removes the evaluations and the runs whose model config changed between `old` and `new`. A
-/// run whose only change is its budget is kept (it trains on, or is already over it).
+/// Removes the results and evaluations, then the runs whose model config changed between `old`
+/// and `new` (in that order: a kill between the two leaves no evaluation of a removed run). A run
+/// whose only change is its budget (`run.time_limit_minutes`, and the DDPM's curve spacing
+/// `run.eval_every` that follows it) is kept: it trains on, or is already past the new budget.
 fn forget_changed(dir: &Path, old: &Plan, new: &Plan) -> Result<()> {
     let remove = |p: PathBuf| -> Result<()> {
         if p.is_dir() {
@@ -162,17 +196,27 @@ fn forget_changed(dir: &Path, old: &Plan, new: &Plan) -> Result<()> {
         }
         Ok(())
     };
+    for p in [
+        "results.json",
+        "results.md",
+        "results.png",
+        "curve.png",
+        "rows",
+        "samples",
+        "eval",
+        "bpd-ddpm.json",
+        "bpd-vae.json",
+    ] {
+        remove(dir.join(p))?;
+    }
     let old_cfgs = plan::by_name(&old.models);
     for (name, _, cfg) in new.models.iter() {
-        if old_cfgs.get(name).is_none_or(|c| *c != cfg) {
+        if old_cfgs
+            .get(name)
+            .is_none_or(|c| !plan::same_but_budget(c, cfg))
+        {
             remove(dir.join(name))?;
         }
-    }
-    for p in ["eval", "samples", "rows", "bpd-ddpm.json", "bpd-vae.json"] {
-        remove(dir.join(p))?;
-    }
-    for p in ["results.json", "results.md", "results.png", "curve.png"] {
-        remove(dir.join(p))?;
     }
     Ok(())
 }

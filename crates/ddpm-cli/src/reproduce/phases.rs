@@ -113,7 +113,7 @@ pub fn run_all(plan: &Plan, dir: &Path, device: Device, stop: &StopRequest) -> R
             &format!("training the {}", kind.name().to_uppercase()),
             left,
         );
-        train_model(plan, &dir.join(name), cfg, device, stop)?;
+        train_model(&dir.join(name), cfg, device, stop)?;
     }
     let left = left_secs(plan, dir, &progress, None);
     progress.phase(
@@ -163,13 +163,15 @@ pub fn run_all(plan: &Plan, dir: &Path, device: Device, stop: &StopRequest) -> R
     })
 }
 
-/// Seconds of training left of model `name` under the plan's budget; `None` without a budget.
-fn budget_left(plan: &Plan, run: &Path) -> Option<f64> {
-    if plan.minutes_per_model <= 0.0 {
+/// Seconds of training left of the run `run` under its config's `run.time_limit_minutes`; `None`
+/// without a limit.
+fn budget_left(cfg: &TrainConfig, run: &Path) -> Option<f64> {
+    let limit = cfg.run.time_limit_minutes;
+    if limit <= 0.0 {
         return None;
     }
     let used = models::latest_state(run).map_or(0.0, |s| s.elapsed_secs);
-    Some((plan.minutes_per_model * 60.0 - used).max(0.0))
+    Some((limit * 60.0 - used).max(0.0))
 }
 
 /// The estimate of what is left from phase `from` (a model name: its training and what follows;
@@ -177,10 +179,10 @@ fn budget_left(plan: &Plan, run: &Path) -> Option<f64> {
 fn left_secs(plan: &Plan, dir: &Path, pr: &Progress, from: Option<&str>) -> f64 {
     let mut secs = 0.0;
     if let Some(first) = from {
-        let names = ["ddpm", "gan", "vae"];
-        let k = names.iter().position(|n| *n == first).unwrap_or(0);
-        for n in &names[k..] {
-            secs += budget_left(plan, &dir.join(n)).unwrap_or(0.0);
+        let models = plan.models.iter();
+        let k = models.iter().position(|m| m.0 == first).unwrap_or(0);
+        for (name, _, cfg) in &models[k..] {
+            secs += budget_left(cfg, &dir.join(name)).unwrap_or(0.0);
         }
     }
     let p = &plan.protocol;
@@ -203,15 +205,9 @@ fn left_secs(plan: &Plan, dir: &Path, pr: &Progress, from: Option<&str>) -> f64 
 
 /// Trains (or continues) one model until its `run.time_limit_minutes` (or, without one, its
 /// `run.steps`). A signal stops it with a checkpoint and ends the command.
-fn train_model(
-    plan: &Plan,
-    run: &Path,
-    cfg: &TrainConfig,
-    device: Device,
-    stop: &StopRequest,
-) -> Result<()> {
+fn train_model(run: &Path, cfg: &TrainConfig, device: Device, stop: &StopRequest) -> Result<()> {
     let resume = run.join("config.toml").is_file();
-    let finished = match budget_left(plan, run) {
+    let finished = match budget_left(cfg, run) {
         Some(secs) => secs <= 0.0,
         None => models::latest_state(run).is_ok_and(|s| s.step >= cfg.run.steps),
     };

@@ -72,21 +72,21 @@ impl Protocol {
     }
 
     fn validate(&self) -> Result<()> {
-        for (key, v) in [
-            ("fid_samples", self.fid_samples),
-            ("cls_samples", self.cls_samples),
-            ("ancestral_samples", self.ancestral_samples),
+        for (flag, v) in [
+            ("--fid-samples", self.fid_samples),
+            ("--cls-samples", self.cls_samples),
+            ("--ancestral-samples", self.ancestral_samples),
         ] {
             if v < 2 {
-                bail!("protocol.{key} = {v}: a Fréchet distance needs at least 2 images");
+                bail!(crate::usage!(
+                    "{flag} {v}: a Fréchet distance needs at least 2 images"
+                ));
             }
         }
-        if self.batch_size == 0 || self.chunk == 0 {
-            bail!(
-                "protocol.batch_size = {} and protocol.chunk = {} must be ≥ 1",
-                self.batch_size,
-                self.chunk
-            );
+        if self.chunk == 0 {
+            bail!(crate::usage!(
+                "--chunk 0: a chunk holds at least one sample"
+            ));
         }
         Ok(())
     }
@@ -187,7 +187,9 @@ impl Plan {
     pub fn resolve(inp: &PlanInputs<'_>) -> Result<Self> {
         let minutes = match (inp.minutes, inp.cuda) {
             (Some(m), _) if !(m.is_finite() && m > 0.0) => {
-                bail!("--minutes-per-model {m}: must be a positive number of minutes")
+                bail!(crate::usage!(
+                    "--minutes-per-model {m}: must be a positive number of minutes"
+                ))
             }
             (Some(m), _) => m,
             (None, true) => 0.0,
@@ -208,6 +210,7 @@ impl Plan {
         let preset = if inp.cuda { "mnist" } else { "mnist-cpu" };
         let model = |name: &str, kind: ModelKind| -> Result<TrainConfig> {
             let mut c = TrainConfig::preset_for_model(preset, kind)?;
+            let preset_steps = c.run.steps;
             c.data.path = inp.data.clone();
             c.data.split = "train".into();
             c.run.device = inp
@@ -221,12 +224,24 @@ impl Plan {
             let set = overrides_for(inp.set, name)?;
             let mut c = c.with_overrides(&set)?;
             if kind == ModelKind::Ddpm {
-                curve_settings(&mut c, minutes, &inp.classifier);
+                let steps = if minutes > 0.0 && !inp.cuda {
+                    // mnist-cpu trains about 3 steps/s on 2 idle cores; the curve needs only a
+                    // rough spacing.
+                    (minutes * 60.0 * CPU_STEPS_PER_SEC) as usize
+                } else {
+                    preset_steps
+                };
+                curve_settings(&mut c, steps, &inp.classifier);
                 c = c.with_overrides(&set)?;
                 c.fit_to_data(inp.shape)?;
             }
             c.validate()
                 .with_context(|| format!("the {name} config (--set {name}:KEY=VALUE)"))?;
+            if minutes > 0.0 && c.run.time_limit_minutes <= 0.0 {
+                bail!(crate::usage!(
+                    "--set {name}:run.time_limit_minutes=0: a budgeted reproduction needs a limit for every model"
+                ));
+            }
             Ok(c)
         };
         Ok(Self {
@@ -293,15 +308,9 @@ impl Plan {
     }
 }
 
-/// The DDPM's evaluations during training: about [`CURVE_POINTS`] of them over the budget (CPU,
-/// from the preset's measured speed) or over the preset's steps (CUDA).
-fn curve_settings(c: &mut TrainConfig, minutes: f64, classifier: &Path) {
-    let steps = if minutes > 0.0 {
-        // mnist-cpu trains about 3 steps/s on 2 idle cores; the curve needs only a rough spacing.
-        (minutes * 60.0 * CPU_STEPS_PER_SEC) as usize
-    } else {
-        c.run.steps
-    };
+/// The DDPM's evaluations during training: about [`CURVE_POINTS`] of them over `steps` (the
+/// budget's steps at the CPU's measured speed, or the preset's step count).
+fn curve_settings(c: &mut TrainConfig, steps: usize, classifier: &Path) {
     let every = ((steps as f64 / CURVE_POINTS) as usize).max(1);
     c.run.eval_every = round_to(every, c.run.log_every.max(1));
     c.run.eval_samples = CURVE_SAMPLES;
@@ -328,7 +337,9 @@ fn overrides_for(set: &[String], model: &str) -> Result<Vec<String>> {
         };
         if let Some(m) = target {
             if !["ddpm", "gan", "vae"].contains(&m) {
-                bail!("--set {s}: unknown model `{m}` (ddpm, gan or vae)");
+                bail!(crate::usage!(
+                    "--set {s}: unknown model `{m}` (ddpm, gan or vae)"
+                ));
             }
         }
         if target.is_none_or(|m| m == model) {
@@ -344,6 +355,18 @@ pub fn write_text(path: &Path, text: &str) -> Result<()> {
         Ok(std::fs::write(tmp, text)?)
     })
     .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Whether two training configs differ at most in their budget: `run.time_limit_minutes` and
+/// the curve's `run.eval_every`, which follows it.
+pub fn same_but_budget(a: &TrainConfig, b: &TrainConfig) -> bool {
+    let unbudgeted = |c: &TrainConfig| {
+        let mut c = c.clone();
+        c.run.time_limit_minutes = 0.0;
+        c.run.eval_every = 0;
+        c
+    };
+    unbudgeted(a) == unbudgeted(b)
 }
 
 /// The training configs as the run directories store them, by model name.
@@ -420,6 +443,10 @@ mod tests {
     fn bad_inputs_are_named() {
         let err = Plan::resolve(&inputs(&[], Some(-1.0))).unwrap_err();
         assert!(
+            err.downcast_ref::<crate::exit::Usage>().is_some(),
+            "{err:#}"
+        );
+        assert!(
             format!("{err:#}").contains("--minutes-per-model -1"),
             "{err:#}"
         );
@@ -435,10 +462,8 @@ mod tests {
         let mut inp = inputs(&[], None);
         inp.protocol.fid_samples = Some(1);
         let err = Plan::resolve(&inp).unwrap_err();
-        assert!(
-            format!("{err:#}").contains("protocol.fid_samples = 1"),
-            "{err:#}"
-        );
+        assert!(format!("{err:#}").contains("--fid-samples 1"), "{err:#}");
+        assert!(err.downcast_ref::<crate::exit::Usage>().is_some());
     }
 
     #[test]

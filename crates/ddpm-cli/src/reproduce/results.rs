@@ -29,25 +29,17 @@ pub struct Floor {
     pub is_cls: f64,
 }
 
-/// One row of `results.json`.
+/// One row of `results.json`: its scores (`fid`, `fid_n`, `fid_cls`, `is_cls`, `is_cls_std`,
+/// `cls_n`, flattened into the row) and the rest.
 #[derive(Debug, Clone, Serialize)]
 pub struct ResultRow {
     /// `DDPM`, `GAN`, `VAE`.
     pub model: String,
     /// `DPM-Solver++ 20`, `DDIM 50`, `ancestral 1000`, `generator`, `decoder mean`.
     pub sampler: String,
-    /// FID (FID Inception, pytorch-fid's convention).
-    pub fid: f64,
-    /// Samples (and test images) of `fid`.
-    pub fid_n: usize,
-    /// FID_cls (digit classifier features).
-    pub fid_cls: f64,
-    /// IS_cls (digit classifier probabilities, 10 splits).
-    pub is_cls: f64,
-    /// IS_cls's standard deviation over the splits.
-    pub is_cls_std: f64,
-    /// Samples (and test images) of FID_cls and IS_cls.
-    pub cls_n: usize,
+    /// The protocol's scores.
+    #[serde(flatten)]
+    pub scores: Scores,
     /// Bits/dim on the test images (the DDPM's variational bound, the VAE's negative ELBO).
     pub bpd: Option<f64>,
     /// Training wall-clock minutes (the run's last checkpoint).
@@ -82,6 +74,8 @@ pub struct Results {
     pub date: String,
     /// The machine (CPU model and cores, or GPU).
     pub machine: String,
+    /// The command line of the session that wrote the results.
+    pub command: String,
     /// The rows, in table order.
     pub rows: Vec<ResultRow>,
     /// Test images of bits/dim.
@@ -111,6 +105,7 @@ pub fn write_all(plan: &Plan, dir: &Path, out: &Outcome, machine: String) -> Res
         experiment: plan.experiment.clone(),
         date: now_utc(),
         machine,
+        command: command_line(),
         rows,
         bpd_images: out.bpd.0.n,
         ddpm_curve: curve(&dir.join("ddpm"))?,
@@ -150,12 +145,7 @@ fn result_row(
     Ok(ResultRow {
         model: spec.model.into(),
         sampler,
-        fid: s.fid,
-        fid_n: s.fid_n,
-        fid_cls: s.fid_cls,
-        is_cls: s.is_cls,
-        is_cls_std: s.is_cls_std,
-        cls_n: s.cls_n,
+        scores: s.clone(),
         bpd,
         train_minutes: state.elapsed_secs / 60.0,
         train_steps: state.step,
@@ -210,29 +200,24 @@ fn opt(v: Option<f64>) -> String {
 
 /// `results.md`.
 pub fn markdown(r: &Results) -> String {
-    let p = &r.plan;
     let mut s = format!(
-        "# DDPM vs GAN vs VAE on MNIST\n\n{} · {} · `cargo xtask reproduce mnist{}`\n\n",
-        r.date,
-        r.machine,
-        if p.minutes_per_model > 0.0 {
-            format!(" --minutes-per-model {}", p.minutes_per_model)
-        } else {
-            String::new()
-        }
+        "# DDPM vs GAN vs VAE on MNIST\n\n{} · {} · `{}`\n\n",
+        r.date, r.machine, r.command
     );
     s.push_str("| model | sampler | FID (n) | floor | FID_cls (n) | floor | IS_cls | floor | bits/dim | training | img/s | s/sample |\n");
     s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for row in &r.rows {
         s.push_str(&format!(
             "| {} | {} | {:.2} ({}) | {:.2} | {:.3} ({}) | {:.3} | {:.2} ± {:.2} | {:.2} | {} | {:.1} min, {} steps | {:.0} | {:.4} |\n",
-            row.model, row.sampler, row.fid, row.fid_n, row.floor.fid, row.fid_cls, row.cls_n,
-            row.floor.fid_cls, row.is_cls, row.is_cls_std, row.floor.is_cls, opt(row.bpd),
+            row.model, row.sampler, row.scores.fid, row.scores.fid_n, row.floor.fid,
+            row.scores.fid_cls, row.scores.cls_n, row.floor.fid_cls, row.scores.is_cls,
+            row.scores.is_cls_std, row.floor.is_cls, opt(row.bpd),
             row.train_minutes, row.train_steps, row.train_images_per_s, row.sample_s_per_image,
         ));
     }
     s.push_str(&protocol_text(r));
-    s.push_str("\n## The DDPM during training\n\nFID_cls of DPM-Solver++ 20 samples from the EMA weights against training digits (`run.eval_every`; see `curve.png`):\n\n| step | minutes | FID_cls |\n|---:|---:|---:|\n");
+    let run = &r.plan.models.ddpm.run;
+    s.push_str(&format!("\n## The DDPM during training\n\nFID_cls of {} DPM-Solver++ 20 samples from the EMA weights against the first {} training digits, every {} steps (`run.eval_every`; see `curve.png`; not comparable with the table's FID_cls, which has another n and test digits):\n\n| step | minutes | FID_cls |\n|---:|---:|---:|\n", run.eval_samples, run.eval_reference_images, run.eval_every));
     for c in &r.ddpm_curve {
         s.push_str(&format!(
             "| {} | {:.1} | {:.3} |\n",
@@ -244,20 +229,27 @@ pub fn markdown(r: &Results) -> String {
 
 fn protocol_text(r: &Results) -> String {
     let p = &r.plan.protocol;
+    let preset = if r.plan.device.starts_with("cuda") {
+        "mnist"
+    } else {
+        "mnist-cpu"
+    };
     let budget = if r.plan.minutes_per_model > 0.0 {
         format!(
-            "each model trained for {} wall-clock minutes (the presets `mnist-cpu`)",
+            "each model trained for {} minutes of training wall clock (`run.time_limit_minutes`; \
+             grids and evaluations not counted), recipes of the preset `{preset}`",
             r.plan.minutes_per_model
         )
     } else {
-        "each model trained for its GPU preset's step count (presets `mnist`)".to_string()
+        format!("each model trained for the step count of the preset `{preset}`")
     };
+    let t = r.plan.models.ddpm.diffusion.timesteps;
     format!(
         "\n## Protocol\n\n\
 - Training: {budget} on the MNIST training split; the DDPM samples from its EMA weights.\n\
 - FID: the FID Inception ({}; pytorch-fid's convention: pool3 features, images resized to 299×299) on the first {} samples against the first {} MNIST test images.\n\
 - FID_cls and IS_cls: {}; FID_cls is the Fréchet distance of its penultimate features on the first {} samples against the first {} test images, IS_cls the Inception Score of its softmax (10 splits).\n\
-- The floor of each column: the same score of the first n training digits against the same test digits (real vs real at the same n), the best a model can do at that sample size.\n\
+- floor: the same score of the first n training digits against the same test digits (real vs real at the same n): where a perfect generator would land at that n, up to sampling noise.\n\
 - DDPM rows: DPM-Solver++(2M) 20 steps, DDIM 50 steps (η = 0), ancestral sampling on all T steps{}.\n\
 - Bits/dim: the DDPM's full variational bound (L_T + Σ L_t + L_0, all T steps) and the VAE's negative ELBO, on the first {} test images (256 bins on x = p/127.5 − 1).\n\
 - img/s: training images per second over the training minutes; s/sample: wall clock of drawing a row's samples (batch {}) / n.\n\
@@ -270,7 +262,7 @@ fn protocol_text(r: &Results) -> String {
         p.cls_samples,
         if p.ancestral_samples < p.cls_samples.max(p.fid_samples) {
             format!(
-                " on {} samples only (1000 network calls per image; its n and its floor say so)",
+                " on {} samples only ({t} network calls per image; its n and its floor say so)",
                 p.ancestral_samples
             )
         } else {
@@ -306,8 +298,11 @@ fn picture(plan: &Plan, dir: &Path, r: &Results) -> Result<image::RgbImage> {
             &viz::grid(images.view(), 6),
             &[
                 format!("{}, {}", row.model, row.sampler),
-                format!("FID {:.2} (n {})", row.fid, row.fid_n),
-                format!("FID_cls {:.3}, IS_cls {:.2}", row.fid_cls, row.is_cls),
+                format!("FID {:.2} (n {})", row.scores.fid, row.scores.fid_n),
+                format!(
+                    "FID_cls {:.3}, IS_cls {:.2}",
+                    row.scores.fid_cls, row.scores.is_cls
+                ),
             ],
         ));
     }
@@ -330,6 +325,16 @@ fn curve_plot(points: &[CurvePoint]) -> image::RgbImage {
     .log_y(true)
     .color([214, 39, 40]);
     viz::plot("The DDPM during training", "training minutes", &[panel])
+}
+
+/// This process's command line, the program as `ddpm-cli`.
+fn command_line() -> String {
+    let mut args = std::env::args();
+    let _program = args.next();
+    std::iter::once("ddpm-cli".to_string())
+        .chain(args.map(|a| crate::outputs::shell_quote(Path::new(&a))))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The current UTC time as `YYYY-MM-DD HH:MM UTC`.

@@ -63,6 +63,9 @@ pub fn tiny_config_with(dir: &Path, steps: usize, extra: &[&str]) -> PathBuf {
             "model.unet.norm_num_groups=4".into(),
             "model.unet.layers_per_block=1".into(),
             "diffusion.timesteps=50".into(),
+            // Plain L_simple and a fixed EMA decay (mnist-cpu's recipe turns both on).
+            "diffusion.loss_weighting=\"none\"".into(),
+            "optim.ema_warmup=false".into(),
             format!("data.path=\"{}\"", mnist().display()),
             "data.batch_size=4".into(),
             format!("run.steps={steps}"),
@@ -77,4 +80,14 @@ pub fn tiny_config_with(dir: &Path, steps: usize, extra: &[&str]) -> PathBuf {
     let path = dir.join(format!("tiny-{steps}-{}.toml", extra.len()));
     std::fs::write(&path, cfg.to_toml()).unwrap();
     path
+}
+
+/// A digit classifier with random weights (seed 3) saved in `dir`: scores move with the images,
+/// which is all a test of the plumbing needs.
+pub fn random_classifier(dir: &Path) {
+    use ddpm_nets::classifier::{Classifier, ClassifierConfig};
+    tch::manual_seed(3);
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let net = Classifier::new(vs.root(), &ClassifierConfig::default()).unwrap();
+    ddpm_nets::checkpoint::save_model(dir, net.config(), &vs).unwrap();
 }
