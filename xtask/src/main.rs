@@ -353,3 +353,33 @@ fn quickstart_scores(ctx: &Ctx, run_dir: &Path, out: &Path) -> Result<(f64, f64)
     let real = fid_cls(&format!("{}:train", data.display()))?;
     Ok((fake, real))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reproduce_passes_every_option_on_to_ddpm_cli() {
+        let cli = Cli::try_parse_from([
+            "cargo xtask",
+            "reproduce",
+            "mnist",
+            "--minutes-per-model",
+            "5",
+            "--out",
+            "runs/r",
+            "--force",
+        ])
+        .unwrap();
+        match cli.command {
+            Cmd::Reproduce { experiment, args } => {
+                assert_eq!(experiment, "mnist");
+                assert_eq!(
+                    args,
+                    ["--minutes-per-model", "5", "--out", "runs/r", "--force"]
+                );
+            }
+            _ => panic!("not the reproduce command"),
+        }
+    }
+}
