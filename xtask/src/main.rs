@@ -76,7 +76,7 @@ enum Cmd {
     Reproduce {
         /// The experiment (`mnist`).
         experiment: String,
-        /// Options of `ddpm-cli reproduce` (e.g. `--minutes-per-model 30 --out runs/r`).
+        /// Options of `ddpm-cli reproduce` (e.g. `--minutes-per-model 25 --out runs/r`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
