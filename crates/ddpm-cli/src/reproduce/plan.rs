@@ -9,11 +9,10 @@ use anyhow::{bail, Context, Result};
 use ddpm_train::config::{dotted_values, ModelKind, TrainConfig};
 use serde::{Deserialize, Serialize};
 
-/// Wall-clock training minutes per model on a CPU when `--minutes-per-model` is not given. The
-/// 10-minute run's phases on 2 cores (a few minutes for the classifier and the references, about
-/// 50 of sampling and scoring, the DDPM's curve evaluations beside its training) put the whole
-/// command at about 130 minutes with 25, within the 150 it is sized for on a machine that is not
-/// quite idle.
+/// Wall-clock training minutes per model on a CPU when `--minutes-per-model` is not given. Measured
+/// with 25 on 2 cores (2026-12-08): `ddpm-cli reproduce` took 150 minutes (3 × 25 of training plus
+/// the DDPM's curve evaluations, about 70 of references, sampling and scoring), the whole `cargo
+/// xtask reproduce mnist` on a fresh checkout 157.
 pub const CPU_MINUTES_PER_MODEL: f64 = 25.0;
 
 /// A step count no budgeted run reaches: on a CPU the budget ends training, not `run.steps`.
